@@ -1,0 +1,60 @@
+"""Caption image files with any model the core loads (hub id, folder, adapter).
+
+    python -m captioning.caption --model models/tiny-smolvlm data/shapes/images/test/000000.png
+    python -m captioning.caption --model Salesforce/blip-image-captioning-base --num-beams 3 photo.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from captioning.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m captioning.caption", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--model", required=True, help="hub id or local folder")
+    parser.add_argument("--adapter", help="LoRA adapter folder written by training/train.py")
+    parser.add_argument("--revision")
+    parser.add_argument("--prompt", help="instruction (instruct models) or text prefix (BLIP)")
+    parser.add_argument("--max-new-tokens", type=int, default=30)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--num-captions", type=int, default=1)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow models that ship their own code (never on by default)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        from captioning.generation import GenerationSettings, caption_images
+        from captioning.images import load_image
+        from captioning.loading import load_captioner
+
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                                      num_captions=args.num_captions, do_sample=args.sample,
+                                      temperature=args.temperature, top_p=args.top_p)
+        images = [load_image(p) for p in args.images]
+        cap = load_captioner(args.model, revision=args.revision, adapter=args.adapter, dtype=args.dtype,
+                             device=args.device, trust_remote_code=args.trust_remote_code)
+        results = caption_images(cap, images, args.prompt, settings, batch_size=args.batch_size)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, caps in zip(args.images, results):
+        for c in caps:
+            print(f"{path}\t{c}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

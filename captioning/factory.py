@@ -1,0 +1,252 @@
+"""Random-model factory: randomly initialised models of each family, saved in the
+normal Hugging Face layout that AutoProcessor and AutoModelForImageTextToText load.
+
+    python -m captioning.factory --family idefics3 --size tiny --out models/tiny-smolvlm
+    python -m captioning.factory --family blip --size real --out models/blip-base-random --params-only
+
+Sizes:
+  tiny  well under 1 MB, builds in about a second: tests and the offline demo.
+  real  the published architectures of SmolVLM-256M-Instruct and BLIP base
+        (config values from their published configs, vocabulary sizes included),
+        for speed and memory benchmarks without downloading weights.
+Tokenizers are built offline (a small byte-level BPE for SmolVLM, a word-piece
+vocab for BLIP), so real-size models keep the published vocabulary size in
+their configs while their tokenizers know fewer tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from captioning.errors import UserError
+
+SIZES = ("tiny", "real")
+
+# SmolVLM's chat template (HuggingFaceTB/SmolVLM-*-Instruct), verbatim in behaviour:
+# User:<image>instruction<end_of_utterance>\nAssistant: caption<end_of_utterance>\n
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+SMOLVLM_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<pad>", "<end_of_utterance>", "<image>",
+                   "<fake_token_around_image>", "<global-img>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+
+# Words the offline tokenizers learn whole: the shapes grammar, common caption words
+# and the default instruction. Anything else still encodes (byte-level BPE / chars).
+_WORDS = """a an the one two three shapes shape circle circles square squares triangle triangles star stars
+diamond diamonds hexagon hexagons red green blue yellow purple orange white black gray grey pink brown cyan
+small large big tiny above below under over left right of to and with next beside on in at top bottom
+middle center there is are image picture photo showing shows of a plain textured background lines dots
+give concise caption describe this user assistant man woman dog cat person people sitting standing
+street table car tree water grass sky building plate food group holding near front""".split()
+
+
+def _corpus() -> list[str]:
+    import random
+
+    from captioning import shapes
+
+    lines = [" ".join(_WORDS[i:i + 8]) for i in range(0, len(_WORDS), 8)]
+    rng = random.Random(0)
+    # whole captions from the shapes grammar so its phrases become single BPE merges
+    for _ in range(200):
+        lines += shapes.describe(shapes.sample_scene(rng, 64))
+    lines += [" ".join(shapes.vocabulary())] * 4 + ["Give a concise caption.", "User: Assistant:"]
+    return lines
+
+
+def build_bpe_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE (SmolVLM-style) trained on the built-in corpus, with every
+    special token the Idefics3 processor needs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SMOLVLM_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    # model_input_names: without it transformers 4.x also emits token_type_ids, which generate() rejects
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<pad>",
+        unk_token="<|endoftext|>", additional_special_tokens=SMOLVLM_SPECIAL[3:],
+        model_input_names=["input_ids", "attention_mask"])
+
+
+def build_wordpiece_tokenizer(folder: Path):
+    """A BERT word-piece tokenizer (BLIP-style, bos ``[DEC]``) from a vocab written here."""
+    from transformers import BertTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    special = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    from captioning import shapes
+
+    words = sorted(set(w.lower() for w in _WORDS) | {w for w in shapes.vocabulary() if w.isalpha()})
+    vocab = list(dict.fromkeys(special + words + chars + [f"##{c}" for c in chars if c.isalnum()]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab + ["[DEC]"]) + "\n")
+    # BertTokenizer(vocab_file=...) is silently ignored in transformers 5; from_pretrained works in both majors
+    return BertTokenizer.from_pretrained(str(folder), bos_token="[DEC]", model_input_names=["input_ids",
+                                                                                           "attention_mask"])
+
+
+# --------------------------------------------------------------------- idefics3
+def _idefics3(size: str, folder: Path):
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                              Idefics3Processor)
+
+    tok = build_bpe_tokenizer()
+    if size == "tiny":
+        image, patch, scale = 48, 8, 2  # 6x6 patches -> 3x3 image tokens after pixel shuffle
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=image, patch_size=patch)
+        text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    tie_word_embeddings=False, rms_norm_eps=1e-5)
+        longest, splitting = image, False
+    else:  # HuggingFaceTB/SmolVLM-256M-Instruct config.json
+        image, patch, scale = 512, 16, 4
+        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                      image_size=image, patch_size=patch)
+        text = dict(vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+        longest, splitting = 4 * image, True  # the published processor: 4x512 longest edge, split into crops
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<image>", "<pad>", "<|im_start|>", "<end_of_utterance>")}
+    text.update(pad_token_id=ids["<pad>"], bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"],
+                model_type="llama")
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=scale,
+                            image_token_id=ids["<image>"], pad_token_id=ids["<pad>"], tie_word_embeddings=False)
+    model = Idefics3ForConditionalGeneration(config)
+    image_seq_len = (image // patch) ** 2 // scale ** 2
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": longest}, max_image_size={"longest_edge": image},
+                                   do_image_splitting=splitting)
+    processor = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=image_seq_len,
+                                  chat_template=SMOLVLM_CHAT_TEMPLATE)
+    model.generation_config.eos_token_id = [ids["<end_of_utterance>"]]
+    model.generation_config.pad_token_id = ids["<pad>"]
+    model.generation_config.bos_token_id = ids["<|im_start|>"]
+    return model, processor
+
+
+# ------------------------------------------------------------------------- blip
+def _blip(size: str, folder: Path):
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_wordpiece_tokenizer(Path(tmp))
+    if size == "tiny":
+        image, patch = 32, 8
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=image, patch_size=patch)
+        text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64)
+    else:  # Salesforce/blip-image-captioning-base config.json
+        image, patch = 384, 16
+        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                      image_size=image, patch_size=patch)
+        text = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                    num_attention_heads=12, encoder_hidden_size=768, max_position_embeddings=512)
+    bos = tok.convert_tokens_to_ids("[DEC]")
+    text.update(bos_token_id=bos, pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id,
+                eos_token_id=tok.sep_token_id)
+    config = BlipConfig(text_config=text, vision_config=vision)
+    model = BlipForConditionalGeneration(config)
+    # OpenAI CLIP normalisation, as the published BLIP processor
+    ip = BlipImageProcessorPil(size={"height": image, "width": image}, image_mean=[0.48145466, 0.4578275, 0.40821073],
+                               image_std=[0.26862954, 0.26130258, 0.27577711])
+    processor = BlipProcessor(image_processor=ip, tokenizer=tok)
+    model.generation_config.bos_token_id = bos
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor
+
+
+BUILDERS: dict[str, Callable] = {"idefics3": _idefics3, "blip": _blip}
+
+
+def build_model(family: str, size: str = "tiny", *, seed: int = 0):
+    """Randomly initialised (model, processor) of ``family`` at ``size``, in memory."""
+    import torch
+
+    if family not in BUILDERS:
+        raise UserError(f"--family {family!r}: the factory builds {', '.join(sorted(BUILDERS))}")
+    if size not in SIZES:
+        raise UserError(f"--size {size!r}: choose tiny or real")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        return BUILDERS[family](size, Path(tmp))
+
+
+def build_random_model(family: str, out: str | Path, size: str = "tiny", *, seed: int = 0) -> Path:
+    """Build and save a random model + processor to ``out``; returns the folder."""
+    model, processor = build_model(family, size, seed=seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def count_parameters(model, family=None) -> dict[str, Any]:
+    """Parameter counts: unique tensors, plus tied ones counted again (how BLIP's
+    published 247M is counted), split into vision / connector / language."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen.setdefault(id(p), p.numel())
+    unique = sum(seen.values())
+    with_tied = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    out: dict[str, Any] = {"total": unique, "total_counting_tied": with_tied}
+    if family is not None:
+        params = dict(model.named_parameters())
+        for group, names in family.parameter_groups(model).items():
+            out[group] = sum(params[n].numel() for n in names)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m captioning.factory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--size", default="tiny", choices=SIZES)
+    parser.add_argument("--out", help="folder to save into (required unless --params-only)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--params-only", action="store_true", help="build in memory and print parameter counts")
+    args = parser.parse_args(argv)
+    try:
+        from captioning.families import get_family
+
+        import torch
+
+        if args.params_only:  # meta tensors: real-size counts in a second, no memory
+            with torch.device("meta"):
+                model, processor = build_model(args.family, args.size, seed=args.seed)
+        else:
+            model, processor = build_model(args.family, args.size, seed=args.seed)
+        counts = count_parameters(model, get_family(args.family))
+        print(" ".join(f"{k}={v / 1e6:.2f}M" for k, v in counts.items()))
+        if not args.params_only:
+            if not args.out:
+                raise UserError("--out is required (or pass --params-only)")
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out)
+            processor.save_pretrained(out)
+            print(f"saved {args.size} {args.family} to {out}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

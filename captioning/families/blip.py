@@ -1,0 +1,78 @@
+"""BLIP captioning: Salesforce/blip-image-captioning-base and -large.
+
+BLIP has no chat template: captioning is unconditional, or continues an
+optional text prefix ("a photography of"). Its text decoder is BERT-like with
+absolute positions, so prompts of different lengths are never left padded in
+one batch (the captioning core groups them by length instead).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from captioning.families import register
+from captioning.families.base import IGNORE_INDEX, Family
+
+
+@register
+class BlipFamily(Family):
+    name = "blip"
+    model_types = ("blip",)
+    default_prompt = None
+    vision_pattern = r"(^|\.)vision_model(\.|$)"
+    connector_pattern = None  # the cross-attention lives inside the text decoder layers
+    lora_target_regex = (
+        r".*text_decoder\.bert\.encoder\.layer\.\d+\."
+        r"(attention\.self\.(query|key|value)|attention\.output\.dense|"
+        r"crossattention\.self\.(query|key|value)|crossattention\.output\.dense|"
+        r"intermediate\.dense|output\.dense)"
+    )
+    #: left padding would shift BLIP's absolute positions: batch only equal-length prompts
+    pads_left = False
+
+    def model_class(self):
+        from transformers import BlipForConditionalGeneration
+
+        # AutoModelForImageTextToText maps blip to BlipForConditionalGeneration too;
+        # naming it keeps 4.x (where the Auto name differs) on the same class.
+        return BlipForConditionalGeneration
+
+    def build_prompt(self, processor, prompt):
+        return prompt or ""
+
+    def _text_ids(self, processor, text: str) -> torch.Tensor:
+        # [CLS] text [SEP]; BLIP's generate swaps [CLS] for bos ([DEC]) and drops [SEP].
+        return self.tokenizer(processor)(text, return_tensors="pt")["input_ids"]
+
+    def generation_inputs(self, processor, images, prompts):
+        inputs = processor(images=list(images), return_tensors="pt")
+        if any(prompts):
+            ids = [self._text_ids(processor, p or "") for p in prompts]
+            if len({t.shape[1] for t in ids}) != 1:
+                raise ValueError("BLIP batches must hold prompts of one token length")
+            inputs["input_ids"] = torch.cat(ids)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        return inputs
+
+    def prompt_length(self, processor, prompt):
+        """Token length of a prompt: the grouping key for batching."""
+        return self._text_ids(processor, prompt or "").shape[1] if prompt else 0
+
+    def new_tokens(self, sequences, inputs):
+        # generate() returns bos + prefix + new tokens; the prefix is input_ids minus [SEP]
+        start = inputs["input_ids"].shape[1] - 1 if "input_ids" in inputs else 1
+        return sequences[:, start:]
+
+    def encode_example(self, processor, image, caption, prompt):
+        """[DEC] prefix caption [SEP]: bos at position 0, as generate() starts (the
+        processor puts [CLS] there; training on [CLS] would disagree with inference).
+        Labels cover the caption and [SEP] only."""
+        tok = self.tokenizer(processor)
+        text = f"{prompt} {caption}" if prompt else caption
+        ids = self._text_ids(processor, text)
+        ids[:, 0] = tok.convert_tokens_to_ids(tok.bos_token) if tok.bos_token else ids[:, 0]
+        labels = ids.clone()
+        n_prefix = 1 + (self._text_ids(processor, prompt).shape[1] - 2 if prompt else 0)
+        labels[:, :n_prefix] = IGNORE_INDEX
+        pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "pixel_values": pixels}

@@ -1,0 +1,132 @@
+"""Batched captioning: the one function every stage uses to turn images into captions.
+
+    from captioning.loading import load_captioner
+    from captioning.generation import GenerationSettings, caption_images
+    cap = load_captioner("path/to/model")
+    captions = caption_images(cap, images, settings=GenerationSettings(num_beams=3))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from captioning.errors import UserError
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options. Greedy by default (deterministic)."""
+
+    max_new_tokens: int = 30
+    min_new_tokens: int | None = None
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    #: captions per image: N samples when sampling, else the N best beams
+    num_captions: int = 1
+    #: seeds sampling (per batch) so sampled captions are reproducible
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1")
+        if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise UserError("--min-new-tokens must be between 0 and --max-new-tokens")
+        if self.num_beams < 1:
+            raise UserError("--num-beams must be at least 1")
+        if self.num_captions < 1:
+            raise UserError("--num-captions must be at least 1")
+        if self.do_sample and self.temperature <= 0:
+            raise UserError("--temperature must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise UserError("--top-p must be in (0, 1]")
+        if self.top_k < 0:
+            raise UserError("--top-k must be >= 0")
+        if self.repetition_penalty <= 0:
+            raise UserError("--repetition-penalty must be > 0")
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for ``model.generate``; sampling knobs only when sampling
+        (transformers warns about them otherwise)."""
+        kw = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": self.do_sample,
+              "num_return_sequences": self.num_captions, "repetition_penalty": self.repetition_penalty}
+        if self.min_new_tokens:
+            kw["min_new_tokens"] = self.min_new_tokens
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        elif self.num_captions > self.num_beams:
+            # N distinct deterministic captions are the N best beams
+            kw["num_beams"] = self.num_captions
+        return kw
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | None] | None = None,
+                   settings: GenerationSettings | None = None, *, batch_size: int = 8,
+                   progress: Callable[[int], None] | None = None) -> list[list[str]]:
+    """Caption ``images`` (PIL, already through captioning.images.load_image).
+
+    Returns one list of ``settings.num_captions`` captions per image, in input
+    order. ``prompts``: None (the model's prompt), one string for all images, or
+    one per image. Batches are left padded; families that cannot left pad (BLIP)
+    batch only prompts of equal token length, so results never depend on what
+    else shares the batch. ``progress`` is called with the number of images done
+    after each batch.
+    """
+    settings = settings or GenerationSettings()
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    n = len(images)
+    if prompts is None or isinstance(prompts, str):
+        per_image = [prompts if isinstance(prompts, str) else captioner.prompt] * n
+    else:
+        per_image = [p if p is not None else captioner.prompt for p in prompts]
+        if len(per_image) != n:
+            raise ValueError(f"{len(per_image)} prompts for {n} images")
+    fam, proc, model = captioner.family, captioner.processor, captioner.model
+
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(per_image):
+        key = 0 if fam.pads_left else fam.prompt_length(proc, p)
+        groups.setdefault(key, []).append(i)
+
+    results: list[list[str] | None] = [None] * n
+    kwargs = settings.generate_kwargs()
+    with torch.inference_mode():
+        for idx in groups.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                inputs = fam.generation_inputs(proc, [images[i] for i in chunk], [per_image[i] for i in chunk])
+                inputs = _to_device(inputs, captioner.device, captioner.dtype)
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                out = fam.generate(model, inputs, **kwargs)
+                texts = fam.decode(proc, out, inputs)
+                k = settings.num_captions
+                for j, i in enumerate(chunk):
+                    results[i] = texts[j * k:(j + 1) * k]
+                if progress is not None:
+                    progress(len(chunk))
+    return results  # type: ignore[return-value]
+
+
+def caption(captioner, image, prompt: str | None = None, settings: GenerationSettings | None = None) -> str:
+    """One image, one caption (the first of ``settings.num_captions``)."""
+    return caption_images(captioner, [image], prompt, settings, batch_size=1)[0][0]
+
+
+def _to_device(inputs, device: torch.device, dtype: torch.dtype):
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)
+        out[k] = v
+    return out

@@ -1,0 +1,233 @@
+"""Loading a captioning model: the one place every stage gets model + processor.
+
+``load_captioner("HuggingFaceTB/SmolVLM-256M-Instruct")`` or a local folder (a
+release, a training output with an adapter, a factory-built random model).
+Hub ids fail at once when the Hub cannot be reached, with a message that says
+how to point at a local copy, instead of transformers' long retry loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from captioning.errors import UserError
+from captioning.families import Family, family_for_config, get_family
+
+TRAIN_CONFIG = "train_config.yaml"
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def pick_device(device: str | None = "auto") -> torch.device:
+    """``auto`` -> CUDA, then MPS, then CPU; anything else is passed to torch."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)") from e
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs and MPS, fp32 on CPU.
+
+    CPUs without native bf16 run bf16/fp16 matmuls 7-170x slower than fp32, so
+    half precision is never the CPU default.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not supported: use auto, fp32, bf16 or fp16")
+    return _DTYPES[dtype]
+
+
+def looks_local(name: str) -> bool:
+    """True when ``name`` is meant as a path rather than a hub id (``name`` or ``org/name``)."""
+    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def read_train_config(folder: str | Path | None) -> dict[str, Any] | None:
+    """The resolved training config saved next to a training output, if any."""
+    if folder is None:
+        return None
+    path = Path(folder) / TRAIN_CONFIG
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); re-run training or fix the file") from e
+
+
+def ensure_hub_reachable(repo_id: str, *, revision: str | None = None, what: str = "model") -> None:
+    """Fail fast with a helpful message when a hub id cannot be fetched.
+
+    A copy in the local cache is fine offline; otherwise we probe the endpoint
+    with a short TCP connect, because transformers would retry for minutes.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return
+    hint = (f"download it where the Hub is reachable (`hf download {repo_id} --local-dir DIR`) "
+            f"and pass that folder instead")
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"cannot load {what} {repo_id!r}: HF_HUB_OFFLINE is set and it is not in the local "
+                        f"cache; {hint}")
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=3).close()
+    except OSError as e:
+        raise UserError(f"cannot load {what} {repo_id!r}: {url.hostname}:{port} is unreachable ({e.strerror or e}); "
+                        f"{hint}") from e
+
+
+def resolve_revision(repo_id: str, revision: str | None) -> str | None:
+    """The commit sha a hub revision points at (None for local folders)."""
+    if looks_local(repo_id):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except Exception:  # noqa: BLE001 - the sha is recorded when known; loading already succeeded
+        return None
+
+
+@dataclass
+class Captioner:
+    """A loaded model with everything needed to caption with it."""
+
+    model: Any
+    processor: Any
+    family: Family
+    source: str
+    revision: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    adapter: str | None = None
+    train_config: dict[str, Any] | None = None
+    prompt: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What metrics.json records about the model."""
+        return {"id": self.source, "revision": self.revision, "resolved_revision": resolve_revision(
+            self.source, self.revision), "adapter": self.adapter, "family": self.family.name,
+                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device)}
+
+
+def _prompt_from(cfg: dict[str, Any] | None) -> tuple[bool, str | None]:
+    if cfg and isinstance(cfg.get("data"), dict) and "prompt" in cfg["data"]:
+        return True, cfg["data"]["prompt"]
+    return False, None
+
+
+def load_captioner(model: str | Path, *, revision: str | None = None, adapter: str | Path | None = None,
+                   dtype: str | torch.dtype | None = "auto", device: str | None = "auto",
+                   load_in_4bit: bool = False, trust_remote_code: bool = False, family: str | None = None,
+                   prompt: str | None = None, image_longest_edge: int | None = None,
+                   image_splitting: bool | None = None) -> Captioner:
+    """Load model + processor (+ optional LoRA adapter) for captioning.
+
+    ``model`` may be a hub id, a model folder, or a training output folder that
+    holds an adapter (its base is read from adapter_config.json). A
+    ``train_config.yaml`` beside the weights supplies the family and prompt
+    unless ``family``/``prompt`` are given.
+    """
+    from transformers import AutoConfig
+
+    model = str(model)
+    if looks_local(model):
+        if not Path(model).is_dir():
+            raise UserError(f"--model {model}: no such folder (pass a hub id like org/name, or a model folder)")
+    adapter_dir = Path(adapter) if adapter else None
+    if adapter_dir is None and Path(model).is_dir() and (Path(model) / "adapter_config.json").is_file():
+        adapter_dir = Path(model)
+    train_cfg = read_train_config(adapter_dir) or (read_train_config(model) if Path(model).is_dir() else None)
+    base = model
+    if adapter_dir is not None:
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise UserError(f"--adapter {adapter_dir}: no adapter_config.json there; pass the folder written by "
+                            "training/train.py")
+        if adapter_dir == Path(model):
+            base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise UserError(f"{adapter_dir}/adapter_config.json names no base model: pass --model BASE "
+                                f"--adapter {adapter_dir}")
+    if not Path(base).is_dir():
+        ensure_hub_reachable(base, revision=revision)
+
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    try:
+        config = AutoConfig.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(f"{base} ships its own model code: pass --trust-remote-code if you trust it") from e
+        raise UserError(f"{base}: cannot read its config ({e})") from e
+    except OSError as e:
+        raise UserError(f"{base}: no loadable config.json ({e.__class__.__name__}); pass a model folder or hub id") from e
+
+    if family is None and train_cfg and isinstance(train_cfg.get("model"), dict):
+        family = train_cfg["model"].get("family")
+    fam = get_family(family) if family and family != "auto" else family_for_config(config)
+
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype)
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    net = fam.model_class().from_pretrained(base, **kwargs)
+    proc_src = adapter_dir if adapter_dir is not None and _has_processor(adapter_dir) else base
+    processor = fam.load_processor(str(proc_src), revision=None if proc_src != base else revision,
+                                   trust_remote_code=trust_remote_code)
+    fam.configure_processor(processor, image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, str(adapter_dir))
+    if not load_in_4bit:
+        net = net.to(dev)
+    net.eval()
+    fam.prepare_model(net, processor)
+
+    has_prompt, cfg_prompt = _prompt_from(train_cfg)
+    if prompt is None:
+        prompt = cfg_prompt if has_prompt else fam.default_prompt
+    return Captioner(model=net, processor=processor, family=fam, source=base, revision=revision, device=dev,
+                     dtype=torch_dtype, adapter=str(adapter_dir) if adapter_dir else None,
+                     train_config=train_cfg, prompt=prompt or None)
+
+
+def _has_processor(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("processor_config.json", "preprocessor_config.json",
+                                                 "tokenizer_config.json"))
