@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean system-deps
+.PHONY: install demo test bench clean java chromium
 
 # torch first, from the CPU wheel pinned in constraints.txt, so nothing pulls a CUDA build.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
@@ -21,17 +21,21 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 install: $(STAMP)
 
-# Java runs pycocoevalcap's tokenizer and METEOR.
-system-deps:
-	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq default-jre-headless; }
+# Java runs pycocoevalcap's tokenizer and METEOR; Debian's chromium runs the Space's
+# browser tests (never `playwright install`, which downloads a browser).
+java:
+	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; }
 
-demo: install system-deps
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+demo: install java
 	SERVE=$(SERVE) DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash scripts/demo.sh
 
-test: install system-deps
+test: install java chromium
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
 
-bench: install system-deps
+bench: install java
 	HF_HUB_OFFLINE=1 $(PY) bench/run_all.py
 
 clean:
