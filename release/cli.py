@@ -1,0 +1,224 @@
+"""The ``release`` command: merge | card | push | space.
+
+    release merge --adapter outputs/style --out releases/style
+    release card --model releases/style --metrics runs/eval/metrics.json --out releases/style/README.md
+    release push --repo-id me/smolvlm-style --adapter outputs/style --merge --eval runs/eval
+    release space --repo-id me/captioner-demo --models me/smolvlm-style,HuggingFaceTB/SmolVLM-256M-Instruct
+
+(``python -m release ...`` is the same command.) A mistake prints one line,
+``error: ...``, and exits with status 2; ``--debug`` anywhere on the command line
+shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from captioning.errors import UserError
+
+DEBUG_FLAG = "--debug"
+
+
+def _quiet_libraries() -> None:
+    """Progress bars and info logs of transformers/huggingface_hub would bury our own lines."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # deprecation notices from inside the libraries say nothing the user can act on
+    for module in ("transformers", "peft", "torch", "huggingface_hub", "httpx2"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are requirements
+        pass
+
+
+class ReleaseGroup(click.Group):
+    """A click group that turns UserError into one line + exit 2 (unless --debug)."""
+
+    def parse_args(self, ctx, args):
+        # --debug may follow any subcommand; strip it here so each command need not declare it
+        ctx.meta["release.debug"] = ctx.meta.get("release.debug", False) or DEBUG_FLAG in args
+        return super().parse_args(ctx, [a for a in args if a != DEBUG_FLAG])
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if ctx.meta.get("release.debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+def _log(msg: str) -> None:
+    click.echo(msg)
+
+
+@click.group(cls=ReleaseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
+def cli(debug: bool) -> None:
+    """Merge adapters, render model cards, and publish models and the Space.
+
+    \b
+      release merge --adapter outputs/style --out releases/style
+      release push --repo-id me/smolvlm-style --adapter outputs/style --merge --eval runs/eval
+    """
+    _quiet_libraries()
+
+
+@cli.command()
+@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="LoRA adapter folder (training output)")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="folder for the merged model")
+@click.option("--base", help="base model id or folder (default: from adapter_config.json / train_config.yaml)")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="storage dtype of the merged weights (auto: the base checkpoint's)")
+@click.option("--force", is_flag=True, help="replace a non-empty --out folder")
+@click.option("--probes", type=int, default=4, show_default=True, help="probe images for the equivalence check")
+@click.option("--max-new-tokens", type=int, default=20, show_default=True, help="caption length in the check")
+@click.option("--tolerance", type=float, help="max |logit difference| allowed (default by dtype: fp32 1e-3, "
+                                              "fp16 5e-2, bf16 0.25)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
+@click.option("--trust-remote-code", is_flag=True, help="allow a base that ships its own model code (bridge); "
+              "never on by default (train_config.yaml's model.trust_remote_code also enables it)")
+def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, device, trust_remote_code):
+    """Merge a LoRA adapter into its full-precision base and check the result.
+
+    \b
+      release merge --adapter outputs/style --out releases/style-merged
+      release merge --adapter outputs/qlora --base HuggingFaceTB/SmolVLM-256M-Instruct --dtype bf16 --out rel/q
+
+    The merged model is reloaded and compared with base + adapter on probe images
+    (max |logit difference|, identical greedy captions); a failing check writes nothing.
+    """
+    from release.merge import MergeOptions, merge_adapter
+
+    result = merge_adapter(MergeOptions(adapter=adapter, out=out, base=base, dtype=dtype, force=force, probes=probes,
+                                        max_new_tokens=max_new_tokens, tolerance=tolerance, device=device,
+                                        trust_remote_code=trust_remote_code), log=_log)
+    _log(f"merged model: {result.out}")
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="release, merged-model or training output folder")
+@click.option("--metrics", type=click.Path(path_type=Path), help="metrics.json from eval/run.py generate "
+                                                                 "(default: the one in --model)")
+@click.option("--train-config", type=click.Path(path_type=Path), help="train_config.yaml (default: the one in --model)")
+@click.option("--logs", type=click.Path(path_type=Path), help="training output folder with logs/ for the loss curve "
+                                                              "(default: --model)")
+@click.option("--template", default="model_card", show_default=True, help="template name in model_cards/ or a file")
+@click.option("--repo-id", help="repo id the card's snippets load (default: the --model folder)")
+@click.option("--license", "license_", help="licence id when the base model's cannot be read")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="README.md to write (badges and the "
+                                                                             "loss curve go beside it)")
+def card(model_dir, metrics, train_config, logs, template, repo_id, license_, out):
+    """Render a model card (README.md) from a template and the release's records.
+
+    \b
+      release card --model releases/style --metrics runs/eval/metrics.json --out releases/style/README.md
+
+    Missing inputs (no metrics, no logs, no train_config.yaml) give a visible
+    "not measured" section, never invented numbers. Renders offline.
+    """
+    from release.card import collect_inputs, write_card
+
+    inputs = collect_inputs(model_dir, repo_id=repo_id, metrics=metrics, train_config=train_config, logs=logs,
+                            license=license_)
+    path = write_card(inputs, out, template=template)
+    _log(f"model card: {path}")
+
+
+@cli.command()
+@click.option("--repo-id", required=True, help="NAMESPACE/NAME on the Hub (also named in the card)")
+@click.option("--adapter", type=click.Path(path_type=Path), help="LoRA adapter folder (training output)")
+@click.option("--merge", "merge_", is_flag=True, help="merge --adapter into its base and release the full model")
+@click.option("--model", type=click.Path(path_type=Path), help="full model folder (e.g. from release merge)")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
+              help="--out folder of eval/run.py generate (metrics.json, predictions.json)")
+@click.option("--private", is_flag=True, help="create the repo private")
+@click.option("--revision", help="branch to push to (created if missing; default main)")
+@click.option("--tag", help="tag the pushed commit")
+@click.option("--commit-message", help="commit message (default: a summary of the changed files)")
+@click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
+@click.option("--to-dir", type=click.Path(path_type=Path), help="write the repo layout to this folder instead of "
+                                                                "the Hub (offline)")
+@click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
+@click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`); prefer HF_TOKEN")
+@click.option("--base", help="base model for --merge (default: from the adapter's config)")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="storage dtype for --merge")
+@click.option("--probes", type=int, default=4, show_default=True, help="probe images for the --merge check")
+@click.option("--template", default="model_card", show_default=True, help="model card template")
+@click.option("--license", "license_", help="licence id when the base model's cannot be read")
+@click.option("--logs", type=click.Path(path_type=Path), help="training output folder for the loss curve")
+def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, commit_message, dry_run, to_dir, force,
+         token, base, dtype, probes, template, license_, logs):
+    """Assemble a release (weights, processor, card, eval record) and publish it.
+
+    \b
+      release push --repo-id me/smolvlm-style --adapter outputs/style --merge --eval runs/style-eval
+      release push --repo-id me/smolvlm-style --model releases/style --tag v1.0
+      release push --repo-id demo/shapes-style --adapter outputs/style --merge --to-dir demo_out/release
+
+    Pushing an unchanged release again makes no new commit; an interrupted push
+    finishes when the same command is run again.
+    """
+    from release.push import PushOptions, push as do_push
+
+    do_push(PushOptions(repo_id=repo_id, adapter=adapter, model=model, merge=merge_, eval_dir=eval_dir,
+                        private=private, revision=revision, tag=tag, commit_message=commit_message, dry_run=dry_run,
+                        to_dir=to_dir, token=token, force=force, base=base, dtype=dtype, probes=probes,
+                        template=template, license=license_, logs=logs), log=_log)
+
+
+@cli.command()
+@click.option("--repo-id", required=True, help="NAMESPACE/NAME of the Space")
+@click.option("--models", required=True, help="comma-separated hub ids (or folders with --to-dir) to serve")
+@click.option("--to-dir", type=click.Path(path_type=Path), help="write the Space folder here instead of the Hub")
+@click.option("--hardware", help="Space hardware to request (e.g. cpu-basic, t4-small, zero-a10g)")
+@click.option("--private", is_flag=True, help="create the Space private")
+@click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
+@click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
+@click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`)")
+@click.option("--title", help="Space title (default: space/README.md's)")
+def space(repo_id, models, to_dir, hardware, private, dry_run, force, token, title):
+    """Deploy space/ as a Gradio Space serving the given models.
+
+    \b
+      release space --repo-id me/captioner-demo --models me/smolvlm-style,HuggingFaceTB/SmolVLM-256M-Instruct
+      release space --repo-id demo/space --models demo_out/release --to-dir demo_out/space
+    """
+    from release.space import SpaceOptions, deploy_space
+
+    deploy_space(SpaceOptions(repo_id=repo_id, models=models.split(","), to_dir=to_dir, hardware=hardware,
+                              private=private, dry_run=dry_run, token=token, force=force, title=title), log=_log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run the ``release`` group and return its exit code."""
+    try:
+        # standalone_mode=False: click returns ctx.exit()'s code instead of calling sys.exit
+        rc = cli.main(args=sys.argv[1:] if argv is None else list(argv), prog_name="release", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Merge a LoRA adapter into its base model, and prove the merge changed nothing.
+
+    release merge --adapter outputs/style --out releases/style-merged [--base ID_OR_DIR] [--dtype bf16]
+
+The base is read from the adapter's adapter_config.json (then train_config.yaml)
+unless ``--base`` is given, and is always loaded at full precision: an adapter
+trained on a 4-bit base (QLoRA) is merged into the unquantised weights, never
+into the quantised ones. The merged model is saved (safetensors, config,
+processor, tokenizer, chat template, generation_config, train_config.yaml) in
+files both transformers majors read (release.compat), then reloaded from disk
+and compared with base + adapter on probe images: the maximum |logit
+difference| over prompt + caption, and the greedy captions, which must be
+identical. The numbers are printed and stored in ``merge_check.json``; a
+failing check writes nothing and stops the release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from captioning.errors import UserError
+
+CHECK_FILE = "merge_check.json"
+TRAIN_CONFIG = "train_config.yaml"
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+#: max |logit difference| the merged model may show against base + adapter, by
+#: storage dtype: fp32 storage only reorders float sums; half precision rounds
+#: every merged weight (relative error ~2^-8 in bf16), which moves logits by
+#: about 1e-2 on small models.
+DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 2.5e-1}
+
+
+@dataclass
+class MergeOptions:
+    """What ``release merge`` does; the CLI fills it from flags."""
+
+    adapter: Path
+    out: Path
+    #: base model id or folder; None: adapter_config.json, then train_config.yaml
+    base: str | None = None
+    #: storage dtype of the merged weights; auto: the base checkpoint's dtype
+    dtype: str = "auto"
+    force: bool = False
+    #: probe images for the equivalence check (synthetic shapes scenes)
+    probes: int = 4
+    max_new_tokens: int = 20
+    #: None: DEFAULT_TOLERANCE for the storage dtype
+    tolerance: float | None = None
+    device: str = "auto"
+    #: load model code shipped with the base (bridge); also taken from train_config.yaml's
+    #: model.trust_remote_code, which the user set explicitly for training
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        self.adapter = Path(self.adapter)
+        self.out = Path(self.out)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.probes < 1:
+            raise UserError("--probes must be at least 1")
+        if self.max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1")
+        if self.tolerance is not None and self.tolerance < 0:
+            raise UserError("--tolerance must be >= 0")
+
+
+@dataclass
+class MergeResult:
+    """Where the merged model went and what the equivalence check measured."""
+
+    out: Path
+    base: str
+    family: str
+    dtype: str
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+def has_full_weights(folder: Path) -> bool:
+    """True when ``folder`` holds a complete model (config.json + weights)."""
+    return (folder / "config.json").is_file() and (
+        any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
+
+
+def check_adapter_folder(adapter: Path) -> None:
+    """Raise a UserError that says what to do when ``adapter`` is not a LoRA adapter folder."""
+    if not adapter.is_dir():
+        raise UserError(f"--adapter {adapter}: no such folder (pass the output folder of training/train.py)")
+    if (adapter / "adapter_config.json").is_file():
+        return
+    if has_full_weights(adapter):
+        raise UserError(f"--adapter {adapter} holds full model weights and no adapter_config.json: it is already "
+                        f"merged (or fully fine-tuned); release it with `release push --model {adapter}`")
+    raise UserError(f"--adapter {adapter}: no adapter_config.json there; pass the folder written by training/train.py")
+
+
+def read_train_config(folder: Path) -> dict[str, Any]:
+    """train_config.yaml of a training output ({} when absent)."""
+    from captioning.loading import read_train_config as _read
+
+    return _read(folder) or {}
+
+
+def resolve_base(adapter: Path, base: str | None) -> tuple[str, str | None, str]:
+    """(base id or folder, revision, where it came from) for ``adapter``."""
+    cfg = read_train_config(adapter)
+    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    revision = model_cfg.get("revision")
+    if base:
+        return base, None, "--base"
+    ad = json.loads((adapter / "adapter_config.json").read_text())
+    name = ad.get("base_model_name_or_path")
+    origin = "adapter_config.json"
+    if not name:
+        name, origin = model_cfg.get("name_or_path"), TRAIN_CONFIG
+    if not name:
+        raise UserError(f"{adapter}: neither adapter_config.json nor train_config.yaml names the base model; "
+                        "pass --base ID_OR_DIR")
+    from captioning.loading import looks_local
+
+    if looks_local(name) and not Path(name).is_dir():
+        raise UserError(f"the base model {name} (from {adapter}/{origin}) is not on this machine; "
+                        "pass --base with its hub id or a local copy")
+    return name, revision, origin
+
+
+def base_dtype(base: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """The dtype a checkpoint was saved in (fp32 when it does not say)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
+    name = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32")
+    return _DTYPE_NAMES.get(name.replace("torch.", ""), "fp32")
+
+
+def probe_images(n: int, size: int = 64, seed: int = 0) -> list:
+    """``n`` synthetic shapes scenes: deterministic probe inputs that need no dataset."""
+    from captioning import shapes
+
+    rng = random.Random(f"release.merge.probes/{seed}")
+    return [shapes.render(shapes.sample_scene(rng, size), size) for _ in range(n)]
+
+
+def _teacher_forced_logits(captioner, image, caption: str):
+    """Logits over prompt + caption (the training-time encoding) for one image."""
+    import torch
+
+    fam = captioner.family
+    ex = fam.encode_example(captioner.processor, image, caption, captioner.prompt)
+    ex.pop("labels")
+    inputs = {k: (v.to(captioner.device, dtype=captioner.dtype) if v.is_floating_point() else v.to(captioner.device))
+              for k, v in ex.items()}
+    with torch.inference_mode():
+        return captioner.model(**inputs).logits.float().cpu()
+
+
+def probe_outputs(captioner, images, max_new_tokens: int, logits_on: list[str] | None = None) -> dict[str, Any]:
+    """Greedy captions (captioning.generation) and teacher-forced logits on ``images``.
+
+    Logits are taken over prompt + ``logits_on`` captions (default: the model's own), so two
+    models can be compared on the same token sequence even when their captions differ.
+    """
+    from captioning.generation import GenerationSettings, caption_images
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    captions = [c[0] for c in caption_images(captioner, images, settings=settings, batch_size=len(images))]
+    logits = [_teacher_forced_logits(captioner, im, cap) for im, cap in zip(images, logits_on or captions)]
+    return {"captions": captions, "logits": logits}
+
+
+def compare_outputs(reference: dict[str, Any], candidate: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """The equivalence record: captions side by side, max |logit diff|, pass/fail.
+
+    ``candidate`` logits must be taken on the reference captions (``probe_outputs(...,
+    logits_on=reference["captions"])``), so a different caption cannot hide a logit difference.
+    """
+    diffs = [float((a - b).abs().max()) for a, b in zip(reference["logits"], candidate["logits"])]
+    same = [a == b for a, b in zip(reference["captions"], candidate["captions"])]
+    max_diff = max(diffs) if diffs else 0.0
+    return {
+        "n_probes": len(same),
+        "max_abs_logit_diff": max_diff,
+        "tolerance": tolerance,
+        "identical_captions": sum(same),
+        "passed": all(same) and max_diff <= tolerance,
+        "probes": [{"reference": r, "merged": c, "max_abs_logit_diff": d}
+                   for r, c, d in zip(reference["captions"], candidate["captions"], diffs)],
+    }
+
+
+def _prepare_out(out: Path, adapter: Path, force: bool) -> None:
+    if out.resolve() == adapter.resolve():
+        raise UserError(f"--out {out} is the adapter folder itself: pass a new folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} is not empty: pass --force to replace it, or choose a new folder")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder into place (the old one, if any, only goes once the new one is complete)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def save_model_folder(model, processor, out: Path, dtype) -> list[str]:
+    """Save weights + processor in the release layout; returns the compat changes made."""
+    from release.compat import make_portable
+
+    model = model.to(dtype)
+    model.config.dtype = dtype
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return make_portable(out)
+
+
+def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> MergeResult:
+    """Merge ``opts.adapter`` into its base, save it to ``opts.out``, and check it.
+
+    Raises UserError (nothing written) when the check fails.
+    """
+    from captioning.loading import _DTYPES, load_captioner
+
+    t0 = time.time()
+    check_adapter_folder(opts.adapter)
+    _prepare_out(opts.out, opts.adapter, opts.force)
+    base, revision, origin = resolve_base(opts.adapter, opts.base)
+    train_cfg = read_train_config(opts.adapter)
+    data_cfg = train_cfg.get("data") if isinstance(train_cfg.get("data"), dict) else {}
+    quant = train_cfg.get("quantization") if isinstance(train_cfg.get("quantization"), dict) else {}
+    model_cfg = train_cfg.get("model") if isinstance(train_cfg.get("model"), dict) else {}
+    trust = opts.trust_remote_code or bool(model_cfg.get("trust_remote_code"))
+    out_dtype = base_dtype(base, revision, trust) if opts.dtype == "auto" else opts.dtype
+    tolerance = DEFAULT_TOLERANCE[out_dtype] if opts.tolerance is None else opts.tolerance
+    log(f"base: {base} (from {origin}{', revision ' + revision if revision else ''})")
+    if quant.get("load_in_4bit") or quant.get("enabled"):
+        log("training used a 4-bit base: merging into the full-precision base instead (never into 4-bit)")
+
+    # Merge and check in fp32 on every device: half-precision merges round twice,
+    # and the check must measure the stored weights, not the compute dtype.
+    cap = load_captioner(base, revision=revision, adapter=opts.adapter, dtype="fp32", device=opts.device,
+                         load_in_4bit=False, trust_remote_code=trust,
+                         image_longest_edge=data_cfg.get("image_longest_edge"),
+                         image_splitting=data_cfg.get("image_splitting"))
+    log(f"family: {cap.family.name}; prompt: {cap.prompt!r}; storage dtype: {out_dtype}")
+    images = probe_images(opts.probes)
+    reference = probe_outputs(cap, images, opts.max_new_tokens)
+
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = opts.out.with_name(f".{opts.out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        merged = cap.model.merge_and_unload()
+        changes = save_model_folder(merged, cap.processor, tmp, _DTYPES[out_dtype])
+        del merged, cap
+        if (opts.adapter / TRAIN_CONFIG).is_file():
+            shutil.copy2(opts.adapter / TRAIN_CONFIG, tmp / TRAIN_CONFIG)
+        reloaded = load_captioner(str(tmp), dtype="fp32", device=opts.device, trust_remote_code=trust)
+        candidate = probe_outputs(reloaded, images, opts.max_new_tokens, logits_on=reference["captions"])
+        check = compare_outputs(reference, candidate, tolerance)
+        check.update(base=base, base_revision=revision, adapter=str(opts.adapter), family=reloaded.family.name,
+                     dtype=out_dtype, compute_dtype="fp32", device=str(reloaded.device), prompt=reloaded.prompt,
+                     max_new_tokens=opts.max_new_tokens, compat_changes=changes,
+                     versions=_versions())
+        # merge_check.json is part of the release: no timings in it, so an unchanged re-release
+        # writes identical bytes (and a re-push makes no commit)
+        log(format_check(check) + f"\n  ({time.time() - t0:.1f} s)")
+        if not check["passed"]:
+            raise UserError(f"merge check failed: max |logit diff| {check['max_abs_logit_diff']:.3g} "
+                            f"(tolerance {tolerance:g}), {check['identical_captions']}/{check['n_probes']} identical "
+                            f"captions; nothing written to {opts.out} (try --dtype fp32)")
+        (tmp / CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n")
+        del reloaded
+        _replace_dir(tmp, opts.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return MergeResult(out=opts.out, base=base, family=check["family"], dtype=out_dtype, check=check)
+
+
+def format_check(check: dict[str, Any]) -> str:
+    """The equivalence check as a few printable lines."""
+    lines = [f"merge check on {check['n_probes']} probe images: max |logit diff| {check['max_abs_logit_diff']:.3g} "
+             f"(tolerance {check['tolerance']:g}), identical greedy captions "
+             f"{check['identical_captions']}/{check['n_probes']} -> {'PASS' if check['passed'] else 'FAIL'}"]
+    for i, p in enumerate(check["probes"]):
+        mark = "=" if p["reference"] == p["merged"] else "!"
+        lines.append(f"  probe {i}: {mark} {p['reference']!r}" + ("" if mark == "=" else f" vs {p['merged']!r}"))
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"transformers": transformers.__version__, "peft": peft.__version__, "torch": torch.__version__}
+
+
+__all__ = ["MergeOptions", "MergeResult", "merge_adapter", "check_adapter_folder", "resolve_base", "probe_images",
+           "probe_outputs", "compare_outputs", "format_check", "save_model_folder", "has_full_weights"]

@@ -1,0 +1,390 @@
+"""Assemble a release folder and publish it to the Hub (or to a local folder).
+
+    release push --repo-id me/smolvlm-style --adapter outputs/style --merge --eval runs/style-eval
+    release push --repo-id me/smolvlm-style --model releases/style --tag v1.0
+    release push --repo-id demo/tiny --adapter outputs/style --merge --to-dir demo_out/release   # offline
+
+A release folder is exactly what the Hub repo holds: weights (or the adapter),
+config, processor/tokenizer files, chat template, generation_config.json,
+train_config.yaml, merge_check.json (after --merge), README.md (the card, with its
+badges and loss curve) and, from ``--eval``, metrics.json and predictions.json.
+
+Publishing compares the folder with the remote revision first (git blob / LFS
+sha256 of every file): an unchanged folder makes no commit; otherwise one commit
+adds what changed and deletes what the release no longer holds. Uploads that are
+interrupted leave no commit behind; the same command run again finishes, and LFS
+objects the server already has are not sent again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from captioning.errors import UserError
+from release import card as card_mod
+from release import hub
+from release.compat import make_portable
+from release.merge import MergeOptions, check_adapter_folder, has_full_weights, merge_adapter
+
+#: files a release takes from a model or adapter folder (training leftovers stay behind)
+MODEL_FILES = (
+    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.json", "chat_template.jinja",
+    "adapter_config.json", "train_config.yaml", "merge_check.json",
+)
+EVAL_FILES = ("metrics.json", "predictions.json")
+GITATTRIBUTES = ".gitattributes"
+
+
+@dataclass
+class PushOptions:
+    """What ``release push`` does; the CLI fills it from flags."""
+
+    repo_id: str
+    adapter: Path | None = None
+    model: Path | None = None
+    merge: bool = False
+    eval_dir: Path | None = None
+    private: bool = False
+    revision: str | None = None
+    tag: str | None = None
+    commit_message: str | None = None
+    dry_run: bool = False
+    to_dir: Path | None = None
+    token: str | None = None
+    force: bool = False
+    # merge / card options
+    base: str | None = None
+    dtype: str = "auto"
+    probes: int = 4
+    template: str = card_mod.DEFAULT_TEMPLATE
+    license: str | None = None
+    logs: Path | None = None
+
+    def __post_init__(self):
+        hub.check_repo_id(self.repo_id)
+        if (self.adapter is None) == (self.model is None):
+            raise UserError("pass exactly one of --adapter DIR (a LoRA adapter) or --model DIR (a full model)")
+        if self.merge and self.adapter is None:
+            raise UserError("--merge needs --adapter DIR (a --model folder is already a full model)")
+        if self.to_dir is not None and (self.tag or self.private or self.revision):
+            raise UserError("--to-dir writes a local folder: --tag, --private and --revision only apply to the Hub")
+        for name in ("adapter", "model", "eval_dir", "to_dir", "logs"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, Path(v))
+
+
+@dataclass
+class PublishResult:
+    """Where a folder went: the repo URL, the commit it is at, and whether a commit was made."""
+
+    url: str
+    commit: str | None
+    committed: bool
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    tag: str | None = None
+
+
+# ---------------------------------------------------------------- assembling
+def release_files(folder: Path, patterns=MODEL_FILES) -> list[Path]:
+    """The files of ``folder`` (top level) that belong in a release."""
+    out = [p for p in sorted(folder.iterdir()) if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    cfg = folder / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("auto_map"):
+        # models with their own code need it beside the weights (trust_remote_code)
+        out += [p for p in sorted(folder.glob("*.py")) if p not in out]
+    return out
+
+
+def _copy_files(files: list[Path], dest: Path) -> None:
+    for f in files:
+        shutil.copy2(f, dest / f.name)
+
+
+def _check_eval_dir(eval_dir: Path) -> list[Path]:
+    if not eval_dir.is_dir():
+        raise UserError(f"--eval {eval_dir}: no such folder (pass the --out folder of eval/run.py generate)")
+    if not (eval_dir / "metrics.json").is_file():
+        raise UserError(f"--eval {eval_dir}: no metrics.json there; pass the --out folder of eval/run.py generate")
+    card_mod.load_metrics(eval_dir / "metrics.json")  # fails early on a broken file
+    return [eval_dir / n for n in EVAL_FILES if (eval_dir / n).is_file()]
+
+
+def _eval_record_in(folder: Path, log: Callable[[str], None]) -> list[Path]:
+    """metrics.json (+ predictions.json) of ``folder`` when they are an eval record, as in a
+    release folder pushed again; a training output's metrics.json (validation during
+    training, with ``train``/``history``) is not one."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return []
+    record = card_mod.load_metrics(path)
+    if "train" in record or "history" in record:
+        log(f"{path} holds validation metrics from training, not an eval record: pass --eval DIR "
+            "(the --out of eval/run.py generate) to publish scores")
+        return []
+    log(f"using the eval record in {folder} (metrics.json)")
+    return [folder / n for n in EVAL_FILES if (folder / n).is_file()]
+
+
+def assemble(opts: PushOptions, dest: Path, log: Callable[[str], None] = print) -> Path:
+    """Build the release folder in ``dest`` (created; must not hold files). Returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    eval_files = _check_eval_dir(opts.eval_dir) if opts.eval_dir else []
+    train_dir = opts.adapter or opts.model
+    if opts.adapter is not None:
+        check_adapter_folder(opts.adapter)
+        if opts.merge:
+            merge_adapter(MergeOptions(adapter=opts.adapter, out=dest, base=opts.base, dtype=opts.dtype,
+                                       probes=opts.probes, force=True), log=log)
+        else:
+            _copy_files(release_files(opts.adapter), dest)
+            make_portable(dest)
+    else:
+        model = opts.model
+        if not model.is_dir():
+            raise UserError(f"--model {model}: no such folder")
+        if (model / "adapter_config.json").is_file():
+            raise UserError(f"--model {model} holds a LoRA adapter: pass it as --adapter (add --merge to merge it)")
+        if not has_full_weights(model):
+            raise UserError(f"--model {model}: no config.json + weights there; pass a saved model folder")
+        if not any(model.glob("*.safetensors")):
+            raise UserError(f"--model {model}: weights are not safetensors; load and save_pretrained() it first")
+        _copy_files(release_files(model), dest)
+        if not eval_files:
+            eval_files = _eval_record_in(model, log)
+        changes = make_portable(dest)
+        if changes:
+            log("made loadable by transformers 4.x and 5: " + "; ".join(changes))
+    _copy_files(eval_files, dest)
+    inputs = card_mod.collect_inputs(dest, repo_id=opts.repo_id, logs=opts.logs or train_dir, license=opts.license)
+    card_mod.write_card(inputs, dest / "README.md", template=opts.template)
+    if not eval_files:
+        log("no --eval folder: the card says the model was not evaluated")
+    return dest
+
+
+# ---------------------------------------------------------------- comparing
+def git_blob_sha(data: bytes) -> str:
+    """The git object id of a file's content (what the Hub reports for regular files)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def local_tree(folder: Path) -> dict[str, Path]:
+    """{repo path: file} for everything under ``folder``."""
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _same(local: Path, remote) -> bool:
+    if remote.size != local.stat().st_size:
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == _sha256(local)
+    return remote.blob_id == git_blob_sha(local.read_bytes())
+
+
+def plan_changes(folder: Path, remote_files: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(paths to upload, paths to delete) to make the remote tree equal ``folder``."""
+    local = local_tree(folder)
+    changed = [p for p, f in local.items() if p not in remote_files or not _same(f, remote_files[p])]
+    deleted = [p for p in remote_files if p not in local and p != GITATTRIBUTES]
+    return changed, deleted
+
+
+def _remote_state(api, repo_id: str, repo_type: str, revision: str | None) -> tuple[str | None, dict[str, Any]]:
+    """(head commit, {path: RepoFile}) of a revision; (None, {}) when the branch does not exist yet."""
+    from huggingface_hub.errors import RevisionNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        info = api.repo_info(repo_id, repo_type=repo_type, revision=revision)
+    except RevisionNotFoundError:
+        return None, {}
+    files = {f.path: f for f in api.list_repo_tree(repo_id, repo_type=repo_type, revision=info.sha, recursive=True)
+             if isinstance(f, RepoFile)}
+    return info.sha, files
+
+
+def _network_error(e: BaseException | None) -> bool:
+    """True when ``e`` or what caused it is a failed connection (huggingface_hub wraps LFS
+    upload errors in a RuntimeError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        modules = {c.__module__.split(".")[0] for c in type(e).__mro__}
+        if isinstance(e, (ConnectionError, TimeoutError)) or modules & {"httpx", "httpx2", "httpcore", "requests",
+                                                                         "urllib3"}:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def publish_folder(folder: Path, repo_id: str, *, repo_type: str = "model", token: str | None = None,
+                   private: bool = False, revision: str | None = None, tag: str | None = None,
+                   commit_message: str | None = None, space_sdk: str | None = None,
+                   space_hardware: str | None = None, space_variables: dict[str, str] | None = None,
+                   log: Callable[[str], None] = print) -> PublishResult:
+    """Make ``repo_id`` (at ``revision``) hold exactly ``folder``; one commit, or none when unchanged."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = hub.get_api(token)
+    url = hub.repo_url(repo_id, repo_type)
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                        **({"space_sdk": space_sdk} if repo_type == "space" else {}))
+        if space_hardware:
+            api.request_space_hardware(repo_id, space_hardware)
+        for key, value in (space_variables or {}).items():
+            api.add_space_variable(repo_id, key, value)
+        if revision:
+            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        head, remote = _remote_state(api, repo_id, repo_type, revision)
+        changed, deleted = plan_changes(folder, remote)
+        committed = False
+        if changed or deleted:
+            local = local_tree(folder)
+            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(local[p])) for p in changed]
+            ops += [CommitOperationDelete(path_in_repo=p) for p in deleted]
+            info = api.create_commit(repo_id, ops, repo_type=repo_type, revision=revision, parent_commit=head,
+                                     commit_message=commit_message or _default_message(changed, deleted))
+            head, committed = info.oid, True
+        if tag:
+            _tag(api, repo_id, repo_type, tag, head)
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = {401: "check the token (--token, HF_TOKEN or `hf auth login`)",
+                403: "the token cannot write to this namespace",
+                409: "someone pushed meanwhile: run the same command again"}.get(status, "run the same command again")
+        raise UserError(f"the Hub refused the push to {url} ({first}); {hint}") from e
+    except Exception as e:  # noqa: BLE001 - only network failures become a one-line message
+        if _network_error(e):
+            raise UserError(f"push to {url} interrupted ({type(e).__name__}): nothing was committed; run the same "
+                            f"command again to finish (files the server already has are not sent twice)") from e
+        raise
+    return PublishResult(url=url, commit=head, committed=committed, changed=changed, deleted=deleted, tag=tag)
+
+
+def _default_message(changed: list[str], deleted: list[str]) -> str:
+    parts = []
+    if changed:
+        parts.append(f"{len(changed)} file(s) updated")
+    if deleted:
+        parts.append(f"{len(deleted)} removed")
+    return "Release: " + ", ".join(parts)
+
+
+def _tag(api, repo_id: str, repo_type: str, tag: str, commit: str | None) -> None:
+    refs = api.list_repo_refs(repo_id, repo_type=repo_type)
+    existing = {t.name: t.target_commit for t in refs.tags}
+    if tag in existing:
+        if existing[tag] != commit:
+            raise UserError(f"--tag {tag} already names commit {existing[tag][:10]} of {repo_id}, not this release "
+                            f"({(commit or '')[:10]}): choose a new tag")
+        return
+    api.create_tag(repo_id, tag=tag, revision=commit, repo_type=repo_type)
+
+
+# ---------------------------------------------------------------- local folder
+def write_to_dir(folder: Path, to_dir: Path, force: bool) -> None:
+    """Put the assembled folder at ``to_dir`` (replacing a non-empty one only with --force)."""
+    if to_dir.exists() and not to_dir.is_dir():
+        raise UserError(f"--to-dir {to_dir} is a file: pass a folder")
+    if to_dir.is_dir() and any(to_dir.iterdir()) and not force:
+        raise UserError(f"--to-dir {to_dir} is not empty: pass --force to replace it, or choose a new folder")
+    to_dir.parent.mkdir(parents=True, exist_ok=True)
+    if to_dir.exists():
+        old = to_dir.with_name(f".{to_dir.name}.old-{os.getpid()}")
+        os.replace(to_dir, old)
+        shutil.move(str(folder), str(to_dir))
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        shutil.move(str(folder), str(to_dir))
+
+
+def describe_folder(folder: Path) -> list[str]:
+    """One line per file: size and path (what a dry run prints)."""
+    lines = []
+    total = 0
+    for rel, p in local_tree(folder).items():
+        size = p.stat().st_size
+        total += size
+        lines.append(f"  {_human(size):>9}  {rel}")
+    lines.append(f"  {_human(total):>9}  total, {len(lines)} files")
+    return lines
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+@dataclass
+class PushResult:
+    """What ``release push`` did."""
+
+    folder: Path | None
+    publish: PublishResult | None = None
+    dry_run: bool = False
+
+
+def push(opts: PushOptions, log: Callable[[str], None] = print) -> PushResult:
+    """Assemble the release and publish it (Hub), write it (--to-dir) or only describe it (--dry-run)."""
+    if opts.to_dir is not None and not opts.dry_run:
+        # fail before any merge work when the destination would be refused anyway
+        if opts.to_dir.is_dir() and any(opts.to_dir.iterdir()) and not opts.force:
+            raise UserError(f"--to-dir {opts.to_dir} is not empty: pass --force to replace it, or choose a new folder")
+    elif not opts.dry_run:
+        hub.get_api(opts.token)  # offline mode or a missing token fail now, not after the merge
+    parent = opts.to_dir.parent if opts.to_dir is not None else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".release-", dir=parent) as tmp:
+        folder = assemble(opts, Path(tmp) / "release", log=log)
+        if opts.dry_run:
+            where = f"into {opts.to_dir}" if opts.to_dir else (
+                f"to {hub.repo_url(opts.repo_id)} (revision {opts.revision or 'main'}"
+                f"{', tag ' + opts.tag if opts.tag else ''}{', private' if opts.private else ''})")
+            log(f"dry run: would write {where}:")
+            for line in describe_folder(folder):
+                log(line)
+            log("dry run: nothing was written or uploaded")
+            return PushResult(folder=None, dry_run=True)
+        if opts.to_dir is not None:
+            write_to_dir(folder, opts.to_dir, opts.force)
+            log(f"release folder: {opts.to_dir}")
+            log(f"model card: {opts.to_dir / 'README.md'}")
+            return PushResult(folder=opts.to_dir)
+        result = publish_folder(folder, opts.repo_id, token=opts.token, private=opts.private,
+                                revision=opts.revision, tag=opts.tag, commit_message=opts.commit_message, log=log)
+    if result.committed:
+        log(f"pushed {len(result.changed)} changed file(s)" + (f", removed {len(result.deleted)}" if result.deleted
+                                                              else ""))
+    else:
+        log("unchanged: the repo already holds this release (no new commit)")
+    log(f"repo: {result.url}")
+    log(f"commit: {result.commit}" + (f" (tag {result.tag})" if result.tag else ""))
+    return PushResult(folder=None, publish=result)

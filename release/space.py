@@ -1,0 +1,178 @@
+"""Deploy space/ as a Gradio Space that serves released models.
+
+    release space --repo-id me/captioner-demo --models me/smolvlm-style,HuggingFaceTB/SmolVLM-256M-Instruct
+    release space --repo-id demo/space --models demo_out/release --to-dir demo_out/space   # offline
+
+The Space folder holds space/'s app and assets, the ``captioning`` package the
+app imports (copied next to app.py), a models.yaml listing the models, and a
+README whose Spaces front matter (sdk gradio, app_file, models) is rendered from
+model_cards/space_readme.md.j2. On the Hub the model list is also set as the
+``CAPTION_MODELS`` Space variable, which the app reads first.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from captioning.errors import UserError
+from release import hub
+from release.card import TEMPLATES_DIR, looks_like_hub_id
+from release.push import PublishResult, describe_folder, publish_folder, write_to_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPACE_DIR = REPO_ROOT / "space"
+SPACE_TEMPLATE = TEMPLATES_DIR / "space_readme.md.j2"
+ENV_MODELS = "CAPTION_MODELS"  # the variable space/app.py reads
+#: files of space/ that the deployed Space does not take as they are
+_SKIP = {"README.md", "models.yaml", "__pycache__"}
+_SKIP_SUFFIXES = (".pyc", ".pyi")
+
+
+@dataclass
+class SpaceOptions:
+    """What ``release space`` does; the CLI fills it from flags."""
+
+    repo_id: str
+    models: list[str]
+    to_dir: Path | None = None
+    hardware: str | None = None
+    private: bool = False
+    dry_run: bool = False
+    token: str | None = None
+    force: bool = False
+    space_dir: Path = field(default_factory=lambda: SPACE_DIR)
+    title: str | None = None
+
+    def __post_init__(self):
+        hub.check_repo_id(self.repo_id)
+        self.models = [m.strip() for m in self.models if m.strip()]
+        if not self.models:
+            raise UserError("--models is empty: pass hub ids or release folders, comma-separated")
+        self.space_dir = Path(self.space_dir)
+        if self.to_dir is not None:
+            self.to_dir = Path(self.to_dir)
+            if self.hardware or self.private:
+                raise UserError("--to-dir writes a local folder: --hardware and --private only apply to the Hub")
+        if not (self.space_dir / "app.py").is_file():
+            raise UserError(f"{self.space_dir}/app.py not found: the Space app is missing from this checkout")
+        for m in self.models:
+            model_id = _model_id(m)
+            if Path(model_id).is_dir():
+                if self.to_dir is None:
+                    raise UserError(f"--models {model_id} is a local folder: a Space on the Hub loads hub ids; push "
+                                    "it with `release push` first (or use --to-dir for a local Space)")
+            elif not looks_like_hub_id(model_id):
+                raise UserError(f"--models {model_id}: neither a folder nor a hub id like org/name")
+
+
+def _model_id(entry: str) -> str:
+    """The id or folder of a ``CAPTION_MODELS`` entry (options after ``;`` dropped)."""
+    return entry.split(";", 1)[0].strip()
+
+
+def _entries(models: list[str], local: bool) -> list[str]:
+    """Model entries as the deployed app reads them: local folders made absolute."""
+    out = []
+    for m in models:
+        head, sep, opts = m.partition(";")
+        if local and Path(head.strip()).is_dir():
+            head = str(Path(head.strip()).resolve())
+        out.append(head.strip() + (sep + opts if sep else ""))
+    return out
+
+
+def _front_matter(readme: Path) -> tuple[dict, str]:
+    """(front matter, body) of space/README.md, if there is one."""
+    if not readme.is_file():
+        return {}, ""
+    from huggingface_hub import RepoCard
+
+    card = RepoCard(readme.read_text(encoding="utf-8"), ignore_metadata_errors=True)
+    return card.data.to_dict(), card.text.strip()
+
+
+def render_space_readme(opts: SpaceOptions, entries: list[str]) -> str:
+    """The Space README: Spaces front matter (sdk, app_file, models) + the app's own description."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from huggingface_hub import RepoCard, SpaceCardData
+
+    try:  # the Space runs the gradio this app is tested with (read without importing gradio: ~10 s)
+        gradio_version = version("gradio")
+    except PackageNotFoundError as e:
+        raise UserError("gradio is not installed: install requirements.txt (its version goes into the Space "
+                        "README)") from e
+
+    meta, body = _front_matter(opts.space_dir / "README.md")
+    hub_models = [_model_id(e) for e in entries if looks_like_hub_id(_model_id(e))]
+    data = SpaceCardData(
+        title=opts.title or meta.get("title") or opts.repo_id.split("/")[-1],
+        sdk="gradio", sdk_version=gradio_version, app_file="app.py",
+        license=meta.get("license", "apache-2.0"), models=hub_models or None,
+        emoji=meta.get("emoji", "🖼️"), colorFrom=meta.get("colorFrom", "indigo"),
+        colorTo=meta.get("colorTo", "green"),
+        pinned=False, short_description=meta.get("short_description"))
+    card = RepoCard.from_template(data, template_path=str(SPACE_TEMPLATE), repo_id=opts.repo_id,
+                                  entries=entries, body=body)
+    return re.sub(r"\n{3,}", "\n\n", card.content).rstrip() + "\n"
+
+
+def assemble_space(opts: SpaceOptions, dest: Path) -> Path:
+    """Build the Space folder in ``dest``."""
+    import yaml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted(opts.space_dir.iterdir()):
+        if src.name in _SKIP or src.name.startswith(".") or src.name.endswith(_SKIP_SUFFIXES):
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dest / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+        else:
+            shutil.copy2(src, dest / src.name)
+    if not (dest / "requirements.txt").is_file():
+        (dest / "requirements.txt").write_text((REPO_ROOT / "requirements.txt").read_text())
+    # the app imports the core package; a Space has only its own files, so ship it beside app.py
+    shutil.copytree(REPO_ROOT / "captioning", dest / "captioning",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    entries = _entries(opts.models, local=opts.to_dir is not None)
+    (dest / "models.yaml").write_text(
+        "# Written by `release space`; CAPTION_MODELS (a Space variable) takes precedence.\n"
+        + yaml.safe_dump({"models": entries}, sort_keys=False, allow_unicode=True))
+    (dest / "README.md").write_text(render_space_readme(opts, entries), encoding="utf-8")
+    return dest
+
+
+def deploy_space(opts: SpaceOptions, log: Callable[[str], None] = print) -> PublishResult | Path | None:
+    """Assemble the Space and push it (Hub), write it (--to-dir) or describe it (--dry-run)."""
+    if opts.to_dir is None and not opts.dry_run:
+        hub.get_api(opts.token)
+    parent = opts.to_dir.parent if opts.to_dir is not None else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".space-", dir=parent) as tmp:
+        folder = assemble_space(opts, Path(tmp) / "space")
+        if opts.dry_run:
+            where = str(opts.to_dir) if opts.to_dir else hub.repo_url(opts.repo_id, "space")
+            log(f"dry run: would write the Space to {where}, serving {', '.join(opts.models)}:")
+            for line in describe_folder(folder):
+                log(line)
+            log("dry run: nothing was written or uploaded")
+            return None
+        if opts.to_dir is not None:
+            write_to_dir(folder, opts.to_dir, opts.force)
+            log(f"Space folder: {opts.to_dir} (run: python {opts.to_dir / 'app.py'})")
+            return opts.to_dir
+        entries = _entries(opts.models, local=False)
+        result = publish_folder(folder, opts.repo_id, repo_type="space", token=opts.token, private=opts.private,
+                                space_sdk="gradio", space_hardware=opts.hardware,
+                                space_variables={ENV_MODELS: ",".join(entries)}, log=log)
+    log("unchanged: the Space already holds this app (no new commit)" if not result.committed
+        else f"pushed {len(result.changed)} changed file(s)")
+    log(f"Space: {result.url}")
+    log(f"commit: {result.commit}")
+    return result

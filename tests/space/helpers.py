@@ -1,0 +1,96 @@
+"""Helpers shared by the Space tests (imported by conftest.py and the test modules)."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+APP_PATH = REPO / "space" / "app.py"
+
+
+def load_app_module(name: str = "space_app"):
+    """Import space/app.py as a module (space/ is a Space folder, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, APP_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+# ------------------------------------------------------------------------ network guard
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def _is_loopback(host) -> bool:
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    host = str(host).strip("[]")
+    if host.lower() in _LOOPBACK_NAMES or host == "":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class NetworkGuard:
+    """Refuses (and records) every connection or name lookup outside loopback, in
+    every thread of this process (the Gradio server runs in-process)."""
+
+    def __init__(self):
+        self.violations: list[str] = []
+        self._saved = None
+
+    def _check(self, what: str, address) -> None:
+        if isinstance(address, (str, bytes)):  # AF_UNIX
+            return
+        host = address[0] if isinstance(address, tuple) and address else address
+        if not _is_loopback(host):
+            self.violations.append(f"{what} {address!r}")
+            raise OSError(f"network guard: {what} to {address!r} is outside loopback")
+
+    def install(self) -> "NetworkGuard":
+        guard = self
+        orig_connect, orig_connect_ex = socket.socket.connect, socket.socket.connect_ex
+        orig_getaddrinfo = socket.getaddrinfo
+
+        def connect(sock, address):
+            guard._check("connect", address)
+            return orig_connect(sock, address)
+
+        def connect_ex(sock, address):
+            guard._check("connect_ex", address)
+            return orig_connect_ex(sock, address)
+
+        def getaddrinfo(host, *args, **kwargs):
+            guard._check("getaddrinfo", (host,))
+            return orig_getaddrinfo(host, *args, **kwargs)
+
+        self._saved = (orig_connect, orig_connect_ex, orig_getaddrinfo)
+        socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+        socket.getaddrinfo = getaddrinfo
+        return self
+
+    def uninstall(self) -> None:
+        if self._saved:
+            socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = self._saved
+            self._saved = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,83 @@
+"""Load generator for the Space's load test, run as its own process so the clients do not
+share the server's interpreter (GIL, memory):
+
+    python tests/space/load_clients.py URL MODEL IMAGE [IMAGE...] --clients 16 --requests 10
+
+Prints one JSON line: ok, failures (first few messages), latencies. The network guard
+is installed here too: the clients may only talk to loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from tests.space.helpers import NetworkGuard  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("model")
+    ap.add_argument("images", nargs="+")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=4)
+    args = ap.parse_args(argv)
+    guard = NetworkGuard().install()
+    from gradio_client import Client, handle_file
+
+    failures: list[str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start_line = threading.Barrier(args.clients)
+
+    def worker(i: int) -> None:
+        try:
+            client = Client(args.url, analytics_enabled=False, verbose=False)
+        except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+            with lock:
+                failures.extend([f"client {i}: {e!r}"] * args.requests)
+            start_line.abort()
+            return
+        try:
+            start_line.wait(timeout=120)  # all clients fire together
+        except threading.BrokenBarrierError:
+            pass
+        for j in range(args.requests):
+            t = time.perf_counter()
+            try:
+                text, _ = client.predict(handle_file(args.images[(i + j) % len(args.images)]), args.model, "",
+                                         args.max_new_tokens, 1, 0, 1, 1, -1, api_name="/caption")
+                if not isinstance(text, str) or not text:
+                    raise ValueError(f"empty caption {text!r}")
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    failures.append(f"client {i} request {j}: {e!r}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    guard.uninstall()
+    print(json.dumps({"ok": len(latencies), "failures": len(failures), "first_failures": failures[:5],
+                      "wall_s": wall, "latencies": sorted(latencies), "guard_violations": guard.violations}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""space/app.py without a browser: configuration, model cards, the registry, input hygiene."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.space.helpers import APP_PATH, REPO, load_app_module
+
+
+@pytest.fixture(scope="module")
+def tiny_space(space_app, space_models):
+    """build_demo over the tiny models (not launched), with small image limits."""
+    limits = space_app.Limits(max_pixels=50_000, downscale_pixels=1_000)
+    demo = space_app.build_demo([str(space_models[n]) for n in ("ft", "base", "blip", "broken")], limits=limits)
+    return demo
+
+
+@pytest.fixture
+def png(tmp_path):
+    def make(size=(40, 30), name="pic.png", color="red") -> Path:
+        path = tmp_path / name
+        Image.new("RGB", size, color).save(path)
+        return path
+
+    return make
+
+
+# ---------------------------------------------------------------------- import / deploy
+
+def test_import_has_no_side_effects():
+    def files():
+        return sorted(p for p in APP_PATH.parent.rglob("*") if "__pycache__" not in p.parts)
+
+    before, threads = files(), threading.active_count()
+    module = load_app_module("space_app_fresh_import")
+    try:
+        assert threading.active_count() == threads  # no server, no queue workers
+        assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+        assert callable(module.build_demo) and not hasattr(module, "demo")
+        module.build_demo(["org/not-cached"], loader=lambda entry: None)
+        assert files() == before  # nothing written next to app.py (e.g. Gradio's .pyi stubs)
+        assert threading.active_count() == threads
+    finally:
+        sys.modules.pop("space_app_fresh_import", None)
+
+
+def test_zero_gpu_wraps_generation_when_spaces_imports(monkeypatch):
+    wrapped = []
+    fake = SimpleNamespace(GPU=lambda fn: wrapped.append(fn) or fn)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    module = load_app_module("space_app_zerogpu")
+    try:
+        assert [f.__name__ for f in wrapped] == ["_generate"]
+        assert module.spaces is fake
+    finally:
+        sys.modules.pop("space_app_zerogpu", None)
+
+
+def test_space_files(space_app):
+    readme = (REPO / "space" / "README.md").read_text()
+    front = yaml.safe_load(readme.split("---")[1])
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
+    import gradio
+
+    assert front["sdk_version"].split(".")[0] == gradio.__version__.split(".")[0]
+    assert '"/caption"' in readme and '"/compare"' in readme and "gradio_client" in readme
+    reqs = (REPO / "space" / "requirements.txt").read_text()
+    assert "transformers" in reqs and "torchvision" not in reqs.replace("No torchvision", "")
+    examples = sorted(p for p in (REPO / "space" / "examples").iterdir() if p.suffix in (".png", ".jpg"))
+    assert len(examples) >= 6
+    from captioning.images import load_image
+
+    for p in examples:
+        assert p.stat().st_size < 16_000, p
+        assert load_image(p).size[0] >= 64
+
+
+# ----------------------------------------------------------------------- configuration
+
+def test_parse_models(space_app):
+    entries = space_app.parse_models("org/a, ./local/b;name=My B;revision=v2 ,\norg/c;trust_remote_code=true")
+    assert [e.id for e in entries] == ["org/a", "./local/b", "org/c"]
+    assert entries[1].name == "My B" and entries[1].revision == "v2" and entries[1].key == "./local/b@v2"
+    assert [e.trust_remote_code for e in entries] == [False, False, True]  # only when asked for
+    with pytest.raises(space_app.UserError, match="unknown option"):
+        space_app.parse_models("org/a;trust=true")
+    with pytest.raises(space_app.UserError, match="not key=value"):
+        space_app.parse_models("org/a;trust_remote_code")
+    with pytest.raises(space_app.UserError, match="true or false"):
+        space_app.parse_models("org/a;trust_remote_code=maybe")
+
+
+def test_models_sources_in_order(space_app, tmp_path):
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text(yaml.safe_dump({"models": ["org/from-yaml", {"id": "org/x", "trust_remote_code": True,
+                                                                 "name": "X"}]}))
+    assert [e.id for e in space_app.configured_models(yaml_path=cfg, env={})] == ["org/from-yaml", "org/x"]
+    assert space_app.configured_models(yaml_path=cfg, env={})[1].trust_remote_code is True
+    env = {"CAPTION_MODELS": "org/from-env"}
+    assert [e.id for e in space_app.configured_models(yaml_path=cfg, env=env)] == ["org/from-env"]
+    assert [e.id for e in space_app.configured_models("org/cli", yaml_path=cfg, env=env)] == ["org/cli"]
+    assert space_app.configured_models(yaml_path=REPO / "space" / "models.yaml", env={}) == []
+    cfg.write_text("models: [{id: org/a, weights: big}]")
+    with pytest.raises(space_app.UserError, match="unknown option"):
+        space_app.configured_models(yaml_path=cfg, env={})
+    with pytest.raises(space_app.UserError, match="listed twice"):
+        space_app.build_demo(["org/a", "org/a"], loader=lambda e: None)
+
+
+def test_cli_errors_are_one_line(space_app, capsys, monkeypatch):
+    monkeypatch.delenv("CAPTION_MODELS", raising=False)
+    monkeypatch.setattr(space_app, "MODELS_YAML", Path("/nonexistent/models.yaml"))
+    assert space_app.main(["--models", ","]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no models to serve") and err.count("\n") == 1
+    assert space_app.main(["--models", "org/a;bogus=1"]) == 2
+    assert "unknown option" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- model cards
+
+def test_model_cards_read_once(tiny_space, space_models):
+    app = tiny_space.caption_space
+    infos = {i.label: i for i in app.infos}
+    assert list(infos) == ["tiny-smolvlm-ft", "tiny-smolvlm", "tiny-blip", "broken-model"]
+    ft, base, blip = infos["tiny-smolvlm-ft"], infos["tiny-smolvlm"], infos["tiny-blip"]
+    assert (ft.family, base.family, blip.family) == ("idefics3", "idefics3", "blip")
+    assert ft.takes_prompt and not blip.takes_prompt and blip.prompt is None
+    assert ft.prompt == "Give a concise caption."
+    assert ft.card_metrics() == {"CIDEr": 0.876, "Bleu_4": 0.321, "n_images": 16, "split": "test",
+                                 "dataset": "shapes"}
+    assert space_app_metrics_line(tiny_space) == "CIDEr 0.876 · BLEU-4 0.321 (16 images, test split)"
+    assert ft.base == str(space_models["base"]) and base.base is None
+    assert [(b.label, f.label) for b, f in app.pairs] == [("tiny-smolvlm", "tiny-smolvlm-ft")]
+    assert infos["broken-model"].card_metrics() == {}
+    assert app.registry.load_count == 0  # nothing loaded just to describe the models
+
+
+def space_app_metrics_line(demo) -> str:
+    app = demo.caption_space
+    return sys.modules["space_app"].metrics_line(app.infos[0])
+
+
+def test_base_named_by_train_config_alone(space_app, space_models, tmp_path):
+    ft = tmp_path / "ft"
+    shutil.copytree(space_models["ft"], ft)
+    (ft / "README.md").unlink()
+    info = space_app.read_model_info(space_app.ModelEntry(str(ft)))
+    assert info.base == str(space_models["base"])
+    assert space_app.same_model(info.base, str(space_models["base"]) + "/")
+
+
+def test_hub_model_card_offline_is_incomplete_not_fatal(space_app):
+    info = space_app.read_model_info(space_app.ModelEntry("someone/not-cached;x".split(";")[0]))
+    assert info.label == "someone/not-cached" and info.url == "https://huggingface.co/someone/not-cached"
+    assert info.family is None and info.takes_prompt and info.metrics is None
+    assert any(n.startswith("metrics.json: not readable") for n in info.notes)
+
+
+# ---------------------------------------------------------------------------- registry
+
+def _fake_loader(log):
+    def load(entry):
+        log.append(entry.id)
+        if "bad" in entry.id:
+            raise OSError("weights missing")
+        return SimpleNamespace(family=SimpleNamespace(name="idefics3", default_prompt="p"), prompt="p")
+
+    return load
+
+
+def _infos(space_app, ids):
+    return [space_app.ModelInfo(entry=space_app.ModelEntry(i), label=i) for i in ids]
+
+
+def test_registry_is_lazy_lru_and_isolates_failures(space_app, monkeypatch):
+    calls = []
+    reg = space_app.ModelRegistry(_infos(space_app, ["org/a", "org/b", "org/c", "org/bad"]), max_loaded=2,
+                                  loader=_fake_loader(calls))
+    assert calls == []
+    a, load_s = reg.get("org/a")
+    assert load_s > 0 or calls == ["org/a"]
+    assert reg.get("org/a") == (a, 0.0)
+    reg.get("org/b")
+    reg.get("org/a")  # a is now the most recently used
+    reg.get("org/c")  # evicts b
+    assert reg.loaded() == ["org/a", "org/c"] and calls == ["org/a", "org/b", "org/c"]
+    with pytest.raises(space_app.ModelLoadError, match="org/bad failed to load: OSError: weights missing"):
+        reg.get("org/bad")
+    with pytest.raises(space_app.ModelLoadError):
+        reg.get("org/bad")
+    assert calls.count("org/bad") == 1  # the failure is remembered for a while...
+    monkeypatch.setattr(space_app, "FAILED_RETRY_S", 0.0)
+    with pytest.raises(space_app.ModelLoadError):
+        reg.get("org/bad")
+    assert calls.count("org/bad") == 2  # ...then retried
+    assert reg.get("org/c")[1] == 0.0 and reg.failure("org/bad").startswith("OSError")
+    with pytest.raises(space_app.UserError, match="unknown model"):
+        reg.get("org/zzz")
+
+
+def test_registry_loads_once_under_concurrency(space_app):
+    calls = []
+    slow = _fake_loader(calls)
+    gate = threading.Event()
+
+    def loader(entry):
+        gate.wait(5)
+        return slow(entry)
+
+    reg = space_app.ModelRegistry(_infos(space_app, ["org/a"]), loader=loader)
+    threads = [threading.Thread(target=reg.get, args=("org/a",)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert calls == ["org/a"]
+
+
+def test_registry_passes_trust_remote_code_only_when_configured(space_app, monkeypatch):
+    import captioning.loading
+
+    seen = []
+    monkeypatch.setattr(captioning.loading, "load_captioner", lambda model, **kw: seen.append((model, kw)))
+    entries = space_app.parse_models("org/plain,org/custom;trust_remote_code=true;revision=v1")
+    infos = [space_app.ModelInfo(entry=e, label=e.id) for e in entries]
+    reg = space_app.ModelRegistry(infos)
+    reg.get("org/plain")
+    reg.get("org/custom@v1")
+    assert seen[0][1]["trust_remote_code"] is False and seen[0][1]["device"] == "auto"
+    assert seen[0][1]["dtype"] == "auto"
+    assert seen[1][1]["trust_remote_code"] is True and seen[1][1]["revision"] == "v1"
+
+
+# ------------------------------------------------------------------------ input hygiene
+
+def _settings():
+    return dict(max_new_tokens=6, num_beams=1, temperature=0, top_p=1, seed=-1)
+
+
+def test_caption_handler_matches_core(tiny_space, space_models, png, core_captioners):
+    from captioning.generation import GenerationSettings, caption_images
+    from captioning.images import load_image
+
+    app = tiny_space.caption_space
+    path = png((60, 40))
+    text, timing = app.caption((str(path), "pic.png"), str(space_models["blip"]), "", variations=1,
+                               **_settings())
+    expected = caption_images(core_captioners("blip"), [load_image(path)], None,
+                              GenerationSettings(max_new_tokens=6))
+    assert text == expected[0][0] and "cpu" in timing
+
+
+def test_image_limits_and_errors(tiny_space, space_app, png, tmp_path):
+    app = tiny_space.caption_space
+    small = app._image((str(png((200, 150))), "big.png"))  # 30,000 px: under max, over downscale
+    assert small.width * small.height <= 1_000 and abs(small.width / small.height - 4 / 3) < 0.1
+    with pytest.raises(space_app.gr.Error, match=r"huge.png: image is 300x300 = 90,000 pixels, over the limit"):
+        app._image((str(png((300, 300), "huge.png")), "huge.png"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(space_app.gr.Error, match="bad.jpg: "):
+        app._image((str(bad), "bad.jpg"))
+    with pytest.raises(space_app.gr.Error, match="Upload an image"):
+        app.caption(None, app.infos[0].key, "", variations=1, **_settings())
+    # names are escaped before gr.Error renders them as HTML
+    with pytest.raises(space_app.gr.Error, match="&lt;b&gt;.png"):
+        app._image((str(bad), "<b>.png"))
+
+
+def test_decompression_bomb_refused_before_decoding(space_app, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8000, 8000)).save(bomb)  # 64 MP, a few KB on disk
+    app = SimpleNamespace(limits=space_app.Limits())
+    with pytest.raises(space_app.gr.Error, match="bomb.png: image is .*over the limit"):
+        space_app.CaptionSpace._load(app, str(bomb), "bomb.png")
+
+
+def test_bad_settings_and_prompts(tiny_space, space_app, png):
+    app = tiny_space.caption_space
+    img = (str(png()), "pic.png")
+    ft, blip = app.infos[0].key, app.infos[2].key
+    for bad, match in ((dict(num_beams=0), "beams"), (dict(max_new_tokens=999), "max new tokens"),
+                       (dict(temperature=5), "temperature"), (dict(top_p=0), "top-p"),
+                       (dict(seed="x"), "numbers")):
+        with pytest.raises(space_app.gr.Error, match=match):
+            app.caption(img, ft, "", variations=1, **{**_settings(), **bad})
+    with pytest.raises(space_app.gr.Error, match="variations"):
+        app.caption(img, ft, "", variations=6, **_settings())
+    with pytest.raises(space_app.gr.Error, match="captions without a prompt"):
+        app.caption(img, blip, "a photo of", variations=1, **_settings())
+    with pytest.raises(space_app.gr.Error, match="longer than"):
+        app.caption(img, ft, "x" * 501, variations=1, **_settings())
+    with pytest.raises(space_app.gr.Error, match="Pick 2 to 4"):
+        app.compare(img, [ft], **_settings())
+    with pytest.raises(space_app.gr.Error, match="once"):
+        app.compare(img, [ft, ft], **_settings())
+
+
+def test_failed_model_is_an_error_for_that_model_only(tiny_space, space_app, png):
+    app = tiny_space.caption_space
+    img = (str(png()), "pic.png")
+    broken, blip = app.infos[3].key, app.infos[2].key
+    with pytest.raises(space_app.gr.Error, match="broken-model failed to load"):
+        app.caption(img, broken, "", variations=1, **_settings())
+    _, results = app.compare(img, [broken, blip], **_settings())
+    assert results[0]["error"] and results[1]["caption"]
+    with pytest.raises(space_app.gr.Error, match="broken-model failed to load"):
+        app.batch([str(png())], broken, **_settings())
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _png_bytes(color="blue") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_zip_members_guarded(space_app, tmp_path, monkeypatch):
+    z = _zip(tmp_path / "in.zip", {"a/one.png": _png_bytes(), "../../two.png": _png_bytes("red"),
+                                   "__MACOSX/a/._one.png": b"junk", "a/.hidden.png": b"x", "readme.txt": b"t",
+                                   "/abs/three.jpg": _png_bytes("green")})
+    members = space_app._zip_members(z)
+    assert [n for n, _ in members] == ["in.zip/a/one.png", "in.zip/two.png", "in.zip/abs/three.jpg"]
+    assert not (tmp_path.parent / "two.png").exists()  # nothing is ever extracted
+    bomb = _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (space_app.MAX_MEMBER_BYTES + 1)})
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(space_app.gr.Error, match="big.png: .*over the"):
+        space_app._zip_members(bomb)
+    monkeypatch.setattr(space_app, "MAX_BATCH_IMAGES", 3)
+    many = _zip(tmp_path / "many.zip", {f"{i}.png": _png_bytes() for i in range(4)})
+    with pytest.raises(space_app.gr.Error, match="At most 3 images"):
+        space_app._zip_members(many)
+    notzip = tmp_path / "fake.zip"
+    notzip.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(space_app.gr.Error, match="fake.zip: not a readable zip"):
+        space_app._zip_members(notzip)
+
+
+def test_batch_files_table_and_downloads(tiny_space, space_app, png, tmp_path):
+    app = tiny_space.caption_space
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    z = _zip(tmp_path / "more.zip", {"x.png": _png_bytes()})
+    table, csv_path, json_path, summary = app.batch([str(png()), str(bad), str(z)], app.infos[2].key,
+                                                    **_settings())
+    assert [r[0] for r in table] == ["pic.png", "bad.png", "more.zip/x.png"]
+    rows = json.loads(Path(json_path).read_text())
+    assert [r["file"] for r in rows] == [r[0] for r in table] and rows[1]["caption"] == ""
+    assert "bad.png: not an image file" in rows[1]["error"]
+    assert rows[0]["caption"] and rows[2]["caption"] and rows[0]["model"] == "tiny-blip"
+    import csv
+
+    assert list(csv.DictReader(io.StringIO(Path(csv_path).read_text()))) == rows
+    assert "2 of 3 images" in summary
+    with pytest.raises(space_app.gr.Error, match="Upload images"):
+        app.batch([], app.infos[2].key, **_settings())
+
+
+def test_compare_cards_escape_text(space_app):
+    html = space_app.compare_html([{"name": "<script>x</script>", "family": "blip", "caption": "a <b>cat</b>",
+                                    "seconds": 0.1, "load_seconds": 0, "error": None, "card_metrics": None},
+                                   {"name": "m2", "family": None, "caption": None, "seconds": None,
+                                    "error": "m2 failed to load: <oops>", "card_metrics": None}])
+    assert "<script>" not in html and "&lt;script&gt;" in html and "a &lt;b&gt;cat&lt;/b&gt;" in html
+    assert "failed to load: &lt;oops&gt;" in html and html.count('class="cmp-card"') == 2
+
+
+def test_deployed_space_serves_and_stops_on_ctrl_c(space_models, tmp_path):
+    """A Space folder (app.py with captioning/ beside it, what `release space` ships) runs
+    `python app.py --models ...`: it uses the captioning next to it, prints its URL,
+    serves on loopback, and exits 0 on Ctrl-C."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests.space.helpers import free_port
+
+    space = tmp_path / "space"
+    shutil.copytree(APP_PATH.parent, space, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "captioning", space / "captioning", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(space / "captioning" / "__init__.py", "a") as fh:  # shows which copy got imported
+        fh.write("\nprint('captioning imported from', __file__, flush=True)\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_SERVER_NAME", "CAPTION_MODELS", "PYTHONPATH")}
+    proc = subprocess.Popen([sys.executable, "app.py", "--models", str(space_models["blip"]), "--port", str(port)],
+                            cwd=space, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as r:
+                    info = json.loads(r.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the app did not start within 120 s"
+                time.sleep(0.5)
+        assert "/caption" in info["named_endpoints"]
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read()
+    assert rc == 0, out[-2000:]
+    assert f"captioning imported from {space / 'captioning' / '__init__.py'}" in out
+    assert f"serving 1 model(s) on {url}" in out and "Traceback" not in out
+
+
+def test_generation_failure_is_an_error_for_that_model_only(space_app, png):
+    """An exception inside generate (not a load failure) becomes that model's message."""
+    broken = SimpleNamespace(family=None, prompt=None, processor=None, model=None)  # caption_images trips on it
+    demo = space_app.build_demo(["org/a", "org/b"], loader=lambda entry: broken)
+    app = demo.caption_space
+    img = (str(png()), "pic.png")
+    _, results = app.compare(img, ["org/a", "org/b"], **_settings())
+    assert [r["caption"] for r in results] == [None, None]
+    assert all("generation failed (AttributeError" in r["error"] for r in results)
+    with pytest.raises(space_app.gr.Error, match="org/a: generation failed"):
+        app.caption(img, "org/a", "", variations=1, **_settings())

@@ -1,0 +1,465 @@
+"""The Space served in-process on 127.0.0.1 and driven like a user would: Chromium
+(Debian's, headless, through Playwright) and gradio_client, under a network guard.
+
+Screenshots land in each test's tmp dir; set SPACE_SCREENS_DIR to also collect one per tab.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.space.helpers import NetworkGuard, free_port
+
+pytestmark = [
+    pytest.mark.browser,
+    # Gradio's queue calls pandas options that pandas 3 deprecates: not ours to fix
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
+]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]
+MAX_NEW = 12  # the tests' max new tokens: short captions keep every request fast
+TIMEOUT_MS = 60_000
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def guard():
+    g = NetworkGuard().install()
+    yield g
+    g.uninstall()
+    assert not g.violations, f"non-loopback network use: {g.violations}"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(guard):
+    before = len(guard.violations)
+    yield
+    assert guard.violations[before:] == [], f"non-loopback network use: {guard.violations[before:]}"
+
+
+@pytest.fixture(scope="module")
+def server(guard, space_app, space_models):
+    """The app on a free loopback port, with a working base/fine-tune pair, BLIP and a
+    model folder that cannot load."""
+    names = ["ft", "base", "blip", "broken"]
+    demo = space_app.build_demo([str(space_models[n]) for n in names], concurrency_limit=2, max_queue=64)
+    port = free_port()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                            **space_app.launch_kwargs())
+    keys = {n: str(space_models[n]) for n in names}
+    yield {"url": url, "demo": demo, "keys": keys, "app": demo.caption_space}
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it via .ci/run)")
+    xdg = tmp_path_factory.mktemp("chromium-home")
+    os.environ.setdefault("XDG_CONFIG_HOME", str(xdg))
+    os.environ.setdefault("XDG_CACHE_HOME", str(xdg))
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shared_page(browser, server, guard):
+    """One page for the module (a Gradio page takes ~3 s to start here); each test
+    selects its tab and sets every setting it relies on. Requests leaving loopback
+    are aborted and recorded as violations."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(("http://127.0.0.1", "http://localhost", "data:", "blob:")):
+            r.continue_()
+        else:
+            guard.violations.append(f"page request {url}")
+            r.abort()
+
+    pg.route("**/*", route)
+    pg.goto(server["url"])
+    pg.wait_for_selector("#caption_btn")
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def page(shared_page):
+    return shared_page
+
+
+def settings(page, *, max_new_tokens=MAX_NEW, beams=1, temperature=0, top_p=1, seed=-1):
+    """Set every shared generation setting (tests share one page)."""
+    for elem_id, value in (("max_new_tokens", max_new_tokens), ("num_beams", beams), ("temperature", temperature),
+                           ("top_p", top_p)):
+        set_number(page, elem_id, value)
+    page.fill("#seed input", str(seed))
+    page.press("#seed input", "Enter")
+
+
+def caption_tab(page, model: str, variations: int = 1):
+    page.get_by_role("tab", name="Caption").click()
+    pick(page, "caption_model", model)
+    set_number(page, "variations", variations)
+
+
+def shot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    extra = os.environ.get("SPACE_SCREENS_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(extra) / path.name)
+    return path
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    page.click(f"#{elem_id} input[role=combobox]")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def run_caption(page, lines: int = 1) -> list[str]:
+    """Click Caption and return the captions shown (the old ones are blanked first,
+    since tests share the page)."""
+    page.eval_on_selector("#captions textarea", "e => { e.value = '' }")
+    page.click("#caption_btn")
+    page.wait_for_function("(n) => { const v = document.querySelector('#captions textarea').value;"
+                           " return v.length > 0 && v.split('\\n').length == n; }", arg=lines)
+    return page.input_value("#captions textarea").split("\n")
+
+
+@pytest.fixture(scope="module")
+def images(shapes_dir) -> list[Path]:
+    return sorted((shapes_dir / "images" / "test").glob("*.png"))[:3]
+
+
+def core(captioners, name, paths, **settings):
+    from captioning.generation import GenerationSettings, caption_images
+    from captioning.images import load_image
+
+    s = GenerationSettings(**settings)
+    return caption_images(captioners(name), [load_image(p) for p in paths], None, s)
+
+
+# --------------------------------------------------------------------------- browser
+
+def test_caption_matches_core(page, server, images, core_captioners, tmp_path):
+    caption_tab(page, "tiny-smolvlm-ft")
+    settings(page, beams=2)
+    page.set_input_files("#caption_image input[type=file]", str(images[0]))
+    page.wait_for_selector("#caption_image img")
+    shown = run_caption(page)
+    expected = core(core_captioners, "ft", [images[0]], max_new_tokens=MAX_NEW, num_beams=2)[0]
+    assert shown == expected
+    page.wait_for_function("document.querySelector('#caption_time').innerText.includes(' s')")
+    assert "generation" in page.inner_text("#caption_time")
+    # the card line shows the model's metrics, and the prompt box is live for instruct models
+    assert "CIDEr 0.876" in page.inner_text("#caption_card")
+    assert not page.is_disabled("#prompt textarea")
+    shot(page, tmp_path, "caption")
+
+
+def test_example_image_captions(page):
+    caption_tab(page, "tiny-blip")
+    settings(page)
+    page.locator("#caption_image").locator("xpath=ancestor::div[contains(@class,'column')][1]") \
+        .locator(".gallery-item").nth(1).click()  # the house picture
+    page.wait_for_selector("#caption_image img[src*='house']")
+    assert run_caption(page)[0]
+
+
+def test_prompt_disabled_for_blip(page):
+    caption_tab(page, "tiny-blip")
+    page.wait_for_function("document.querySelector('#prompt textarea').disabled")
+    assert "without a prompt" in page.get_attribute("#prompt textarea", "placeholder")
+    pick(page, "caption_model", "tiny-smolvlm")
+    page.wait_for_function("!document.querySelector('#prompt textarea').disabled")
+
+
+def test_three_variations(page, images, core_captioners, tmp_path):
+    caption_tab(page, "tiny-smolvlm-ft", variations=3)
+    settings(page, temperature=0.9, seed=7)
+    page.set_input_files("#caption_image input[type=file]", str(images[1]))
+    page.wait_for_selector("#caption_image img")
+    shown = run_caption(page, lines=3)
+    assert len(shown) == 3 and len(set(shown)) == 3, shown
+    expected = core(core_captioners, "ft", [images[1]], max_new_tokens=MAX_NEW, do_sample=True, temperature=0.9,
+                    num_captions=3, seed=7)[0]
+    assert shown == expected
+    shot(page, tmp_path, "variations")
+
+
+def test_compare_base_vs_finetuned(page, server, images, core_captioners, tmp_path):
+    page.get_by_role("tab", name="Compare").click()
+    settings(page)
+    page.set_input_files("#compare_image input[type=file]", str(images[2]))
+    page.wait_for_selector("#compare_image img")
+    page.click("#preset_0")  # "Base vs fine-tuned": the release names its base
+    page.wait_for_function("Array.from(document.querySelectorAll('#compare_models .token'))"
+                           ".map(t => t.innerText.trim()).join('|') == 'tiny-smolvlm|tiny-smolvlm-ft'")
+    chosen = page.locator("#compare_models .token").all_inner_texts()
+    assert [c.strip() for c in chosen] == ["tiny-smolvlm", "tiny-smolvlm-ft"]
+    page.click("#compare_btn")
+    page.wait_for_selector("#compare_cards .cmp-card >> nth=1")
+    cards = page.locator("#compare_cards .cmp-card")
+    assert cards.count() == 2
+    for i, name in enumerate(["base", "ft"]):
+        card = cards.nth(i)
+        expected = core(core_captioners, name, [images[2]], max_new_tokens=MAX_NEW)[0][0]
+        assert card.locator(".cmp-caption").inner_text() == expected
+        assert " s" in card.locator(".cmp-latency").inner_text()
+        metrics = card.locator(".cmp-metrics").inner_text()
+        assert "CIDEr" in metrics and "BLEU-4" in metrics and "16 images, test split" in metrics
+    assert "CIDEr 0.123" in cards.nth(0).inner_text() and "CIDEr 0.876" in cards.nth(1).inner_text()
+    shot(page, tmp_path, "compare")
+
+
+def test_batch_two_images_and_csv(page, images, core_captioners, tmp_path):
+    page.get_by_role("tab", name="Batch").click()
+    settings(page)
+    page.set_input_files("#batch_files input[type=file]", [str(images[0]), str(images[1])])
+    pick(page, "batch_model", "tiny-blip")
+    page.wait_for_timeout(300)  # the upload finishes before the click is queued
+    page.click("#batch_btn")
+    page.wait_for_function("document.querySelector('#batch_summary').innerText.includes('2 of 2')")
+    with page.expect_download() as dl:
+        page.click("#batch_csv")
+    path = tmp_path / "captions.csv"
+    dl.value.save_as(path)
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    expected = core(core_captioners, "blip", images[:2], max_new_tokens=MAX_NEW)
+    assert [r["file"] for r in rows] == [images[0].name, images[1].name]
+    assert [r["caption"] for r in rows] == [e[0] for e in expected]
+    assert {r["model"] for r in rows} == {"tiny-blip"} and all(r["error"] == "" for r in rows)
+    assert images[0].name in page.inner_text("#batch_table")
+    shot(page, tmp_path, "batch")
+
+
+def test_corrupt_upload_shows_error(page, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    caption_tab(page, "tiny-smolvlm")
+    page.set_input_files("#caption_image input[type=file]", str(bad))
+    page.wait_for_selector("#caption_image img")
+    page.click("#caption_btn")
+    toast = page.locator(".toast-body").filter(has_text="broken.png")
+    toast.wait_for()
+    text = toast.inner_text()
+    assert "broken.png: " in text and ("not an image" in text or "cannot read the image" in text), text
+    assert "Traceback" not in page.content()
+    shot(page, tmp_path, "error")
+    for close in page.locator(".toast-close").all():  # the page is shared with later tests
+        close.click()
+
+
+def test_about_tab(page, server, tmp_path):
+    page.get_by_role("tab", name="About").click()
+    page.wait_for_selector("#about_md table")
+    about = page.inner_text("#about_md")
+    for label in ("tiny-smolvlm-ft", "tiny-smolvlm", "tiny-blip", "broken-model"):
+        assert label in about
+    assert "0.876" in about and "gradio_client" in about
+    page.click("#models_refresh")
+    # models used by the earlier tests are listed as in memory; the rest not loaded
+    page.wait_for_function("document.querySelector('#models_table').innerText.includes('in memory')")
+    page.wait_for_timeout(500)  # let the status spinner fade before the screenshot
+    assert "not loaded" in page.inner_text("#models_table")
+    shot(page, tmp_path, "about")
+
+
+# ------------------------------------------------------------------------ gradio_client
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], analytics_enabled=False, verbose=False)
+
+
+def test_every_event_has_api_name(server, client):
+    demo = server["demo"]
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert None not in names and "" not in names
+    public = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert public == {"/caption", "/compare", "/batch", "/models", "/models_on_load", "/model_info", "/preset_0"}
+
+
+def test_client_calls_each_api_name(server, client, images, core_captioners):
+    from gradio_client import handle_file
+
+    keys = server["keys"]
+    text, timing = client.predict(handle_file(str(images[0])), keys["base"], "", MAX_NEW, 1, 0, 1, 1, -1,
+                                  api_name="/caption")
+    assert text == core(core_captioners, "base", [images[0]], max_new_tokens=MAX_NEW)[0][0]
+    assert "generation" in timing
+    text, _ = client.predict(handle_file(str(images[0])), keys["base"], "Describe the shapes.", MAX_NEW, 1, 0, 1,
+                             2, -1, api_name="/caption")
+    assert len(text.split("\n")) == 2
+
+    html_cards, results = client.predict(handle_file(str(images[0])), [keys["ft"], keys["blip"]], MAX_NEW, 1, 0,
+                                         1, -1, api_name="/compare")
+    assert [r["name"] for r in results] == ["tiny-smolvlm-ft", "tiny-blip"]
+    assert all(r["caption"] and r["error"] is None for r in results)
+    assert results[1]["card_metrics"]["CIDEr"] == pytest.approx(0.456)
+    assert results[1]["card_metrics"]["n_images"] == 16 and results[1]["card_metrics"]["split"] == "test"
+    assert "cmp-card" in html_cards
+
+    table, csv_path, json_path, summary = client.predict(
+        [handle_file(str(images[0])), handle_file(str(images[1]))], keys["blip"], MAX_NEW, 1, 0, 1, -1,
+        api_name="/batch")
+    rows = json.loads(Path(json_path).read_text())
+    assert [r["file"] for r in rows] == [images[0].name, images[1].name]
+    assert [r[1] for r in table["data"]] == [r["caption"] for r in rows]
+    assert Path(csv_path).read_text().startswith("file,caption,model,error")
+    assert "2 of 2" in summary
+
+    models = client.predict(api_name="/models")
+    assert [r[0] for r in models["data"]] == list(keys.values())
+    assert client.predict(api_name="/models_on_load")["headers"] == models["headers"]
+    prompt, card = client.predict(keys["blip"], api_name="/model_info")
+    assert prompt["interactive"] is False and "family: blip" in card  # a component update: no prompt box
+    preset = client.predict(api_name="/preset_0")
+    assert preset == [keys["base"], keys["ft"]]
+
+
+def test_client_errors_are_messages(client, server, tmp_path, images):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    keys = server["keys"]
+    bad = tmp_path / "junk.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(AppError, match="junk.jpg: "):
+        client.predict(handle_file(str(bad)), keys["base"], "", MAX_NEW, 1, 0, 1, 1, -1, api_name="/caption")
+    with pytest.raises(AppError, match="captions without a prompt"):
+        client.predict(handle_file(str(images[0])), keys["blip"], "a photo of", MAX_NEW, 1, 0, 1, 1, -1,
+                       api_name="/caption")
+    with pytest.raises(AppError, match="not in the list of choices"):  # Gradio checks dropdown values
+        client.predict(handle_file(str(images[0])), "nobody/nothing", "", MAX_NEW, 1, 0, 1, 1, -1,
+                       api_name="/caption")
+    with pytest.raises(AppError, match="Pick 2 to 4"):
+        client.predict(handle_file(str(images[0])), [keys["base"]], MAX_NEW, 1, 0, 1, -1, api_name="/compare")
+    # the server never fetches a URL it is given (and the network guard would see it try)
+    with pytest.raises(AppError, match="URLs are not fetched"):
+        client.predict(handle_file("https://example.com/cat.png"), keys["base"], "", MAX_NEW, 1, 0, 1, 1, -1,
+                       api_name="/caption")
+    # a zip with one image, one corrupt image and a path-escaping name: per-file rows
+    z = tmp_path / "set.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(images[0], "pics/one.png")
+        zf.writestr("../../escape.png", b"garbage")
+        zf.writestr("notes.txt", b"skipped")
+    table, *_ = client.predict([handle_file(str(z))], keys["blip"], MAX_NEW, 1, 0, 1, -1, api_name="/batch")
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["set.zip/pics/one.png", "set.zip/escape.png"]
+    assert rows[0][1] and not rows[0][3]
+    assert rows[1][1] == "" and "not an image" in rows[1][3]
+
+
+def test_broken_model_leaves_others_usable(client, server, images):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    keys = server["keys"]
+    with pytest.raises(AppError, match="broken-model failed to load"):
+        client.predict(handle_file(str(images[0])), keys["broken"], "", MAX_NEW, 1, 0, 1, 1, -1,
+                       api_name="/caption")
+    text, _ = client.predict(handle_file(str(images[0])), keys["blip"], "", MAX_NEW, 1, 0, 1, 1, -1,
+                             api_name="/caption")
+    assert text
+    _, results = client.predict(handle_file(str(images[0])), [keys["broken"], keys["ft"]], MAX_NEW, 1, 0, 1, -1,
+                                api_name="/compare")
+    assert "failed to load" in results[0]["error"] and results[0]["caption"] is None
+    assert results[1]["caption"] and results[1]["error"] is None
+    status = {r[0]: r[-1] for r in client.predict(api_name="/models")["data"]}
+    assert status[keys["broken"]].startswith("failed:") and status[keys["ft"]] == "in memory"
+
+
+def test_network_guard_is_active(guard):
+    import socket
+
+    with pytest.raises(OSError, match="network guard"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)
+    assert guard.violations and "192.0.2.1" in guard.violations[-1]
+    guard.violations.clear()
+
+
+# ---------------------------------------------------------------------------- load test
+
+def test_load_16_clients_x_10(server, images, record_property):
+    """16 concurrent gradio_client clients x 10 caption requests each (from another
+    process): no failures, and the server process's memory stays bounded."""
+    import psutil
+    from gradio_client import Client, handle_file
+
+    proc = psutil.Process()
+    key = server["keys"]["base"]
+    warm = Client(server["url"], analytics_enabled=False, verbose=False)
+    for _ in range(3):
+        warm.predict(handle_file(str(images[0])), key, "", 4, 1, 0, 1, 1, -1, api_name="/caption")
+    rss0 = proc.memory_info().rss
+    peak = [rss0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        run = subprocess.run([sys.executable, str(Path(__file__).with_name("load_clients.py")), server["url"], key,
+                              *map(str, images), "--clients", "16", "--requests", "10"],
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    finally:
+        stop.set()
+        sampler.join()
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    lat = out["latencies"]
+    rss1 = proc.memory_info().rss
+    stats = {"requests": 160, "ok": out["ok"], "failures": out["failures"], "wall_s": round(out["wall_s"], 1),
+             "req_per_s": round(out["ok"] / out["wall_s"], 2),
+             "p50_s": round(lat[len(lat) // 2], 3) if lat else None,
+             "p95_s": round(lat[int(len(lat) * 0.95)], 3) if lat else None,
+             "server_rss_before_mb": round(rss0 / 2**20), "server_rss_peak_mb": round(peak[0] / 2**20),
+             "server_rss_after_mb": round(rss1 / 2**20)}
+    record_property("load_test", stats)
+    print("load test:", json.dumps(stats))
+    assert out["failures"] == 0, out["first_failures"]
+    assert out["ok"] == 160
+    assert out["guard_violations"] == []
+    # a tiny model: growth beyond ~200 MB would mean per-request leaks (images, files, state)
+    assert peak[0] - rss0 < 200 * 2**20, stats
