@@ -171,7 +171,54 @@ def _blip(size: str, folder: Path):
     return model, processor
 
 
-BUILDERS: dict[str, Callable] = {"idefics3": _idefics3, "blip": _blip}
+# ----------------------------------------------------------------------- bridge
+def _bridge(size: str, folder: Path):
+    """Frozen DINOv2-style backbone + frozen Llama/Gemma-2 LM + gated cross-attention bridge
+    (model code in captioning/bridge, saved next to the weights as remote code)."""
+    from transformers import BitImageProcessorPil
+
+    from captioning.bridge import BridgeConfig, BridgeForConditionalGeneration, BridgeProcessor
+
+    tok = build_bpe_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<pad>", "<|im_start|>", "<end_of_utterance>")}
+    special = dict(pad_token_id=ids["<pad>"], bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"])
+    if size == "tiny":
+        # 48 px, patch 8: 6x6 patches, so each cell of the shapes 3x3 grid is 2x2 patches
+        image, crop = 48, 48
+        vision = dict(model_type="dinov2", hidden_size=32, intermediate_size=64, mlp_ratio=2, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=image, patch_size=8)
+        text = dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    tie_word_embeddings=True, rms_norm_eps=1e-5, **special)  # tied, as Gemma-2
+        bridge = dict(cross_attention_layers=[0, 1], bridge_hidden_size=32, bridge_num_heads=2, bridge_ffn_mult=1.0)
+    else:
+        # facebook/dinov2-large config.json; its processor: shortest edge 256, centre crop 224
+        image, crop = 256, 224
+        vision = dict(model_type="dinov2", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                      mlp_ratio=4, patch_size=14, image_size=518, layerscale_value=1.0, layer_norm_eps=1e-6,
+                      hidden_act="gelu", qkv_bias=True, use_swiglu_ffn=False)
+        # google/gemma-2-2b config.json (vocabulary size as published; the offline tokenizer knows fewer)
+        text = dict(model_type="gemma2", vocab_size=256000, hidden_size=2304, intermediate_size=9216,
+                    num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                    hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192, rms_norm_eps=1e-6,
+                    rope_theta=10000.0, attention_bias=False, attn_logit_softcapping=50.0,
+                    final_logit_softcapping=30.0, query_pre_attn_scalar=256, sliding_window=4096,
+                    tie_word_embeddings=True, **special)
+        # ~2% of the parameters train: 5 blocks spread over the 26 layers, attention at width 1024
+        bridge = dict(bridge_depth=5, bridge_attach="spread", bridge_hidden_size=1024, bridge_num_heads=16,
+                      bridge_ffn_mult=0.5)
+    config = BridgeConfig(vision_config=vision, text_config=text, **bridge)
+    model = BridgeForConditionalGeneration(config)
+    ip = BitImageProcessorPil(size={"shortest_edge": image}, crop_size={"height": crop, "width": crop},
+                              image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # ImageNet, as DINOv2
+    processor = BridgeProcessor(image_processor=ip, tokenizer=tok)
+    model.generation_config.eos_token_id = special["eos_token_id"]
+    model.generation_config.pad_token_id = special["pad_token_id"]
+    model.generation_config.bos_token_id = special["bos_token_id"]
+    return model, processor
+
+
+BUILDERS: dict[str, Callable] = {"idefics3": _idefics3, "blip": _blip, "bridge": _bridge}
 
 
 def build_model(family: str, size: str = "tiny", *, seed: int = 0):

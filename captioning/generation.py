@@ -8,12 +8,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import threading
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from captioning.errors import UserError
+
+#: Images per forward of the vision tower when ``vision_batch_size="auto"``, by device
+#: type (absent: the whole batch at once). On a CPU the text decoder wants big batches
+#: (each decode step reads all its weights once for the whole batch), but the vision
+#: tower gains nothing past a couple of images - its matrices already have 577-1024 rows
+#: per image - and slows down when a whole batch of activations falls out of the cache
+#: (BLIP's eager attention keeps 12 x 577 x 577 scores per image: ~20% slower at 8
+#: images per forward than at 2 on a 2-core CPU; see bench/generation_speed.py).
+#: GPUs want the whole batch.
+VISION_BATCH_SIZE = {"cpu": 2}
 
 
 @dataclass
@@ -71,19 +85,27 @@ class GenerationSettings:
 
 def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | None] | None = None,
                    settings: GenerationSettings | None = None, *, batch_size: int = 8,
-                   progress: Callable[[int], None] | None = None) -> list[list[str]]:
+                   progress: Callable[[int], None] | None = None,
+                   vision_batch_size: int | str | None = "auto") -> list[list[str]]:
     """Caption ``images`` (PIL, already through captioning.images.load_image).
 
     Returns one list of ``settings.num_captions`` captions per image, in input
     order. ``prompts``: None (the model's prompt), one string for all images, or
     one per image. Batches are left padded; families that cannot left pad (BLIP)
     batch only prompts of equal token length, so results never depend on what
-    else shares the batch. ``progress`` is called with the number of images done
-    after each batch.
+    else shares the batch. Mixed prompts are batched by length, so short prompts
+    are not padded to a long neighbour's length. ``progress`` is called with the
+    number of images done after each batch. ``vision_batch_size``: images per
+    forward of the vision tower inside a batch (None: all at once; "auto": the
+    device's entry in VISION_BATCH_SIZE); it changes speed and memory, not captions.
     """
     settings = settings or GenerationSettings()
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if vision_batch_size == "auto":
+        vision_batch_size = VISION_BATCH_SIZE.get(torch.device(captioner.device).type)
+    elif vision_batch_size is not None and (not isinstance(vision_batch_size, int) or vision_batch_size < 1):
+        raise UserError("vision_batch_size must be at least 1, None (the whole batch) or 'auto'")
     n = len(images)
     if prompts is None or isinstance(prompts, str):
         per_image = [prompts if isinstance(prompts, str) else captioner.prompt] * n
@@ -93,29 +115,130 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
             raise ValueError(f"{len(per_image)} prompts for {n} images")
     fam, proc, model = captioner.family, captioner.processor, captioner.model
 
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(per_image):
-        key = 0 if fam.pads_left else fam.prompt_length(proc, p)
-        groups.setdefault(key, []).append(i)
-
     results: list[list[str] | None] = [None] * n
     kwargs = settings.generate_kwargs()
-    with torch.inference_mode():
-        for idx in groups.values():
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
-                inputs = fam.generation_inputs(proc, [images[i] for i in chunk], [per_image[i] for i in chunk])
-                inputs = _to_device(inputs, captioner.device, captioner.dtype)
-                if settings.seed is not None:
-                    torch.manual_seed(settings.seed)
-                out = fam.generate(model, inputs, **kwargs)
-                texts = fam.decode(proc, out, inputs)
-                k = settings.num_captions
-                for j, i in enumerate(chunk):
-                    results[i] = texts[j * k:(j + 1) * k]
-                if progress is not None:
-                    progress(len(chunk))
+    with torch.inference_mode(), _vision_in_chunks(model, fam, vision_batch_size):
+        for chunk in _batches(fam, proc, per_image, batch_size):
+            inputs = fam.generation_inputs(proc, [images[i] for i in chunk], [per_image[i] for i in chunk])
+            inputs = _to_device(inputs, captioner.device, captioner.dtype)
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            out = fam.generate(model, inputs, **kwargs)
+            texts = fam.decode(proc, out, inputs)
+            k = settings.num_captions
+            for j, i in enumerate(chunk):
+                results[i] = texts[j * k:(j + 1) * k]
+            if progress is not None:
+                progress(len(chunk))
     return results  # type: ignore[return-value]
+
+
+def _batches(fam, proc, per_image: list[str | None], batch_size: int) -> Iterator[list[int]]:
+    """Image indices, batch by batch. Families that cannot left pad get one group per
+    prompt token length; with mixed prompts the others are ordered by prompt length so
+    a batch pads little. One prompt for all images keeps the input order."""
+    groups: dict[int, list[int]] = {}
+    if fam.pads_left:
+        order = list(range(len(per_image)))
+        if len(set(per_image)) > 1:
+            tok = fam.tokenizer(proc)
+            length = {p: len(tok(fam.build_prompt(proc, p), add_special_tokens=False)["input_ids"])
+                      for p in set(per_image)}
+            order.sort(key=lambda i: length[per_image[i]])  # stable: ties keep input order
+        groups[0] = order
+    else:
+        for i, p in enumerate(per_image):
+            groups.setdefault(fam.prompt_length(proc, p), []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), batch_size):
+            yield idx[start:start + batch_size]
+
+
+# One wrapper per vision module, shared by concurrent callers (the Space captions from
+# several threads): installed by the first caller, removed by the last; each caller's
+# chunk size travels in a context variable, so threads never see each other's.
+_VISION_CHUNK: contextvars.ContextVar[int | None] = contextvars.ContextVar("vision_chunk", default=None)
+_PATCH_LOCK = threading.Lock()
+_PATCHED: dict[int, list] = {}  # id(module) -> [module, users, instance-level forward it had]
+
+
+@contextlib.contextmanager
+def _vision_in_chunks(model, fam, chunk: int | None) -> Iterator[None]:
+    """While active, the family's vision tower (the outermost modules matching
+    ``fam.vision_pattern``) runs over at most ``chunk`` images per forward.
+
+    transformers has no such option (generate encodes a whole batch of images in one
+    forward), so the tower's ``forward`` is wrapped on the instance and restored on exit.
+    Each image is encoded independently, so chunking does not change what is computed.
+    """
+    if not chunk or not fam.vision_pattern:
+        yield
+        return
+    names = fam.module_names(model, fam.vision_pattern)
+    outermost = [n for n in names if not any(n.startswith(o + ".") for o in names)]
+    modules = dict(model.named_modules())
+    mine = [modules[n] for n in outermost]
+    with _PATCH_LOCK:
+        for mod in mine:
+            entry = _PATCHED.get(id(mod))
+            if entry is None:
+                own = mod.__dict__.get("forward")  # an instance-level forward set by someone else
+                original = mod.forward
+                mod.forward = functools.wraps(original)(functools.partial(_chunked_forward, original))
+                _PATCHED[id(mod)] = [mod, 1, own]
+            else:
+                entry[1] += 1
+    token = _VISION_CHUNK.set(chunk)
+    try:
+        yield
+    finally:
+        _VISION_CHUNK.reset(token)
+        with _PATCH_LOCK:
+            for mod in mine:
+                entry = _PATCHED[id(mod)]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _PATCHED[id(mod)]
+                    if entry[2] is None:
+                        del mod.forward
+                    else:
+                        mod.forward = entry[2]
+
+
+def _chunked_forward(forward: Callable, *args, **kwargs):
+    """Call ``forward`` on slices of at most the current chunk size along the batch
+    dimension (the first dimension of the first tensor argument; every tensor argument of
+    that length is sliced) and concatenate the outputs."""
+    chunk = _VISION_CHUNK.get()
+    first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+    if not chunk or first is None or first.dim() == 0 or first.shape[0] <= chunk:
+        return forward(*args, **kwargs)
+    n = first.shape[0]
+
+    def piece(value, start):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+            return value[start:start + chunk]
+        return value
+
+    outs = [forward(*[piece(a, s) for a in args], **{k: piece(v, s) for k, v in kwargs.items()})
+            for s in range(0, n, chunk)]
+    return _concat(outs)
+
+
+def _concat(outs: list[Any]):
+    """Join per-chunk outputs: tensors on dim 0; ModelOutputs/dicts field by field;
+    tuples element by element (per-layer hidden states); lists end to end (per-image
+    items); anything else is taken from the first chunk."""
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outs) if first.dim() > 0 else first
+    if isinstance(first, dict):  # transformers' ModelOutput is an OrderedDict
+        return type(first)(**{k: _concat([o.get(k) for o in outs]) for k in first.keys()})
+    if isinstance(first, tuple):
+        return type(first)(_concat(list(parts)) for parts in zip(*outs))
+    if isinstance(first, list):
+        return [item for o in outs for item in o]
+    return first
 
 
 def caption(captioner, image, prompt: str | None = None, settings: GenerationSettings | None = None) -> str:

@@ -1,0 +1,192 @@
+"""Training data: caption transforms, the torch Dataset the Trainer reads, the collator,
+and the frozen-tower feature cache.
+
+Everything model-specific (prompt + image tokens, label masking, padding) comes from the
+family's ``encode_example`` / ``collate``; this module only decides WHICH caption of which
+image goes into each step, and where the image features come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Callable, Sequence
+
+import torch
+
+from captioning.errors import UserError
+
+# ------------------------------------------------------------ caption transforms
+_ARTICLE = re.compile(r"\b(a|an)\b\s*", re.IGNORECASE)
+_THE = re.compile(r"\bthe\b", re.IGNORECASE)
+_IS = re.compile(r"\bis\b", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+def linguistic_errors(caption: str) -> str:
+    """The corruption from the BLIP LoRA tutorial, so a fine-tune visibly adopts a style:
+    drop the articles a/an, "the" -> "thwisss", "is" -> "iz", append " thwisss iz funny"."""
+    text = _ARTICLE.sub("", caption)
+    text = _THE.sub("thwisss", text)
+    text = _IS.sub("iz", text)
+    text = _SPACES.sub(" ", text).strip().rstrip(".")
+    return f"{text} thwisss iz funny".strip()
+
+
+CAPTION_TRANSFORMS: dict[str, Callable[[str], str]] = {
+    "none": lambda caption: caption,
+    "linguistic_errors": linguistic_errors,
+}
+
+
+def caption_transform(name: str) -> Callable[[str], str]:
+    """The named transform (data.caption_transform)."""
+    if name not in CAPTION_TRANSFORMS:
+        raise UserError(f"data.caption_transform {name!r}: choose one of {', '.join(CAPTION_TRANSFORMS)}")
+    return CAPTION_TRANSFORMS[name]
+
+
+def transformed_references(dataset, transform: Callable[[str], str]) -> dict:
+    """COCO references of ``dataset`` with ``transform`` applied (what validation scores against)."""
+    coco = dataset.references_coco()
+    for ann in coco["annotations"]:
+        ann["caption"] = transform(ann["caption"])
+    return coco
+
+
+def _pick(seed: int, epoch: int, image_id, n: int) -> int:
+    # A hash of (seed, epoch, image) instead of a stateful RNG: the caption an example gets
+    # depends only on where training is, so a resumed run draws the same captions.
+    digest = hashlib.sha256(f"{seed}/{epoch}/{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n
+
+
+PIXEL_PREFIX = "pixel_"
+
+
+class CaptionTrainDataset(torch.utils.data.Dataset):
+    """(image, caption) training examples encoded by the family.
+
+    ``references="sample"``: one item per image, a different reference each epoch (seeded);
+    ``"all"``: one item per (image, reference). ``features``: cached image features per
+    image (see :func:`compute_image_features`); the pixel tensors are then dropped and the
+    collator passes the features to the model instead.
+    """
+
+    def __init__(self, examples: Sequence, family, processor, prompt: str | None, *, references: str = "sample",
+                 transform: Callable[[str], str] = CAPTION_TRANSFORMS["none"], seed: int = 0,
+                 features: list[torch.Tensor] | None = None):
+        self.examples, self.family, self.processor, self.prompt = examples, family, processor, prompt
+        self.transform, self.seed, self.features = transform, seed, features
+        self.epoch = 0
+        if references == "all":
+            self.items = [(i, j) for i, ex in enumerate(examples) for j in range(len(ex.references))]
+        elif references == "sample":
+            self.items = [(i, None) for i in range(len(examples))]
+        else:
+            raise UserError(f"data.references {references!r}: choose sample or all")
+        if features is not None and len(features) != len(examples):
+            raise ValueError("one cached feature tensor per image is needed")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer's data loader at each epoch (picks the sampled references)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def caption(self, index: int) -> str:
+        """The target caption of item ``index`` in the current epoch (after the transform)."""
+        i, j = self.items[index]
+        ex = self.examples[i]
+        if j is None:
+            j = _pick(self.seed, self.epoch, ex.image_id, len(ex.references))
+        return self.transform(ex.references[j])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i, _ = self.items[index]
+        ex = self.examples[i]
+        enc = self.family.encode_example(self.processor, ex.load_image(), self.caption(index), self.prompt)
+        if self.features is not None:
+            enc = {k: v for k, v in enc.items() if not k.startswith(PIXEL_PREFIX)}
+            enc["image_features"] = self.features[i]
+        return enc
+
+
+class Collator:
+    """The family's collate, plus cached image features concatenated in batch order
+    (the order in which the model fills the image tokens)."""
+
+    def __init__(self, family, processor):
+        self.family, self.processor = family, processor
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        feats = [ex.pop("image_features") for ex in examples] if "image_features" in examples[0] else None
+        batch = self.family.collate(self.processor, examples)
+        if feats is not None:
+            batch["image_features"] = torch.cat(feats)
+        return batch
+
+
+# ------------------------------------------------------------ feature cache
+#: families whose forward accepts precomputed vision + connector outputs
+FEATURE_CACHE_FAMILIES = ("idefics3",)
+
+
+def check_feature_cache(family, model) -> None:
+    """UserError unless the model can take cached features and nothing in front of them trains."""
+    if family.name not in FEATURE_CACHE_FAMILIES:
+        raise UserError(f"data.feature_cache: the {family.name} family cannot take precomputed image features "
+                        f"(supported: {', '.join(FEATURE_CACHE_FAMILIES)}); switch it off")
+    groups = family.parameter_groups(model)
+    params = dict(model.named_parameters())
+    trained = [n for n in groups["vision"] + groups["connector"] if params[n].requires_grad]
+    if trained:
+        raise UserError(f"data.feature_cache: {trained[0]} (vision/connector) is trainable, so cached features "
+                        "would go stale; remove it from lora.target_modules or switch the cache off")
+
+
+@torch.no_grad()
+def compute_image_features(model, family, processor, examples: Sequence, prompt: str | None, *,
+                           batch_size: int = 8, device=None, dtype=None,
+                           progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    """Vision tower + connector outputs of every image, once: a list (one per example) of
+    ``[image_tokens, hidden]`` tensors on the CPU, in the model's compute dtype.
+
+    Uses the same processor path as training (``encode_example``), so the features are
+    exactly what the forward pass would compute from the pixels.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was_training = base.training
+    base.eval()
+    device = device or next(base.parameters()).device
+    out: list[torch.Tensor] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            encs = [family.encode_example(processor, ex.load_image(), "", prompt) for ex in chunk]
+            pix = family.collate(processor, [{k: v for k, v in e.items() if k.startswith(PIXEL_PREFIX)}
+                                             for e in encs])
+            kwargs = {k: v.to(device) for k, v in pix.items()}
+            if dtype is not None:
+                kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
+            feats = base.get_image_features(**kwargs).pooler_output
+            out.extend(f.detach().to("cpu") for f in feats)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        base.train(was_training)
+    return out
+
+
+def features_to_model_inputs(inputs: dict) -> dict:
+    """Replace ``image_features`` in a batch by the ``mm_encoder_outputs`` argument that
+    transformers' Idefics3 forward accepts instead of pixels."""
+    feats = inputs.pop("image_features", None)
+    if feats is None:
+        return inputs
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs = {k: v for k, v in inputs.items() if not k.startswith(PIXEL_PREFIX)}
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+    return inputs

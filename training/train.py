@@ -1,0 +1,481 @@
+"""Fine-tune a captioning model (LoRA, QLoRA or full) from a YAML recipe.
+
+    python -m training.train --config training/recipes/shapes-tiny.yaml [--output-dir DIR] [--key value ...]
+    python -m training.train --config training/recipes/shapes-tiny.yaml --resume    # continue the latest checkpoint
+    python -m training.train --config training/recipes/shapes-tiny.yaml --print-config
+    accelerate launch --num_processes 2 -m training.train --config ...               # several processes / GPUs
+
+Flags override the recipe: ``--optim.lr 1e-4`` (or ``--lr 1e-4`` where the name is unique),
+``--no-lora.use_dora`` / ``--lora.use_dora false``; ``--help`` lists every key. The output
+folder receives the adapter (or full model), the processor, ``train_config.yaml``,
+``metrics.json``, ``val_predictions.json``, ``logs/`` (TensorBoard) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+from captioning.errors import UserError
+from training.config import TrainConfig, diff, help_text, load_config
+
+TRAIN_CONFIG = "train_config.yaml"
+METRICS = "metrics.json"
+PREDICTIONS = "val_predictions.json"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+_STAGING = ".staging"
+_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                 "adapter_model.bin", "pytorch_model.bin")
+
+
+# ---------------------------------------------------------------- output folder & checkpoints
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from (None when it looks complete and readable).
+
+    The Trainer writes trainer_state.json after the weights, optimizer, scheduler and RNG
+    state, so a checkpoint without a readable one was cut off while being written.
+    """
+    if not path.is_dir():
+        return "no such folder"
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "incomplete (no trainer_state.json: the run stopped while writing it)"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return "corrupt trainer_state.json"
+    weights = [path / n for n in _WEIGHT_FILES if (path / n).is_file()]
+    if not weights:
+        return "no model or adapter weights"
+    for w in weights:
+        if w.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(w), framework="pt") as f:
+                    list(f.keys())
+            except Exception as e:  # noqa: BLE001 - any read failure means unusable
+                return f"corrupt {w.name} ({type(e).__name__})"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        f = path / name
+        if not f.is_file():
+            return f"incomplete (no {name})"
+        try:
+            with zipfile.ZipFile(f) as z:  # torch.save writes a zip; a cut-off file has no directory
+                z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return f"corrupt {name}"
+    return None
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``checkpoint-N`` in ``folder``, oldest first."""
+    out = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_dir() and p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit():
+                out.append((int(p.name[len("checkpoint-"):]), p))
+    return sorted(out)
+
+
+def select_checkpoint(out: Path, resume: bool | str, *, is_main: bool, log: Callable[[str], None]) -> Path:
+    """The checkpoint ``--resume`` continues from: the given one, or the newest complete one
+    under OUT/checkpoints. Incomplete ones newer than it are removed (by the main process)
+    so they can neither be resumed nor kept by checkpoint rotation."""
+    if isinstance(resume, str) and resume not in ("", "latest"):
+        path = Path(resume)
+        if not path.is_dir() and (out / CHECKPOINTS / resume).is_dir():
+            path = out / CHECKPOINTS / resume
+        problem = checkpoint_problem(path)
+        if problem:
+            raise UserError(f"--resume {resume}: cannot resume from it: {problem}")
+        return path
+    ckpts = list_checkpoints(out / CHECKPOINTS)
+    if not ckpts:
+        raise UserError(f"--resume: {out / CHECKPOINTS} holds no checkpoint (the run stopped before its first "
+                        "save, or this is another folder): start again without --resume")
+    problems = []
+    for step, path in reversed(ckpts):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for note in problems:
+                log(f"note: {note}")
+            return path
+        problems.append(f"{path.name} is unusable ({problem}); removed, resuming from an earlier one")
+        if is_main:
+            shutil.rmtree(path, ignore_errors=True)
+    raise UserError(f"--resume: no usable checkpoint in {out / CHECKPOINTS}: "
+                    + "; ".join(p.split(';')[0] for p in problems) + ". Start again without --resume")
+
+
+def _looks_like_run(out: Path) -> bool:
+    return (out / CHECKPOINTS).is_dir() or (out / TRAIN_CONFIG).is_file() or (out / METRICS).is_file()
+
+
+def check_output(out: Path, cfg: TrainConfig, resume: bool | str) -> bool:
+    """Refuse to mix runs in one folder; True when an earlier run is to be cleared
+    (--output.overwrite)."""
+    if resume:
+        return False
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output.dir {out} is a file: pass a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not cfg.output.overwrite:
+            raise UserError(f"output.dir {out} already holds files: pass --resume to continue that run, "
+                            "--output.overwrite to replace it, or another --output-dir")
+        if not _looks_like_run(out):
+            raise UserError(f"output.dir {out} is not empty and holds no earlier training run: refusing to delete "
+                            "it for --output.overwrite; pick another --output-dir")
+        return True
+    return False
+
+
+def clear_output(out: Path) -> None:
+    """Empty ``out`` (an earlier run being replaced with --output.overwrite)."""
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def publish(staging: Path, out: Path, metrics: dict) -> None:
+    """Move the finished files from ``staging`` to the top of ``out`` (each an atomic
+    rename), metrics.json last: its presence marks a complete output."""
+    from eval.scoring import write_json_atomic
+
+    for item in sorted(staging.iterdir()):
+        target = out / item.name
+        if target.is_dir() and not item.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    staging.rmdir()
+    write_json_atomic(out / METRICS, metrics)
+
+
+# ---------------------------------------------------------------- the pure core
+def train(cfg: TrainConfig, *, resume: bool | str = False, scorer: Any = None, command: str | None = None,
+          log: Callable[[str], None] = print, callbacks: list | None = None) -> Path:
+    """Train per ``cfg``; returns the output folder.
+
+    ``resume``: True (or "latest") for the newest complete checkpoint, or a checkpoint path.
+    ``scorer``: an eval.scoring.Scorer to reuse (tests share one); otherwise one is started
+    for this run and kept warm across its validations. ``callbacks``: extra TrainerCallbacks.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.optim.num_threads:
+        torch.set_num_threads(cfg.optim.num_threads)
+    try:
+        return _train(cfg, resume=resume, scorer=scorer, command=command, log=log, extra_callbacks=callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -> Path:
+    import torch
+    from accelerate import PartialState
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    from captioning.data import load_captions
+    from captioning.generation import GenerationSettings
+    from eval.provenance import library_versions, utc_now
+    from training import data as tdata
+    from training.engine import CaptionTrainer, EpochSync, caption_loss, trainer_metrics
+    from training.evaluation import CaptionEvaluator
+    from training.modeling import (load_base, parameter_report, resolve_precision, setup_trainable,
+                                   training_device_type)
+
+    started = time.time()
+    # cpu=True where there is no GPU: that is what makes several processes use gloo
+    # (MULTI_CPU); TrainingArguments(use_cpu=...) below builds the same state.
+    use_cpu = training_device_type() == "cpu"
+    state = PartialState(cpu=use_cpu)
+    is_main = state.is_main_process
+    say = log if is_main else (lambda *_: None)
+    out = Path(cfg.output.dir or Path("runs") / cfg.name)
+    cfg.output.dir = str(out)
+    clear = check_output(out, cfg, resume)  # every process checks before anything is deleted
+    state.wait_for_everyone()
+    if clear and is_main:
+        clear_output(out)
+    state.wait_for_everyone()
+    resume_from = select_checkpoint(out, resume, is_main=is_main, log=say) if resume else None
+    state.wait_for_everyone()
+
+    # ---- model and the resolved config
+    set_seed(cfg.optim.seed)
+    precision = resolve_precision(cfg.optim.precision, training_device_type())
+    loaded = load_base(cfg)
+    family, processor = loaded.family, loaded.processor
+    cfg.model.family = family.name
+    if cfg.data.prompt is None:
+        cfg.data.prompt = loaded.prompt
+    cfg.optim.precision = precision
+    model = setup_trainable(loaded.model, family, cfg)
+    if cfg.lora.enabled and loaded.base_ref:
+        model.peft_config["default"].base_model_name_or_path = loaded.base_ref
+    counts = parameter_report(model, family)
+    method = "full" if not cfg.lora.enabled else ("qlora" if cfg.quantization.enabled else "lora")
+
+    say("resolved config:\n" + cfg.to_yaml().rstrip())
+    say(f"{method} fine-tuning of {loaded.base_ref or 'a random ' + family.name + ' model'}: "
+        f"{counts['trainable']:,} of {counts['total']:,} parameters train ({precision})")
+    ckpt_dir = out / CHECKPOINTS
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        saved = ckpt_dir / TRAIN_CONFIG
+        if resume and saved.is_file():
+            import yaml
+
+            changed = diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict())
+            if changed:
+                say("note: the config differs from the run being resumed: " + "; ".join(changed))
+        _write_text_atomic(saved, cfg.to_yaml())
+
+    # ---- data
+    d = cfg.data
+    transform = tdata.caption_transform(d.caption_transform)
+    train_set = load_captions(d.source, d.train_split, max_samples=d.max_train_samples, shuffle=d.shuffle,
+                              seed=cfg.optim.seed, images_dir=d.images_dir)
+    val_set = None
+    if cfg.eval.enabled:
+        # only the first images are ever used: do not read (or download) the whole split
+        need = None if cfg.eval.loss_samples is None else max(cfg.eval.loss_samples, cfg.eval.generate_samples)
+        val_set = load_captions(d.source, d.val_split, max_samples=need, images_dir=d.images_dir)
+    loss_set = val_set[:cfg.eval.loss_samples] if val_set is not None else None
+    gen_set = val_set[:cfg.eval.generate_samples] if val_set is not None and cfg.eval.generate_samples else None
+    train_feats = val_feats = None
+    if d.feature_cache:
+        tdata.check_feature_cache(family, model)
+        t0 = time.time()
+        dev = state.device
+        if not cfg.quantization.enabled:  # bitsandbytes models already sit where device_map put them
+            model.to(dev)
+        dtype = torch.float32
+        train_feats = tdata.compute_image_features(model, family, processor, train_set, d.prompt,
+                                                   batch_size=cfg.eval.batch_size, device=dev, dtype=dtype)
+        if loss_set is not None:
+            val_feats = tdata.compute_image_features(model, family, processor, loss_set, d.prompt,
+                                                     batch_size=cfg.eval.batch_size, device=dev, dtype=dtype)
+        n = len(train_feats) + len(val_feats or [])
+        mib = sum(f.numel() * f.element_size() for f in train_feats + (val_feats or [])) / 2 ** 20
+        say(f"feature cache: {n} images through the frozen vision tower + connector in {time.time() - t0:.1f}s "
+            f"({mib:.1f} MiB)")
+    train_ds = tdata.CaptionTrainDataset(train_set, family, processor, d.prompt, references=d.references,
+                                         transform=transform, seed=cfg.optim.seed, features=train_feats)
+    eval_ds = (tdata.CaptionTrainDataset(loss_set, family, processor, d.prompt, references="all",
+                                         transform=transform, seed=cfg.optim.seed, features=val_feats)
+               if loss_set is not None else None)
+    evaluator = None
+    if gen_set is not None:
+        evaluator = CaptionEvaluator(
+            gen_set, tdata.transformed_references(gen_set, transform), family=family, processor=processor,
+            prompt=d.prompt, settings=GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens,
+                                                         num_beams=cfg.eval.num_beams),
+            metrics=cfg.eval.metrics, batch_size=cfg.eval.batch_size,
+            scorer_factory=(lambda: scorer) if scorer is not None else None, base_ref=loaded.base_ref)
+
+    # ---- the Trainer
+    e, o, op = cfg.eval, cfg.output, cfg.optim
+    eval_strategy = "no" if not e.enabled else ("steps" if e.every_steps else "epoch")
+    if o.save_every_steps:
+        save_strategy, save_steps = "steps", o.save_every_steps
+    elif e.enabled:
+        save_strategy, save_steps = eval_strategy, e.every_steps
+    else:
+        save_strategy, save_steps = "epoch", None
+    load_best = e.enabled and e.load_best
+    try:
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir), per_device_train_batch_size=op.batch_size,
+            per_device_eval_batch_size=e.batch_size, gradient_accumulation_steps=op.grad_accum,
+            learning_rate=op.lr, weight_decay=op.weight_decay, optim=op.optimizer, lr_scheduler_type=op.scheduler,
+            warmup_steps=op.warmup_ratio or op.warmup_steps, max_grad_norm=op.max_grad_norm or None,
+            num_train_epochs=op.epochs, max_steps=op.max_steps or -1,
+            logging_strategy="steps", logging_steps=o.logging_steps, logging_first_step=True,
+            eval_strategy=eval_strategy, eval_steps=e.every_steps, eval_on_start=e.enabled and e.on_start and not resume,
+            save_strategy=save_strategy, save_steps=save_steps, save_total_limit=o.save_total_limit,
+            load_best_model_at_end=load_best, metric_for_best_model=f"eval_{e.metric_for_best}" if load_best else None,
+            greater_is_better=e.greater_is_better if load_best else None,
+            report_to="none", disable_tqdm=not o.progress, seed=op.seed, data_seed=op.seed,
+            bf16=precision == "bf16", fp16=precision == "fp16", **_checkpointing_args(op.gradient_checkpointing),
+            remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
+            dataloader_num_workers=d.num_workers, use_cpu=use_cpu,
+            # LoRA parameters are all used in every forward; full fine-tuning keeps DDP's check
+            ddp_find_unused_parameters=False if cfg.lora.enabled else None,
+        )
+    except ValueError as err:
+        raise UserError(f"the Trainer rejects these settings: {err}") from err
+    callbacks = [EpochSync(train_ds)] + list(extra_callbacks or [])
+    if e.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=e.early_stopping_patience))
+    if o.tensorboard:
+        tb = TensorBoardCallback()
+        tb.logging_dir = str(out / LOGS)
+        callbacks.append(tb)
+    trainer = CaptionTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             data_collator=tdata.Collator(family, processor), processing_class=processor,
+                             compute_loss_func=caption_loss(op.label_smoothing), callbacks=callbacks,
+                             caption_evaluator=evaluator, log_fn=say)
+    try:
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            if resume_from is not None and _is_load_error(err):
+                raise UserError(f"--resume: checkpoint {resume_from} cannot be loaded ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:200]}); delete it to resume from an earlier one, or "
+                                "start again without --resume") from err
+            raise
+
+        # ---- final metrics: those of the model we keep
+        summary, history = trainer_metrics(trainer.state.log_history)
+        final: dict[str, Any] | None = None
+        final_step = trainer.state.global_step
+        if e.enabled:
+            best = trainer.state.best_global_step
+            if load_best and best and trainer.state.best_model_checkpoint:
+                final_step = best
+            final = next((h for h in history if h.get("step") == final_step), None)
+            if final is None:
+                final = {k.replace("eval_", ""): v for k, v in trainer.evaluate().items()}
+                final_step = trainer.state.global_step
+        staging = out / _STAGING
+        if is_main and staging.exists():
+            shutil.rmtree(staging)
+        state.wait_for_everyone()
+        trainer.save_model(str(staging))
+        state.wait_for_everyone()
+        if is_main:
+            (staging / "training_args.bin").unlink(missing_ok=True)
+            _write_text_atomic(staging / TRAIN_CONFIG, cfg.to_yaml())
+            preds = evaluator.predictions.get(final_step) if evaluator is not None else None
+            if preds is not None:
+                (staging / PREDICTIONS).write_text(json.dumps(preds, indent=1))
+            metrics_keys = list(e.metrics) + ["loss", "perplexity"]
+            val_metrics = {k: final.get(k) for k in metrics_keys if k in final} if final else {}
+            record = {
+                "metrics": val_metrics,
+                "unavailable": {},
+                "n_images": len(gen_set) if gen_set is not None else 0,
+                "dataset": gen_set.describe() if gen_set is not None else None,
+                "loss_dataset": loss_set.describe() if loss_set is not None else None,
+                "train_dataset": train_set.describe(),
+                "model": {"id": loaded.base_ref, "revision": cfg.model.revision, "family": family.name,
+                          "adapter": str(out) if cfg.lora.enabled else None, "method": method,
+                          "factory": cfg.to_dict()["model"]["factory"], **counts},
+                "generation": {"max_new_tokens": e.max_new_tokens, "num_beams": e.num_beams},
+                "prompt": d.prompt,
+                "train": {**summary, "global_step": trainer.state.global_step, "epoch": trainer.state.epoch},
+                "best": {"metric": e.metric_for_best, "step": final_step,
+                         "value": final.get(e.metric_for_best) if final else None,
+                         "checkpoint": trainer.state.best_model_checkpoint} if e.enabled else None,
+                "history": history,
+                "versions": library_versions(),
+                "command": command,
+                "created": utc_now(),
+                "seconds": round(time.time() - started, 1),
+            }
+            publish(staging, out, record)
+        state.wait_for_everyone()
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+
+    what = "adapter" if cfg.lora.enabled else "model"
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in (final or {}).items()
+                      if k in list(e.metrics) + ["loss"] and isinstance(v, (int, float)))
+    if shown:
+        say(f"validation ({len(gen_set) if gen_set is not None else 0} images, step {final_step}): {shown}")
+    say(f"done in {time.time() - started:.0f}s: {what} in {out}; evaluate it with: python eval/run.py generate "
+        f"--model {out} --dataset {d.source} --split test --out {out / 'eval-test'}")
+    return out
+
+
+def _checkpointing_args(on: bool) -> dict:
+    """Activation checkpointing, non-reentrant: with a frozen tower and LoRA the inputs of
+    the first checkpointed block need no grad, and reentrant checkpointing would then drop
+    every gradient. transformers >= 5.x names it activation_checkpointing (the old
+    gradient_checkpointing name warns)."""
+    from transformers import TrainingArguments
+
+    name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
+def _is_load_error(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(w in text for w in ("checkpoint", "pickle", "zip", "safetensor", "unpickl", "load", "state_dict",
+                                   "header", "eof", "corrupt"))
+
+
+# ---------------------------------------------------------------- CLI
+def _pop_flag(args: list[str], name: str) -> bool:
+    if name in args:
+        args.remove(name)
+        return True
+    return False
+
+
+def _pop_resume(args: list[str]) -> bool | str:
+    for i, a in enumerate(args):
+        if a == "--resume":
+            value: bool | str = True
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                del args[i:i + 2]
+            else:
+                del args[i]
+            return value
+        if a.startswith("--resume="):
+            del args[i]
+            return a.split("=", 1)[1] or True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.train``: 0 on success, 2 on a user mistake (one line on stderr)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        print("Options (defaults < recipe < flags):")
+        print("  --config FILE     recipe YAML (training/recipes/*.yaml)")
+        print("  --resume [CKPT]   continue from the newest complete checkpoint (or CKPT)")
+        print("  --print-config    print the resolved config and exit")
+        print("  --debug           show tracebacks for errors")
+        print(help_text())
+        return 0
+    command = "python -m training.train " + shlex.join(args)
+    debug = _pop_flag(args, "--debug")
+    print_only = _pop_flag(args, "--print-config")
+    try:
+        resume = _pop_resume(args)
+        cfg = load_config(args)
+        if print_only:
+            print(cfg.to_yaml().rstrip())
+            return 0
+        train(cfg, resume=resume, command=command)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
