@@ -52,8 +52,6 @@ $PY eval/run.py generate --model "$OUT/runs/shapes-tiny-style" --dataset "$OUT/s
 step "7. release: merge the adapter, render the model card, write the repo layout locally"
 $PY -m release push --repo-id demo/shapes-tiny-style --adapter "$OUT/runs/shapes-tiny-style" --merge \
   --eval "$OUT/eval/shapes-tiny-style" --to-dir "$OUT/release/shapes-tiny-style" --force
-echo "release folder: $OUT/release/shapes-tiny-style"
-echo "model card:     $OUT/release/shapes-tiny-style/README.md"
 
 if [ "${SERVE:-1}" = "1" ]; then
   step "8. the Space: base vs fine-tune on http://127.0.0.1:${PORT:-7860}/ (Ctrl-C stops)"
