@@ -35,6 +35,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -550,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         n_images, batch, gemm_sizes = min(n_images, 4), batch or 2, (2048,)
     if args.size == "tiny":
         gemm_sizes = (256,)
+    # a killed run still closes its workers and removes its temporary models
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run(models, n_images=n_images, batch_size=batch, new_tokens=args.new_tokens, threads=args.threads,
                  size=args.size, gemm_sizes=gemm_sizes, out=args.out, models_dir=args.models_dir,
                  proposed=args.proposed, vision_batch_size=args.vision_batch_size,

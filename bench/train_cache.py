@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (each: --steps per variant)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: torch's default). 1 by default: on a shared 2-core machine a second "
+                         "thread spin-waits at every one of the many small LoRA ops (measured: the cached step "
+                         "took 32 s with 2 threads vs 7.3 s with 1), which says more about the neighbours than "
+                         "about the cache")
     ap.add_argument("--quick", action="store_true", help="tiny model, one round: checks the script runs")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_cache.json"))
     args = ap.parse_args(argv)
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     bs = args.batch_size
     # Step time does not depend on which images a batch holds: cycle over a small pool so
     # filling the cache (a full vision forward per image) does not dominate the run.
@@ -86,14 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_captions(shapes, "train")
     prompt = family.default_prompt
     t0 = time.time()
-    feats = tdata.compute_image_features(model, family, processor, ds, prompt, batch_size=bs)
+    cache = tdata.compute_feature_cache(model, family, processor, ds, prompt, batch_size=bs)
+    feats = cache.features
     fill_s = time.time() - t0
     print(f"cache filled: {len(feats)} images in {fill_s:.1f}s ({fill_s / len(feats):.2f} s/image, "
           f"{feats[0].numel() * 4 / 1024:.0f} KiB/image)", flush=True)
 
     collate = tdata.Collator(family, processor)
     pixels_ds = tdata.CaptionTrainDataset(ds, family, processor, prompt, references="sample")
-    cache_ds = tdata.CaptionTrainDataset(ds, family, processor, prompt, references="sample", features=feats)
+    cache_ds = tdata.CaptionTrainDataset(ds, family, processor, prompt, references="sample", cache=cache)
 
     def batch(dataset, i):
         i %= n_batches
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
+                    "load_average_1m_start_end": [round(load_before, 2) if load_before is not None else None,
+                                                  round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None]},
         "seconds": round(time.time() - started, 1),
     }
     write_json_atomic(args.out, result)

@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from collections import Counter
 from functools import lru_cache
@@ -615,6 +616,13 @@ class _MeteorJVM:
              "en", "-norm"],
             cwd=_package_dir() / "meteor", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, bufsize=0)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:  # Linux: 1 MiB pipes, so neither side stalls (and wakes the other) per 64 KiB
+                import fcntl
+
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+            except (ImportError, AttributeError, OSError):
+                pass
         self.lock = threading.Lock()  # one request at a time: answers come back in order
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -674,6 +682,11 @@ class _MeteorJVM:
                                    f"{self._stderr_tail()}")
             chunks.append(chunk)
             count += chunk.count(b"\n")
+            if count < n_lines and len(chunk) < 1 << 15:
+                # The jar flushes every line. Waking up for each one costs a GIL hand-over
+                # (up to 5 ms while the caller's thread computes the other metrics): let
+                # answers pile up instead.
+                time.sleep(0.01)
         writer.join()
         if failure:
             raise RuntimeError(f"writing to METEOR failed: {failure[0]}")
@@ -723,16 +736,16 @@ class _MeteorPool:
       instead, exactly as pycocoevalcap does.
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int | None):
         self.n = n
         self.jvms: list[_MeteorJVM] = []
 
-    def start(self, n: int | None = None) -> None:
-        """Start missing or dead JVMs, up to ``n`` (non-blocking: they load in the background)."""
+    def start(self) -> None:
+        """Start missing or dead JVMs (non-blocking: they load in the background)."""
         for jvm in [j for j in self.jvms if not j.alive()]:
             jvm.close()
             self.jvms.remove(jvm)
-        while len(self.jvms) < min(self.n, n or self.n):
+        while len(self.jvms) < (self.n or 1):
             self.jvms.append(_MeteorJVM())
 
     def _map(self, items: list[str], build, lines_per_item, extra: int = 0) -> list[str]:
@@ -858,16 +871,35 @@ def _close_all() -> None:
         scorer.close()
 
 
-def _default_jvms() -> int:
-    # A second JVM splits METEOR's per-image work, but costs ~1.1 GB, ~10 CPU-s to load and
-    # its own JIT warm-up: worth it only with a spare core. On a machine already busy (load
-    # average at or above the core count, e.g. a training run) it would slow everything.
-    cores = os.cpu_count() or 1
+def _idle_cores(window: float = 0.2) -> float | None:
+    """Cores left idle by everything else running, sampled from /proc/stat (None: unknown)."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        return values[3] + values[4], sum(values)  # idle + iowait, all
+
     try:
-        busy = os.getloadavg()[0] >= cores - 0.5
-    except (AttributeError, OSError):
-        busy = False
-    return 2 if cores >= 2 and not busy else 1
+        idle0, total0 = sample()
+        time.sleep(window)
+        idle1, total1 = sample()
+    except (OSError, ValueError):
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def _auto_jvms() -> int:
+    # A second JVM splits METEOR's per-image work, but costs ~1.1 GB, ~10 CPU-s to load and
+    # its own JIT warm-up: worth it only with a core to spare. On a busy machine (a training
+    # run, other jobs) it would slow everything else down instead.
+    if (os.cpu_count() or 1) < 2:
+        return 1
+    idle = _idle_cores()
+    if idle is None:  # no /proc/stat: fall back to the load average
+        try:
+            idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except (AttributeError, OSError):
+            idle = 1.0
+    return 2 if idle >= 0.75 else 1
 
 
 # A one-shot score() of fewer images than this starts one METEOR JVM: a cold JVM scores
@@ -881,7 +913,7 @@ class Scorer:
 
     Use as a context manager (or call :meth:`close`): each METEOR JVM holds ~1.1 GB.
     ``meteor_jvms`` spreads METEOR over that many processes (default: 2 if a core is idle
-    when the Scorer is created, else 1).
+    when METEOR first starts, else 1; a one-shot :func:`score` of <10k images uses 1).
     ``prestart=True`` starts loading METEOR now, e.g. while a model trains before its first
     validation. ``cache_references`` keeps what depends only on the references (their PTB
     tokens, cooked BLEU/CIDEr-D/sacreBLEU statistics) while they stay the same, so
@@ -891,11 +923,11 @@ class Scorer:
 
     def __init__(self, *, meteor_jvms: int | None = None, prestart: bool = False,
                  cache_references: bool = True, _one_shot: bool = False):
-        n = _default_jvms() if meteor_jvms is None else int(meteor_jvms)
-        if n < 1:
+        if meteor_jvms is not None and int(meteor_jvms) < 1:
             raise UserError(f"meteor_jvms must be >= 1, got {meteor_jvms}")
-        self._meteor = _MeteorPool(n)
-        self._small_runs_use_one_jvm = _one_shot and meteor_jvms is None
+        # None: decided when METEOR first starts (see _auto_jvms), then kept.
+        self._meteor = _MeteorPool(int(meteor_jvms) if meteor_jvms is not None else None)
+        self._one_shot = _one_shot
         self._lock = threading.Lock()
         self.cache_references = cache_references
         self._cache_key: tuple | None = None
@@ -903,12 +935,20 @@ class Scorer:
         _LIVE.add(self)
         if prestart:
             _java()
-            self._meteor.start()
+            self._start_meteor(None)
 
     @property
-    def meteor_jvms(self) -> int:
-        """How many METEOR JVMs this Scorer runs (see the class docstring)."""
+    def meteor_jvms(self) -> int | None:
+        """How many METEOR JVMs this Scorer runs (None until METEOR first starts)."""
         return self._meteor.n
+
+    def _start_meteor(self, n_images: int | None) -> None:
+        if self._meteor.n is None:
+            if self._one_shot and (n_images or 0) < _SECOND_JVM_MIN_IMAGES:
+                self._meteor.n = 1
+            else:
+                self._meteor.n = _auto_jvms()
+        self._meteor.start()
 
     def __enter__(self) -> "Scorer":
         return self
@@ -962,8 +1002,7 @@ class Scorer:
         if tokenize or "METEOR" in want:
             _java()
         if "METEOR" in want:
-            small = self._small_runs_use_one_jvm and len(ids) < _SECOND_JVM_MIN_IMAGES
-            self._meteor.start(1 if small else None)  # loads while we tokenize
+            self._start_meteor(len(ids))  # loads while we tokenize
         cache = self._references_cache(tokenize, ids, refs)
 
         res_raw = {k: [preds[k]] for k in ids}

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from captioning.errors import UserError
+from captioning.families.base import IGNORE_INDEX
 
 # ------------------------------------------------------------ caption transforms
 _ARTICLE = re.compile(r"\b(a|an)\b\s*", re.IGNORECASE)
@@ -68,16 +69,15 @@ class CaptionTrainDataset(torch.utils.data.Dataset):
     """(image, caption) training examples encoded by the family.
 
     ``references="sample"``: one item per image, a different reference each epoch (seeded);
-    ``"all"``: one item per (image, reference). ``features``: cached image features per
-    image (see :func:`compute_image_features`); the pixel tensors are then dropped and the
-    collator passes the features to the model instead.
+    ``"all"``: one item per (image, reference). ``cache``: a :class:`FeatureCache`; examples
+    then carry ``image_features`` instead of pixels and the image is never loaded.
     """
 
     def __init__(self, examples: Sequence, family, processor, prompt: str | None, *, references: str = "sample",
                  transform: Callable[[str], str] = CAPTION_TRANSFORMS["none"], seed: int = 0,
-                 features: list[torch.Tensor] | None = None):
+                 cache: FeatureCache | None = None):
         self.examples, self.family, self.processor, self.prompt = examples, family, processor, prompt
-        self.transform, self.seed, self.features = transform, seed, features
+        self.transform, self.seed, self.cache = transform, seed, cache
         self.epoch = 0
         if references == "all":
             self.items = [(i, j) for i, ex in enumerate(examples) for j in range(len(ex.references))]
@@ -85,7 +85,7 @@ class CaptionTrainDataset(torch.utils.data.Dataset):
             self.items = [(i, None) for i in range(len(examples))]
         else:
             raise UserError(f"data.references {references!r}: choose sample or all")
-        if features is not None and len(features) != len(examples):
+        if cache is not None and len(cache.features) != len(examples):
             raise ValueError("one cached feature tensor per image is needed")
 
     def set_epoch(self, epoch: int) -> None:
@@ -105,12 +105,10 @@ class CaptionTrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i, _ = self.items[index]
+        if self.cache is not None:
+            return self.cache.example(i, self.caption(index), self.family, self.processor, self.prompt)
         ex = self.examples[i]
-        enc = self.family.encode_example(self.processor, ex.load_image(), self.caption(index), self.prompt)
-        if self.features is not None:
-            enc = {k: v for k, v in enc.items() if not k.startswith(PIXEL_PREFIX)}
-            enc["image_features"] = self.features[i]
-        return enc
+        return self.family.encode_example(self.processor, ex.load_image(), self.caption(index), self.prompt)
 
 
 class Collator:
@@ -146,37 +144,83 @@ def check_feature_cache(family, model) -> None:
                         "would go stale; remove it from lora.target_modules or switch the cache off")
 
 
-@torch.no_grad()
-def compute_image_features(model, family, processor, examples: Sequence, prompt: str | None, *,
-                           batch_size: int = 8, device=None, dtype=None,
-                           progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-    """Vision tower + connector outputs of every image, once: a list (one per example) of
-    ``[image_tokens, hidden]`` tensors on the CPU, in the model's compute dtype.
+class FeatureCache:
+    """Per image: the vision tower + connector output, and the prompt part of its encoded
+    example (prompt text with the image tokens laid out for that image's crops).
 
-    Uses the same processor path as training (``encode_example``), so the features are
-    exactly what the forward pass would compute from the pixels.
+    With both stored, a training example needs no image at all: the prompt part is reused
+    and only the caption is tokenised, so the image processor does not run every step either.
     """
+
+    def __init__(self, features: list[torch.Tensor], prompts: list[dict[str, torch.Tensor]]):
+        self.features, self.prompts = features, prompts
+
+    def example(self, i: int, caption: str, family, processor, prompt: str | None) -> dict[str, torch.Tensor]:
+        """What ``family.encode_example`` returns for image ``i`` and ``caption``, with
+        ``image_features`` in place of the pixel tensors."""
+        head = self.prompts[i]
+        # The caption part as the base Family.encode_example builds it (answer text through the
+        # chat template, tokenised without special tokens); tests/training check the two agree.
+        answer = family.tokenizer(processor)(family.answer_text(processor, prompt, caption), add_special_tokens=False,
+                                             return_tensors="pt")["input_ids"]
+        ids = torch.cat([head["input_ids"], answer], dim=1)
+        labels = torch.cat([torch.full_like(head["input_ids"], IGNORE_INDEX), answer], dim=1)
+        out = {k: v for k, v in head.items() if k != "input_ids"}
+        out.update(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                   image_features=self.features[i])
+        return out
+
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.features)
+
+
+def _prompt_part(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The unsupervised head of an encoded example (labels -100 up to the caption), plus any
+    extra non-pixel tensors the family adds."""
+    labels = enc["labels"][0]
+    supervised = (labels != IGNORE_INDEX).nonzero()
+    n = int(supervised[0]) if len(supervised) else labels.shape[0]
+    head = {k: v for k, v in enc.items()
+            if not k.startswith(PIXEL_PREFIX) and k not in ("input_ids", "attention_mask", "labels")}
+    head["input_ids"] = enc["input_ids"][:, :n]
+    return head
+
+
+@torch.no_grad()
+def compute_feature_cache(model, family, processor, examples: Sequence, prompt: str | None, *,
+                          batch_size: int = 8, device=None, dtype=None,
+                          progress: Callable[[int], None] | None = None) -> FeatureCache:
+    """Run every image once through the frozen vision tower + connector.
+
+    Features are ``[image_tokens, hidden]`` tensors on the CPU. They come from the same
+    processor path as training (``encode_example``), so they are exactly what the forward
+    pass would compute from the pixels.
+    """
+    if family.name not in FEATURE_CACHE_FAMILIES:
+        raise UserError(f"data.feature_cache: the {family.name} family cannot take precomputed image features")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     was_training = base.training
     base.eval()
     device = device or next(base.parameters()).device
-    out: list[torch.Tensor] = []
+    feats_out: list[torch.Tensor] = []
+    prompts: list[dict[str, torch.Tensor]] = []
     try:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             encs = [family.encode_example(processor, ex.load_image(), "", prompt) for ex in chunk]
+            prompts.extend(_prompt_part(e) for e in encs)
             pix = family.collate(processor, [{k: v for k, v in e.items() if k.startswith(PIXEL_PREFIX)}
                                              for e in encs])
             kwargs = {k: v.to(device) for k, v in pix.items()}
             if dtype is not None:
                 kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
             feats = base.get_image_features(**kwargs).pooler_output
-            out.extend(f.detach().to("cpu") for f in feats)
+            feats_out.extend(f.detach().to("cpu") for f in feats)
             if progress is not None:
                 progress(len(chunk))
     finally:
         base.train(was_training)
-    return out
+    return FeatureCache(feats_out, prompts)
 
 
 def features_to_model_inputs(inputs: dict) -> dict:

@@ -258,27 +258,25 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
         val_set = load_captions(d.source, d.val_split, max_samples=need, images_dir=d.images_dir)
     loss_set = val_set[:cfg.eval.loss_samples] if val_set is not None else None
     gen_set = val_set[:cfg.eval.generate_samples] if val_set is not None and cfg.eval.generate_samples else None
-    train_feats = val_feats = None
+    train_cache = val_cache = None
     if d.feature_cache:
         tdata.check_feature_cache(family, model)
         t0 = time.time()
         dev = state.device
         if not cfg.quantization.enabled:  # bitsandbytes models already sit where device_map put them
             model.to(dev)
-        dtype = torch.float32
-        train_feats = tdata.compute_image_features(model, family, processor, train_set, d.prompt,
-                                                   batch_size=cfg.eval.batch_size, device=dev, dtype=dtype)
+        fill = dict(batch_size=cfg.eval.batch_size, device=dev, dtype=torch.float32)
+        train_cache = tdata.compute_feature_cache(model, family, processor, train_set, d.prompt, **fill)
         if loss_set is not None:
-            val_feats = tdata.compute_image_features(model, family, processor, loss_set, d.prompt,
-                                                     batch_size=cfg.eval.batch_size, device=dev, dtype=dtype)
-        n = len(train_feats) + len(val_feats or [])
-        mib = sum(f.numel() * f.element_size() for f in train_feats + (val_feats or [])) / 2 ** 20
+            val_cache = tdata.compute_feature_cache(model, family, processor, loss_set, d.prompt, **fill)
+        n = len(train_set) + (len(loss_set) if val_cache is not None else 0)
+        mib = (train_cache.nbytes() + (val_cache.nbytes() if val_cache is not None else 0)) / 2 ** 20
         say(f"feature cache: {n} images through the frozen vision tower + connector in {time.time() - t0:.1f}s "
             f"({mib:.1f} MiB)")
     train_ds = tdata.CaptionTrainDataset(train_set, family, processor, d.prompt, references=d.references,
-                                         transform=transform, seed=cfg.optim.seed, features=train_feats)
+                                         transform=transform, seed=cfg.optim.seed, cache=train_cache)
     eval_ds = (tdata.CaptionTrainDataset(loss_set, family, processor, d.prompt, references="all",
-                                         transform=transform, seed=cfg.optim.seed, features=val_feats)
+                                         transform=transform, seed=cfg.optim.seed, cache=val_cache)
                if loss_set is not None else None)
     evaluator = None
     if gen_set is not None:
@@ -307,7 +305,8 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
             warmup_steps=op.warmup_ratio or op.warmup_steps, max_grad_norm=op.max_grad_norm or None,
             num_train_epochs=op.epochs, max_steps=op.max_steps or -1,
             logging_strategy="steps", logging_steps=o.logging_steps, logging_first_step=True,
-            eval_strategy=eval_strategy, eval_steps=e.every_steps, eval_on_start=e.enabled and e.on_start and not resume,
+            eval_strategy=eval_strategy, eval_steps=e.every_steps,
+            eval_on_start=e.enabled and e.on_start and not resume,
             save_strategy=save_strategy, save_steps=save_steps, save_total_limit=o.save_total_limit,
             load_best_model_at_end=load_best, metric_for_best_model=f"eval_{e.metric_for_best}" if load_best else None,
             greater_is_better=e.greater_is_better if load_best else None,

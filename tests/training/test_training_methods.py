@@ -133,10 +133,15 @@ def test_feature_cache_gives_the_same_loss(tiny_models, shapes_dir):
     cap = load_captioner(tiny_models["idefics3"], dtype="fp32", device="cpu")
     model, proc, fam = cap.model, cap.processor, cap.family
     ds = load_captions(shapes_dir, "val", max_samples=6)
-    feats = tdata.compute_image_features(model, fam, proc, ds, cap.prompt, batch_size=4)
-    assert len(feats) == 6 and feats[0].shape == (9, model.config.text_config.hidden_size)
-    plain = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all")
-    cached = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all", features=feats)
+    cache = tdata.compute_feature_cache(model, fam, proc, ds, cap.prompt, batch_size=4)
+    assert len(cache.features) == 6 and cache.features[0].shape == (9, model.config.text_config.hidden_size)
+    plain = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all",
+                                      transform=tdata.linguistic_errors)
+    cached = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all", cache=cache,
+                                       transform=tdata.linguistic_errors)
+    for i in range(len(plain)):  # the cached examples carry exactly the ids and labels of the plain ones
+        p, c = plain[i], cached[i]
+        assert torch.equal(p["input_ids"], c["input_ids"]) and torch.equal(p["labels"], c["labels"])
     collate = tdata.Collator(fam, proc)
     idx = list(range(0, len(plain), 3))
     a = collate([plain[i] for i in idx])
