@@ -38,11 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (each: --steps per variant)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default). 1 by default: on a shared 2-core machine a second "
-                         "thread spin-waits at every one of the many small LoRA ops (measured: the cached step "
-                         "took 32 s with 2 threads vs 7.3 s with 1), which says more about the neighbours than "
-                         "about the cache")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's default, all cores). On a machine shared with other jobs "
+                         "use 1: a second thread spin-waits at every one of the many small LoRA ops (measured "
+                         "under load: the cached step took 32 s with 2 threads vs 7.3 s with 1)")
     ap.add_argument("--quick", action="store_true", help="tiny model, one round: checks the script runs")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_cache.json"))
     args = ap.parse_args(argv)

@@ -87,3 +87,37 @@ def test_make_portable_is_idempotent_and_keeps_transformers_5_reading(release_ba
     proc = AutoProcessor.from_pretrained(folder)
     assert "<end_of_utterance>" in proc.tokenizer.all_special_tokens
     assert proc.image_processor.size == {"longest_edge": 48}
+
+
+def test_released_bridge_loads_in_transformers_4_and_5_with_remote_code(side_tf4, probe_pngs, tmp_path):
+    """The bridge ships its own code (auto_map): a release of it reads under both majors
+    with trust_remote_code=True and gives the captions the captioning core gives."""
+    from captioning.factory import build_random_model
+    from captioning.generation import GenerationSettings, caption
+    from captioning.images import load_image
+    from captioning.loading import load_captioner
+    from release.push import PushOptions, push
+
+    model = build_random_model("bridge", tmp_path / "bridge-model", seed=3)
+    folder = tmp_path / "bridge-release"
+    push(PushOptions(repo_id="tests/tiny-bridge", model=model, to_dir=folder, license="apache-2.0"),
+         log=lambda _msg: None)
+    assert json.loads((folder / "config.json").read_text())["auto_map"]
+    assert not portability_problems(folder)
+    cap = load_captioner(folder, trust_remote_code=True)
+    settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
+    jobs, expected = [], {}
+    for i, png in enumerate(probe_pngs[:2]):
+        want = _norm(caption(cap, load_image(png), None, settings))
+        expected[f"bridge-{i}"] = want
+        code5 = usage_snippet("bridge", 5, str(folder), cap.prompt, image=str(png), max_new_tokens=NEW_TOKENS,
+                              remote_code=True)
+        assert "trust_remote_code=True" in code5
+        assert _norm(_run_tf5(code5)) == want, i
+        jobs.append({"name": f"bridge-{i}", "code": usage_snippet(
+            "bridge", 4, str(folder), cap.prompt, image=str(png), max_new_tokens=NEW_TOKENS, remote_code=True)})
+    out = run_side_tf4(side_tf4, jobs)
+    assert out["_transformers"] == "4.57.6"
+    for name, want in expected.items():
+        assert out[name]["ok"], (name, out[name].get("traceback"))
+        assert _norm(out[name]["output"]) == want, (name, out[name]["output"], want)

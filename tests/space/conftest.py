@@ -34,21 +34,28 @@ def space_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
     it as its base (card front matter + train_config.yaml), a BLIP model, each with a
     metrics.json; plus a broken folder that cannot load.
 
-    Built with the random-model factory (release/ has no fixture helper yet).
+    The fine-tune is a real release folder, written by ``release push --to-dir`` (card,
+    portable checkpoint, eval record); the others are factory models with a metrics.json.
     """
     from captioning.factory import build_random_model
+    from release.push import PushOptions, push
 
     root = tmp_path_factory.mktemp("space-models")
     base = root / "tiny-smolvlm"
     shutil.copytree(tiny_models["idefics3"], base)
     (base / "metrics.json").write_text(json.dumps(_metrics(0.123, 0.045, "shapes", {"id": str(base)})))
 
-    ft = build_random_model("idefics3", root / "tiny-smolvlm-ft", seed=1)
-    (ft / "metrics.json").write_text(json.dumps(_metrics(0.876, 0.321, "shapes", {"id": str(ft)})))
-    (ft / "train_config.yaml").write_text(yaml.safe_dump({
+    staged = build_random_model("idefics3", root / "staging" / "tiny-smolvlm-ft", seed=1)
+    (staged / "train_config.yaml").write_text(yaml.safe_dump({
         "model": {"name_or_path": str(base), "family": "idefics3", "revision": None, "trust_remote_code": False},
         "data": {"source": "shapes", "split": "train", "prompt": "Give a concise caption."}}))
-    (ft / "README.md").write_text(f"---\nbase_model: {base}\nlibrary_name: transformers\n---\n# tiny-smolvlm-ft\n")
+    eval_dir = root / "staging" / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "metrics.json").write_text(json.dumps(_metrics(0.876, 0.321, "shapes", {"id": str(staged)})))
+    ft = root / "tiny-smolvlm-ft"
+    push(PushOptions(repo_id="tests/tiny-smolvlm-ft", model=staged, eval_dir=eval_dir, to_dir=ft,
+                     license="apache-2.0"), log=lambda _msg: None)
+    assert (ft / "README.md").is_file() and (ft / "metrics.json").is_file()
 
     blip = root / "tiny-blip"
     shutil.copytree(tiny_models["blip"], blip)
