@@ -8,7 +8,8 @@ Sizes:
   tiny  well under 1 MB, builds in about a second: tests and the offline demo.
   real  the published architectures of SmolVLM-256M-Instruct and BLIP base
         (config values from their published configs, vocabulary sizes included),
-        for speed and memory benchmarks without downloading weights.
+        and for ``bridge`` DINOv2-large + Gemma-2-2B, for speed, memory and
+        parameter-count benchmarks without downloading weights.
 Tokenizers are built offline (a small byte-level BPE for SmolVLM, a word-piece
 vocab for BLIP), so real-size models keep the published vocabulary size in
 their configs while their tokenizers know fewer tokens.
