@@ -13,7 +13,6 @@ asserts that every metric (corpus and per image) is identical before it reports 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random

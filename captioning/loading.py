@@ -9,7 +9,6 @@ how to point at a local copy, instead of transformers' long retry loop.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,13 +133,6 @@ class Captioner:
     adapter: str | None = None
     train_config: dict[str, Any] | None = None
     prompt: str | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """What metrics.json records about the model."""
-        return {"id": self.source, "revision": self.revision, "resolved_revision": resolve_revision(
-            self.source, self.revision), "adapter": self.adapter, "family": self.family.name,
-                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device)}
-
 
 def _prompt_from(cfg: dict[str, Any] | None) -> tuple[bool, str | None]:
     if cfg and isinstance(cfg.get("data"), dict) and "prompt" in cfg["data"]:

@@ -9,8 +9,6 @@ import hashlib
 import importlib.metadata
 import platform
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,16 +35,17 @@ def command_line(argv: Sequence[str] | None, prog: str = "python eval/run.py") -
 
 
 def java_version() -> str | None:
-    """First line of ``java -version`` (None when Java is not installed)."""
-    java = shutil.which("java")
-    if java is None:
-        return None
+    """First line of ``java -version`` (None when Java is missing or unusable).
+
+    The scorer's cached probe: one ``java -version`` per process, whoever asks first.
+    """
+    from captioning.errors import UserError
+    from eval.scoring import _java
+
     try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        return _java()[2]
+    except UserError:
         return None
-    lines = (out.stderr or out.stdout).strip().splitlines()
-    return lines[0].strip() if lines else None
 
 
 def library_versions() -> dict[str, str | None]:

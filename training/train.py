@@ -332,7 +332,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
                              caption_evaluator=evaluator, log_fn=say)
     try:
         try:
-            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except (RuntimeError, OSError, ValueError, KeyError) as err:
             if resume_from is not None and _is_load_error(err):
                 raise UserError(f"--resume: checkpoint {resume_from} cannot be loaded ({type(err).__name__}: "

@@ -9,7 +9,7 @@ vision tower, the connector, and the default LoRA targets.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -194,9 +194,6 @@ class Family:
             else:
                 groups["language"].append(name)
         return groups
-
-    def describe(self) -> dict[str, Any]:
-        return {"family": self.name, "default_prompt": self.default_prompt}
 
 
 def _cat_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

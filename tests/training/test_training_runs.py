@@ -43,7 +43,7 @@ def test_short_run_beats_the_untrained_model(shapes_learn, tmp_path, scorer, cap
     finally:
         tt.train = real_train
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith(f"done in ") and f"python eval/run.py generate --model {out}" in lines[-1]
+    assert lines[-1].startswith("done in ") and f"python eval/run.py generate --model {out}" in lines[-1]
     metrics = json.loads((out / "metrics.json").read_text())
     history = {h["step"]: h for h in metrics["history"]}
     before, after = history[0], history[100]
