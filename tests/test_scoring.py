@@ -258,7 +258,8 @@ def test_meteor_corpus_sum_equals_full_eval(scorer, reference_runs):
         assert float(full) == float(summed), size
 
 
-def test_fast_cider_and_rouge_are_bit_identical():
+def test_fast_cider_rouge_and_bleu_are_bit_identical():
+    from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
@@ -277,6 +278,9 @@ def test_fast_cider_and_rouge_are_bit_identical():
         ref_score, ref_scores = theirs.compute_score(gts, res)
         assert score == ref_score
         assert scores.tolist() == ref_scores.tolist()
+    score, scores = scoring._bleu(gts, res, keys)
+    ref_score, ref_scores = Bleu(4).compute_score(gts, res, verbose=0)
+    assert score == ref_score and scores == ref_scores
 
 
 # --------------------------------------------------------------------------------------------
