@@ -7,9 +7,10 @@
             result = scorer.score(references, preds)
 
 Numbers are exactly what pycocoevalcap's COCOEvalCap computes (0-1 scale): the same PTB
-tokenizer, the same BLEU code, the same METEOR jar, and ROUGE-L / CIDEr-D re-implemented
-with the same floating-point operations in the same order (checked bit-for-bit in
-tests/test_scoring.py). What differs is only how the work is scheduled:
+tokenizer, the same BLEU arithmetic (its integer n-gram counting shared with CIDEr-D), the
+same METEOR jar, and ROUGE-L / CIDEr-D re-implemented with the same floating-point
+operations in the same order (checked bit-for-bit in tests/test_scoring.py). What differs
+is only how the work is scheduled:
 
 * METEOR's JVMs start first (loading the paraphrase table is ~8-11 s, the floor of a fresh
   run), and stay warm inside a :class:`Scorer` across calls.
@@ -17,8 +18,9 @@ tests/test_scoring.py). What differs is only how the work is scheduled:
   file, so the output equals two separate COCOEvalCap calls).
 * METEOR requests are pipelined (not one round trip per image) and spread over
   ``meteor_jvms`` processes; see :class:`_MeteorPool` for why the corpus score stays exact.
-* BLEU, ROUGE-L, CIDEr-D and sacreBLEU run in the calling thread while METEOR runs (its
-  JVMs do the work; the threads driving them mostly wait on pipes).
+* BLEU, ROUGE-L, CIDEr-D and sacreBLEU run while METEOR runs (its JVMs do the work; the
+  thread driving them mostly waits on pipes), at a lower CPU priority while the JVMs load,
+  with Python's cyclic garbage collector paused.
 * A warm Scorer keeps what depends only on the references (PTB tokens, cooked BLEU /
   CIDEr-D / sacreBLEU statistics) while they stay the same, as in training validation.
 
