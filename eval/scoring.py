@@ -967,7 +967,7 @@ def _idle_cores(window: float = 0.2) -> float | None:
 def _auto_jvms(idle_needed: float) -> int:
     """2 METEOR JVMs when at least ``idle_needed`` cores sit idle right now, else 1.
 
-    A second JVM splits METEOR's per-image work, but costs ~1.1 GB, ~10 CPU-s to load and
+    A second JVM splits METEOR's per-image work, but costs ~1.4 GB, ~10 CPU-s to load and
     its own JIT warm-up: worth it only with cores to spare. On a busy machine (a training
     run, other jobs) it would slow everything else down instead.
     """
@@ -997,7 +997,7 @@ _SECOND_JVM_IDLE_WARM = 0.75
 class Scorer:
     """Scores predictions against references; keeps METEOR's JVMs warm between calls.
 
-    Use as a context manager (or call :meth:`close`): each METEOR JVM holds ~1.1 GB.
+    Use as a context manager (or call :meth:`close`): each METEOR JVM holds ~1.4 GB.
     ``meteor_jvms`` spreads METEOR over that many processes (default: 2 if a core is idle
     when METEOR first starts, else 1; a one-shot :func:`score` uses 2 only from 10k images
     with 3 idle cores).
