@@ -167,14 +167,22 @@ class Variant:
 
         images = self.warm_images if warmup else self.images[start:stop]
         self.timers = {"processor": 0.0, "vision": 0.0}
+        self.tokens: list[list[int]] = []
         t, c = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             captions = self.caption(images)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
         if warmup:
             reset_peak_rss()  # the captioning peak, not the loading peak
-        return {"seconds": seconds, "cpu_seconds": cpu, "captions": captions, "n": len(images),
-                "breakdown_s": dict(self.timers), "load_average": os.getloadavg()[0]}
+        return {"seconds": seconds, "cpu_seconds": cpu, "captions": captions, "tokens": self.tokens,
+                "n": len(images), "breakdown_s": dict(self.timers), "load_average": os.getloadavg()[0]}
+
+    def _keep_tokens(self, ids) -> None:
+        """The generated token ids (the last ``new_tokens`` of each output row: the output
+        length is forced). Captions are compared on these: a random-weight model mostly
+        emits ids its small offline tokenizer decodes to nothing, so equal decoded
+        captions would prove little."""
+        self.tokens += ids[:, -self.spec["new_tokens"]:].tolist()
 
     def stats(self) -> dict[str, Any]:
         return {"load_seconds": round(self.load_seconds, 2), **rss_mb()}
@@ -207,6 +215,7 @@ class OneAtATime(Variant):
                 inputs = self.processor(text=self.text, images=[image], return_tensors="pt")
             self.timers["processor"] += time.perf_counter() - t
             ids = self.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            self._keep_tokens(ids)
             if not self.is_blip:
                 ids = ids[:, inputs["input_ids"].shape[1]:]
             text = self.processor.batch_decode(ids, skip_special_tokens=True)[0]
@@ -246,6 +255,14 @@ class Batched(Variant):
                 self.timers["processor"] += time.perf_counter() - t
 
         fam.generation_inputs = timed
+        generate = fam.generate
+
+        def keep(*args, **kwargs):
+            out = generate(*args, **kwargs)
+            self._keep_tokens(out)
+            return out
+
+        fam.generate = keep
 
     def caption(self, images):
         from captioning.generation import GenerationSettings, caption_images
@@ -407,6 +424,13 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
             entry["round_speedups"] = [round(a["seconds"] / b["seconds"], 3) for a, b in zip(baseline, runs)]
             caps = [(c1, c2) for a, b in zip(baseline, runs) for c1, c2 in zip(a["captions"], b["captions"])]
             entry["captions_equal_to_one_at_a_time"] = f"{sum(c1 == c2 for c1, c2 in caps)}/{len(caps)}"
+            toks = [(t1, t2) for a, b in zip(baseline, runs) for t1, t2 in zip(a["tokens"], b["tokens"])]
+            entry["token_ids_equal_to_one_at_a_time"] = f"{sum(t1 == t2 for t1, t2 in toks)}/{len(toks)}"
+            # where they part: random weights give near-flat logits, so a last-bit difference
+            # (batching changes how the products are blocked) can flip a near-tie; count the positions
+            # before the first flip
+            agree = sum(next((i for i, (x, y) in enumerate(zip(t1, t2)) if x != y), len(t1)) for t1, t2 in toks)
+            entry["tokens_before_first_difference"] = f"{agree}/{sum(len(t1) for t1, _ in toks)}"
         section["variants"][v] = entry
     section["speedup"] = section["variants"]["batched"]["speedup"]
     section["load_average_per_round"] = [round(x["load_average"], 2) for x in results["batched"]]

@@ -142,6 +142,7 @@ def test_bench_variants_caption_alike(tiny_models, fam):
     bat = gs.Batched({**spec, "variant": "batched"})
     a, b = one.run(0, 3), bat.run(0, 3)
     assert a["captions"] == b["captions"] and len(a["captions"]) == 3
+    assert a["tokens"] == b["tokens"] and [len(t) for t in a["tokens"]] == [4, 4, 4]
     assert b["breakdown_s"]["vision"] > 0 and b["breakdown_s"]["processor"] > 0
     assert one.prompt_tokens() > (1 if fam == "idefics3" else 0)
     assert gs.rss_mb()["peak_rss_mb"] > 0
