@@ -46,6 +46,40 @@ def test_auto_classes_reload_identically(tiny_models, fam, shapes_images):
     assert torch.equal(a, b)
 
 
+def test_blip_vision_attention_runs_sdpa_with_the_eager_result(tiny_models, shapes_images, monkeypatch):
+    """BlipFamily routes the vision tower's attention through SDPA (transformers runs it
+    eagerly): same outputs, gradients still flow, attention weights still on request."""
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    cap = load_captioner(tiny_models["blip"])
+    attn = [m for m in cap.model.modules() if isinstance(m, BlipAttention)]
+    assert attn and all("forward" in m.__dict__ for m in attn)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    pixels = cap.processor(images=shapes_images[:3], return_tensors="pt")["pixel_values"]
+    vision = cap.model.vision_model
+    with torch.inference_mode():
+        fast = vision(pixel_values=pixels).last_hidden_state
+        assert len(calls) == len(attn)
+        own = [m.__dict__.pop("forward") for m in attn]
+        try:
+            eager = vision(pixel_values=pixels).last_hidden_state
+        finally:
+            for m, f in zip(attn, own):
+                m.forward = f
+        assert len(calls) == len(attn)  # the eager run made no SDPA call
+        hidden = torch.randn(2, 5, attn[0].embed_dim)
+        out, weights = attn[0](hidden, output_attentions=True)  # weights asked for: eager
+        assert weights is not None and weights.shape == (2, attn[0].num_heads, 5, 5)
+        torch.testing.assert_close(out, attn[0](hidden)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-5)
+    cap.model.train()
+    vision(pixel_values=pixels).last_hidden_state.square().mean().backward()
+    assert all(m.qkv.weight.grad is not None and m.qkv.weight.grad.abs().sum() > 0 for m in attn)
+
+
 @pytest.mark.parametrize("fam", FACTORY_FAMILIES)
 def test_batched_greedy_equals_single(captioners, fam, shapes_images):
     cap = captioners[fam]
