@@ -23,10 +23,11 @@ from captioning.errors import UserError
 #: type (absent: the whole batch at once). On a CPU the text decoder wants big batches
 #: (each decode step reads all its weights once for the whole batch), but the vision
 #: tower gains nothing past a couple of images - its matrices already have 577-1024 rows
-#: per image - and slows down when a whole batch of activations falls out of the cache
-#: (BLIP's eager attention keeps 12 x 577 x 577 scores per image: ~20% slower at 8
-#: images per forward than at 2 on a 2-core CPU; see bench/generation_speed.py).
-#: GPUs want the whole batch.
+#: per image - and can slow down when a whole batch of activations falls out of the
+#: cache (BLIP's eager attention, 12 x 577 x 577 scores per image, was ~20% slower at 8
+#: images per forward than at 2 on a 2-core CPU; with the SDPA attention the BLIP family
+#: now uses, 1, 2 and 8 measure within noise, and SmolVLM's tower is best near 2; see
+#: BENCHMARKS.md). GPUs want the whole batch.
 VISION_BATCH_SIZE = {"cpu": 2}
 
 
