@@ -13,14 +13,20 @@ Variants, each in its own worker process (so each has its own peak RSS):
                  with default settings, then per image one processor call, one
                  model.generate and one batch_decode.
   batched        captioning.generation.caption_images(load_captioner(...), images,
-                 batch_size=B) - the code every stage of the toolkit uses.
-The variants run in alternating rounds of B images on the same images (absolute times drift
+                 batch_size=B) - the code every stage of the toolkit uses; on a CPU it
+                 captions two batches at once, each on half the threads.
+  batched_serial (--serial) the same, one batch at a time on all the threads
+                 (parallel_batches=1): what the parallel batches gain.
+The variants run in alternating rounds of 2B images (the batches the batched variant
+runs at once) on the same images (absolute times drift
 ~2x on shared machines; ratios measured side by side do not), with the fp32 GEMM peak
 (bench/gemm_peak.py: plain torch.matmul, large squares, same thread count) measured between
 rounds. FLOPs per caption are counted from the config (bench/caption_flops.py documents
 the formula), so "fraction of peak" = FLOPs per caption x images/s / GEMM peak.
 Peak RSS: the high-water mark while captioning (reset after loading and warm-up through
 /proc/self/clear_refs), and the lifetime high-water mark including loading.
+The breakdown (processor, vision tower, text = the rest) sums each batch's own time, so
+with two batches in parallel it adds up to about twice the wall time.
 
 Writes bench/results/generation_speed.json and prints a markdown table. --quick is a
 small smoke run; --size tiny runs the same code on tiny models in seconds (tests).
@@ -40,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +141,10 @@ class Variant:
         self.load()
         self.load_seconds = time.perf_counter() - t
         self.timers = {"processor": 0.0, "vision": 0.0}
+        # parallel batches (captioning.generation.run_parallel) call the hooks from several
+        # threads: per-thread state, and a lock around the shared sums
+        self._local = threading.local()
+        self._lock = threading.Lock()
         self._instrument()
 
     # -- the parts that differ
@@ -152,14 +163,20 @@ class Variant:
 
     def _instrument(self) -> None:
         """Time the vision tower with hooks (one pair of calls per forward: negligible)."""
-        start: list[float] = []
         vision = self._vision_module()
-        vision.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
+
+        def begin(*_):
+            self._local.vision_start = time.perf_counter()
 
         def done(*_):
-            self.timers["vision"] += time.perf_counter() - start.pop()
+            self._add("vision", time.perf_counter() - self._local.vision_start)
 
+        vision.register_forward_pre_hook(begin)
         vision.register_forward_hook(done)
+
+    def _add(self, part: str, seconds: float) -> None:
+        with self._lock:
+            self.timers[part] += seconds
 
     # -- the protocol
     def run(self, start: int, stop: int, warmup: bool = False) -> dict[str, Any]:
@@ -167,7 +184,8 @@ class Variant:
 
         images = self.warm_images if warmup else self.images[start:stop]
         self.timers = {"processor": 0.0, "vision": 0.0}
-        self.tokens: list[list[int]] = []
+        self._position = {id(im): k for k, im in enumerate(images)}
+        self.tokens: list[list[int] | None] = [None] * len(images)
         t, c = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             captions = self.caption(images)
@@ -177,12 +195,13 @@ class Variant:
         return {"seconds": seconds, "cpu_seconds": cpu, "captions": captions, "tokens": self.tokens,
                 "n": len(images), "breakdown_s": dict(self.timers), "load_average": os.getloadavg()[0]}
 
-    def _keep_tokens(self, ids) -> None:
+    def _keep_tokens(self, ids, images) -> None:
         """The generated token ids (the last ``new_tokens`` of each output row: the output
         length is forced). Captions are compared on these: a random-weight model mostly
         emits ids its small offline tokenizer decodes to nothing, so equal decoded
         captions would prove little."""
-        self.tokens += ids[:, -self.spec["new_tokens"]:].tolist()
+        for row, image in zip(ids[:, -self.spec["new_tokens"]:].tolist(), images, strict=True):
+            self.tokens[self._position[id(image)]] = row
 
     def stats(self) -> dict[str, Any]:
         return {"load_seconds": round(self.load_seconds, 2), **rss_mb()}
@@ -213,9 +232,9 @@ class OneAtATime(Variant):
                 inputs = self.processor(images=image, return_tensors="pt")
             else:
                 inputs = self.processor(text=self.text, images=[image], return_tensors="pt")
-            self.timers["processor"] += time.perf_counter() - t
+            self._add("processor", time.perf_counter() - t)
             ids = self.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-            self._keep_tokens(ids)
+            self._keep_tokens(ids, [image])
             if not self.is_blip:
                 ids = ids[:, inputs["input_ids"].shape[1]:]
             text = self.processor.batch_decode(ids, skip_special_tokens=True)[0]
@@ -247,19 +266,20 @@ class Batched(Variant):
         fam = self.cap.family
         original = fam.generation_inputs
 
-        def timed(*args, **kwargs):  # instance attribute: only this worker's family object
+        def timed(proc, images, *args, **kwargs):  # instance attribute: only this worker's family object
+            self._local.images = images  # this thread's batch, for keep() below
             t = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                return original(proc, images, *args, **kwargs)
             finally:
-                self.timers["processor"] += time.perf_counter() - t
+                self._add("processor", time.perf_counter() - t)
 
         fam.generation_inputs = timed
         generate = fam.generate
 
         def keep(*args, **kwargs):
             out = generate(*args, **kwargs)
-            self._keep_tokens(out)
+            self._keep_tokens(out, self._local.images)
             return out
 
         fam.generate = keep
@@ -273,13 +293,21 @@ class Batched(Variant):
         if self.spec.get("vision_batch_size") is not None:  # else the library default
             kw["vision_batch_size"] = self.spec["vision_batch_size"] or None
         return [c[0] for c in caption_images(self.cap, images, settings=settings,
-                                             batch_size=self.spec["batch_size"], **kw)]
+                                             batch_size=self.spec["batch_size"],
+                                             parallel_batches=self._parallel_batches(), **kw)]
+
+    def _parallel_batches(self):
+        return 1 if self.spec["variant"] == "batched_serial" else "auto"
 
     def stats(self):
-        return {**super().stats(), "proposed_applied": self.applied}
+        from captioning.generation import parallel_batches_for
+
+        return {**super().stats(), "proposed_applied": self.applied,
+                "parallel_batches": parallel_batches_for(self.cap, None, self._parallel_batches())}
 
 
-VARIANT_CLASSES = {"one_at_a_time": OneAtATime, "batched": Batched, "batched_proposed": Batched}
+VARIANT_CLASSES = {"one_at_a_time": OneAtATime, "batched": Batched, "batched_proposed": Batched,
+                   "batched_serial": Batched}
 
 
 def _worker(spec_json: str) -> int:
@@ -350,9 +378,13 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
     from caption_flops import caption_flops
     from gemm_peak import gemm_peak
 
+    from captioning.generation import PARALLEL_BATCHES
+
     family = MODELS[name]
-    rounds = max(1, n_images // batch_size)
-    n_images = rounds * batch_size
+    # a round holds as many batches as the batched variant runs at once
+    per_round = batch_size * max(1, min(PARALLEL_BATCHES.get("cpu", 1), threads))
+    rounds = max(1, n_images // per_round)
+    n_images = rounds * per_round
     base = {"model": name, "family": family, "model_dir": str(model_dir), "threads": threads,
             "n_images": n_images, "batch_size": batch_size, "new_tokens": new_tokens,
             "warmup_images": min(batch_size, 2), "vision_batch_size": vision_batch_size}
@@ -370,7 +402,7 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
             # rotate the order every round so no variant always runs first (drift cancels)
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:
-                res = workers[v].ask(cmd="run", start=r * batch_size, stop=(r + 1) * batch_size)
+                res = workers[v].ask(cmd="run", start=r * per_round, stop=(r + 1) * per_round)
                 results[v].append(res)
                 log(f"[{name}] round {r + 1}/{rounds} {v}: {res['n'] / res['seconds']:.3f} images/s "
                     f"(load {res['load_average']:.1f})")
@@ -415,7 +447,9 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
         }
         if "proposed_applied" in stats[v] and v != "batched":
             entry["proposed_applied"] = stats[v]["proposed_applied"]
-        entry["breakdown_s"]["text"] = round(seconds - entry["breakdown_s"]["processor"]
+        lanes = entry["parallel_batches"] = stats[v].get("parallel_batches", 1)
+        # each batch's own time: with parallel batches the parts add up to ~lanes x the wall time
+        entry["breakdown_s"]["text"] = round(seconds * lanes - entry["breakdown_s"]["processor"]
                                              - entry["breakdown_s"]["vision"], 2)
         if v != "one_at_a_time":
             entry["speedup"] = round(ips / (n_images / sum(x["seconds"] for x in baseline)), 3)
@@ -494,6 +528,7 @@ def _cpu_name() -> str:
 
 def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens: int, threads: int, size: str,
         gemm_sizes, out: Path | None, models_dir: Path | None = None, proposed: bool = False,
+        serial: bool = False,
         vision_batch_size: int | None = None, log=print) -> dict[str, Any]:
     """The whole benchmark; returns the report (and writes it to ``out``)."""
     from captioning.factory import build_random_model
@@ -528,7 +563,8 @@ def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens:
             report["models"][name] = bench_model(name, model_dir=mdir, n_images=n_images, batch_size=b,
                                                  new_tokens=new_tokens, threads=threads, gemm_sizes=gemm_sizes,
                                                  log_dir=tmp, log=log, vision_batch_size=vision_batch_size,
-                                                 variants=VARIANTS + (("batched_proposed",) if proposed else ()))
+                                                 variants=VARIANTS + (("batched_serial",) if serial else ())
+                                                 + (("batched_proposed",) if proposed else ()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
@@ -548,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/generation_speed.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smolvlm,blip", help="comma-separated: smolvlm, blip")
-    parser.add_argument("--images", type=int, default=32, help="images per variant (rounded down to whole batches)")
+    parser.add_argument("--images", type=int, default=64,
+                        help="images per variant (rounded down to whole rounds of 2 batches)")
     parser.add_argument("--batch-size", type=int, help=f"batch size of the batched variant (default {DEFAULT_BATCH})")
     parser.add_argument("--new-tokens", type=int, default=20, help="fixed caption length in tokens")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every variant and the GEMM peak")
@@ -557,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vision-batch-size", type=int,
                         help="images per vision-tower forward in the batched variants (0: whole batch; "
                              "default: the library's)")
+    parser.add_argument("--serial", action="store_true",
+                        help="add the batched variant with one batch at a time (parallel_batches=1)")
     parser.add_argument("--proposed", action="store_true",
                         help="add a variant with the family changes proposed in bench/proposed_speedups.py")
     parser.add_argument("--models-dir", type=Path, help="keep/reuse the built random models here")
@@ -579,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run(models, n_images=n_images, batch_size=batch, new_tokens=args.new_tokens, threads=args.threads,
                  size=args.size, gemm_sizes=gemm_sizes, out=args.out, models_dir=args.models_dir,
-                 proposed=args.proposed, vision_batch_size=args.vision_batch_size,
+                 proposed=args.proposed, serial=args.serial, vision_batch_size=args.vision_batch_size,
                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(markdown_table(report))
     print(f"\nwrote {args.out}")

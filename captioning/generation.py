@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -29,6 +31,18 @@ from captioning.errors import UserError
 #: now uses, 1, 2 and 8 measure within noise, and SmolVLM's tower is best near 2; see
 #: BENCHMARKS.md). GPUs want the whole batch.
 VISION_BATCH_SIZE = {"cpu": 2}
+
+#: Batches captioned at once when ``parallel_batches="auto"``, by device type (absent: one).
+#: On a CPU, two batches side by side, each running its ops on its share of torch's threads,
+#: beat one batch whose every op is split over all of them: many of a captioner's ops are too
+#: small to keep several threads busy (decode steps, layer norms, and even a 2048x768 @
+#: 768x768 product: 78-151 GFLOP/s on 2 threads, ~130 for two 1-thread products at once on
+#: a 2-core CPU), and one batch's image preprocessing overlaps the other's compute. SmolVLM's
+#: tower alone: 1.79 vs 2.10 s per image; SmolVLM captioning at batch 16: 8-14% more images/s
+#: (BENCHMARKS.md). Each extra batch in flight costs one batch of activations.
+PARALLEL_BATCHES = {"cpu": 2}
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,7 +101,8 @@ class GenerationSettings:
 def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | None] | None = None,
                    settings: GenerationSettings | None = None, *, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None,
-                   vision_batch_size: int | str | None = "auto") -> list[list[str]]:
+                   vision_batch_size: int | str | None = "auto",
+                   parallel_batches: int | str = "auto") -> list[list[str]]:
     """Caption ``images`` (PIL, already through captioning.images.load_image).
 
     Returns one list of ``settings.num_captions`` captions per image, in input
@@ -99,6 +114,8 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
     number of images done after each batch. ``vision_batch_size``: images per
     forward of the vision tower inside a batch (None: all at once; "auto": the
     device's entry in VISION_BATCH_SIZE); it changes speed and memory, not captions.
+    ``parallel_batches``: batches captioned at once (see ``parallel_batches_for``); it
+    too changes speed and memory, not captions.
     """
     settings = settings or GenerationSettings()
     if batch_size < 1:
@@ -116,22 +133,112 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
             raise ValueError(f"{len(per_image)} prompts for {n} images")
     fam, proc, model = captioner.family, captioner.processor, captioner.model
 
+    lanes = parallel_batches_for(captioner, settings, parallel_batches)
+
+    def one_batch(chunk: list[int]) -> Callable[[], tuple[list[int], list[str]]]:
+        def run():
+            with torch.inference_mode():
+                with _TOKENIZER_LOCK:
+                    inputs = fam.generation_inputs(proc, [images[i] for i in chunk], [per_image[i] for i in chunk])
+                inputs = _to_device(inputs, captioner.device, captioner.dtype)
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                out = fam.generate(model, inputs, **kwargs)
+                with _TOKENIZER_LOCK:
+                    return chunk, fam.decode(proc, out, inputs)
+        return run
+
     results: list[list[str] | None] = [None] * n
     kwargs = settings.generate_kwargs()
-    with torch.inference_mode(), _vision_in_chunks(model, fam, vision_batch_size):
-        for chunk in _batches(fam, proc, per_image, batch_size):
-            inputs = fam.generation_inputs(proc, [images[i] for i in chunk], [per_image[i] for i in chunk])
-            inputs = _to_device(inputs, captioner.device, captioner.dtype)
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            out = fam.generate(model, inputs, **kwargs)
-            texts = fam.decode(proc, out, inputs)
-            k = settings.num_captions
+    k = settings.num_captions
+    chunks = plan_batches(list(_batches(fam, proc, per_image, batch_size)), lanes)
+    with _vision_in_chunks(model, fam, vision_batch_size):
+        for chunk, texts in run_parallel([one_batch(c) for c in chunks], lanes):
             for j, i in enumerate(chunk):
                 results[i] = texts[j * k:(j + 1) * k]
             if progress is not None:
                 progress(len(chunk))
     return results  # type: ignore[return-value]
+
+
+def parallel_batches_for(captioner, settings: GenerationSettings | None = None,
+                         requested: int | str = "auto") -> int:
+    """How many batches ``run_parallel`` should caption at once.
+
+    "auto": the device's entry in PARALLEL_BATCHES, at most torch's thread count. Always one
+    when sampling (each batch seeds torch's global random generator, which parallel batches
+    would share) and inside a batch that is already running in parallel.
+    """
+    check_parallel_batches(requested)
+    if (settings is not None and settings.do_sample) or getattr(_LANE, "active", False):
+        return 1
+    if requested == "auto":
+        requested = min(PARALLEL_BATCHES.get(torch.device(captioner.device).type, 1), torch.get_num_threads())
+    return requested
+
+
+def check_parallel_batches(value: Any) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"--parallel-batches {value!r}: give a number of batches, at least 1, or auto")
+
+
+# The processor and its tokenizer are not thread-safe (a Rust tokenizer raises "Already
+# borrowed" when one thread sets padding while another encodes), so parallel batches, and
+# the Space's concurrent requests, preprocess and decode one at a time.
+_TOKENIZER_LOCK = threading.Lock()
+_LANE = threading.local()
+
+
+def plan_batches(batches: list[list[T]], lanes: int) -> list[list[T]]:
+    """The batches to run in ``lanes`` parallel lanes: the last ``len(batches) % lanes`` are
+    each cut into ``lanes`` near-even pieces, so that no lane idles at the end while another
+    runs a whole batch on its share of the threads (three batches of 16 on two lanes: 16,
+    16, 8, 8). Batch composition never changes the captions."""
+    if lanes <= 1 or not len(batches) % lanes:
+        return batches
+    cut = len(batches) - len(batches) % lanes
+    pieces = []
+    for batch in batches[cut:]:
+        size = -(-len(batch) // lanes)
+        pieces += [batch[i:i + size] for i in range(0, len(batch), size)]
+    return batches[:cut] + pieces
+
+
+def run_parallel(jobs: Sequence[Callable[[], T]], n: int) -> Iterator[T]:
+    """Run ``jobs`` up to ``n`` at a time and yield their results in job order.
+
+    Each job runs in a worker thread with its share of the caller's torch intra-op threads
+    (at least one) and a copy of the caller's context variables; torch's grad and inference
+    modes are per thread, so a job sets its own. One lane, or a single job, runs inline on
+    all the threads. At most ``2 * n`` jobs are queued at a time, so a job that loads its
+    own inputs holds them only while it runs. If a job raises, the queued ones are
+    cancelled, the running ones finish, and the error propagates. (concurrent.futures has
+    no ordered, bounded map, hence this helper.)
+    """
+    n = min(n, len(jobs))
+    if n <= 1:
+        for job in jobs:
+            yield job()
+        return
+    share = max(1, torch.get_num_threads() // n)
+
+    def init():
+        torch.set_num_threads(share)
+        _LANE.active = True
+
+    pool = ThreadPoolExecutor(n, thread_name_prefix="caption-batch", initializer=init)
+    pending: collections.deque = collections.deque()
+    source = iter(jobs)
+    try:
+        while True:
+            # twice n queued: a lane that finishes early starts the next job at once
+            while len(pending) < 2 * n and (job := next(source, None)) is not None:
+                pending.append(pool.submit(contextvars.copy_context().run, job))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(fam, proc, per_image: list[str | None], batch_size: int) -> Iterator[list[int]]:

@@ -18,6 +18,7 @@ the same, and predictions.json is byte-identical.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from captioning.errors import UserError
-from captioning.generation import GenerationSettings
+from captioning.generation import GenerationSettings, check_parallel_batches
 
 JOURNAL = "predictions.partial.jsonl"
 JOURNAL_VERSION = 1
@@ -62,6 +63,8 @@ class GenerateConfig:
     shuffle: bool = False
     seed: int = 0
     batch_size: int = 8
+    #: batches captioned at once ("auto": two on a CPU, one on a GPU); speed only, never captions
+    parallel_batches: int | str = "auto"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     #: metric names passed to eval.scoring.score (None: all)
     metrics: list[str] | None = None
@@ -76,6 +79,7 @@ class GenerateConfig:
         self.out = Path(self.out)
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
+        check_parallel_batches(self.parallel_batches)
         if self.max_images is not None and self.max_images < 1:
             raise UserError("--max-images must be at least 1")
         if self.generation.num_captions != 1:
@@ -279,7 +283,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     run. ``scorer``: a warm :class:`eval.scoring.Scorer` to reuse (tests, repeated evals).
     """
     from captioning.data import load_captions
-    from captioning.generation import caption_images
+    from captioning.generation import caption_images, parallel_batches_for, plan_batches, run_parallel
     from captioning.loading import load_captioner
     from eval import scoring
     from eval.provenance import describe_model, library_versions, utc_now
@@ -311,6 +315,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     settings = _settings(cfg, captioner, dataset, model_block)
     fp = fingerprint(settings)
     B = cfg.batch_size
+    lanes = parallel_batches_for(captioner, cfg.generation, cfg.parallel_batches)
     batches = [_json_ids(ids[i:i + B]) for i in range(0, len(ids), B)]
 
     if procs.main:
@@ -321,6 +326,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         config_echo = {"model": model_block["id"], "adapter": model_block["adapter"],
                        "family": model_block["family"], "dataset": f"{dataset.source} [{dataset.split}]",
                        "images": len(dataset), "prompt": captioner.prompt, "batch_size": B,
+                       "parallel_batches": lanes,
                        "dtype": settings["dtype"], "device": str(captioner.device),
                        "generation": cfg.generation.to_dict(), "processes": procs.world, "out": str(out)}
         log("generate: " + json.dumps(config_echo, ensure_ascii=False))
@@ -347,14 +353,25 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
             if procs.main and n_resumed:
                 log(f"generate: resuming, {n_resumed}/{len(ids)} images already captioned in {out}")
             bar = _progress(cfg, procs, sum(len(batches[b]) for b in mine))
+
+            # journal batch b is images b*B ..; the last ones may run as smaller pieces (plan_batches)
+            pieces = plan_batches([[(b, i) for i in range(b * B, min((b + 1) * B, len(ids)))] for b in mine], lanes)
+
+            def caption_piece(piece: list[tuple[int, int]]) -> tuple[int, list[str]]:
+                images = [dataset[i].load_image() for _, i in piece]
+                return piece[0][0], [c[0] for c in caption_images(captioner, images, None, cfg.generation,
+                                                                  batch_size=len(images), parallel_batches=1)]
+
+            got: list[str] = []
             try:
-                for b in mine:
-                    images = [dataset[i].load_image() for i in range(b * B, min((b + 1) * B, len(ids)))]
-                    captions = [c[0] for c in caption_images(captioner, images, None, cfg.generation,
-                                                             batch_size=len(images))]
-                    _append(f, {"batch": b, "image_ids": batches[b], "captions": captions})
+                # pieces finish in order, so a kill loses only the batches still in flight
+                for b, captions in run_parallel([functools.partial(caption_piece, p) for p in pieces], lanes):
+                    got += captions
+                    if len(got) == len(batches[b]):
+                        _append(f, {"batch": b, "image_ids": batches[b], "captions": got})
+                        got = []
                     if bar is not None:
-                        bar.update(len(images))
+                        bar.update(len(captions))
             finally:
                 if bar is not None:
                     bar.close()
@@ -410,6 +427,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         "seconds": None,
         "timing": {"generation_s": round(generation_s, 3), "scoring_s": round(scoring_s, 3),
                    "images_captioned": n_new, "images_resumed": n_resumed, "processes": procs.world,
+                   "parallel_batches": lanes,
                    "images_per_s": round(n_new / generation_s, 4) if n_new and generation_s > 0 else None},
         # the settings that decide the captions, and their hash: a later run into the same
         # --out compares against them, and so can anyone comparing two metrics.json files

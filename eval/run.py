@@ -52,6 +52,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line like every other error."""
 
@@ -154,6 +158,9 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("decoding")
     g.add_argument("--batch-size", type=_positive, default=8)
+    g.add_argument("--parallel-batches", type=_positive_or_auto, default="auto",
+                   help="batches captioned at once (default auto: 2 on a CPU, each on half the threads; "
+                        "1 on a GPU); changes speed and memory, never the captions")
     g.add_argument("--num-beams", type=_positive, default=1)
     g.add_argument("--max-new-tokens", type=_positive, default=30)
     g.add_argument("--min-new-tokens", type=int)
@@ -189,9 +196,10 @@ def generate_config(args: argparse.Namespace):
         load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code, family=args.family,
         prompt=args.prompt, image_longest_edge=args.image_longest_edge, image_splitting=args.image_splitting,
         dataset=args.dataset, split=args.split, max_images=args.max_images, images_dir=args.images_dir,
-        shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size, generation=settings,
-        metrics=_metric_list(args.metrics), tokenize=not args.no_tokenize, report=not args.no_report,
-        report_rows=args.report_rows, overwrite=args.overwrite, progress=not args.no_progress, out=Path(args.out))
+        shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size, parallel_batches=args.parallel_batches,
+        generation=settings, metrics=_metric_list(args.metrics), tokenize=not args.no_tokenize,
+        report=not args.no_report, report_rows=args.report_rows, overwrite=args.overwrite,
+        progress=not args.no_progress, out=Path(args.out))
 
 
 # --------------------------------------------------------------------------- commands

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval import generate as gen
 from eval.run import main
@@ -85,6 +86,9 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     assert rec["prompt"] == "Give a concise caption."
     assert rec["generation"]["max_new_tokens"] == 8 and rec["generation"]["num_beams"] == 1
     assert rec["batch_size"] == 2 and rec["dtype"] == "float32" and rec["device"] == "cpu"
+    # two batches at once on a CPU with two threads (tests/conftest.py); the killed run below
+    # runs with one thread, so one batch at a time, and must still end with identical files
+    assert rec["timing"]["parallel_batches"] == min(2, torch.get_num_threads())
     for lib in ("torch", "transformers", "peft", "pycocoevalcap", "java"):
         assert rec["versions"][lib], lib
     assert rec["command"].startswith("python eval/run.py generate --model ")
@@ -96,6 +100,15 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     cider = [float(v) for v in re.findall(r'data-cider="([^"]+)"', html)]
     assert cider == sorted(cider)  # worst first
     assert "http://" not in html and "https://" not in html and "<script" not in html
+
+
+def test_a_batch_cut_into_pieces_is_journaled_whole(tmp_path, reference_run, tiny_models, shapes_dir):
+    """Three batches on two parallel lanes: the last runs as two pieces of one image each."""
+    out = tmp_path / "six"
+    assert main(_args(tiny_models["idefics3"], shapes_dir, out, "--max-images", "6", "--parallel-batches", "2",
+                      "--no-report")) == 0
+    assert _load(out / "predictions.json") == _load(reference_run / "predictions.json")[:6]
+    assert _load(out / "metrics.json")["timing"]["parallel_batches"] == 2
 
 
 def test_train_config_prompt_is_used_and_recorded(tmp_path, tiny_models, shapes_dir):
@@ -275,6 +288,8 @@ def test_generate_errors_are_one_line(tmp_path, tiny_models, shapes_dir, capsys)
           "--out", str(tmp_path / "o3")], "splits found"),
         (["generate", "--model", "x", "--dataset", "y", "--split", "test", "--out", "z", "--batch-size", "0"],
          "--batch-size"),
+        (["generate", "--model", "x", "--dataset", "y", "--split", "test", "--out", "z", "--parallel-batches",
+          "many"], "--parallel-batches"),
     ]
     (tmp_path / "file").write_text("x")
     cases.append((_args(tiny_models["blip"], shapes_dir, tmp_path / "file"), "is a file"))

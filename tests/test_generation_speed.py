@@ -39,9 +39,12 @@ def test_vision_batch_size_changes_speed_not_captions(captioners, fam, shapes_im
     calls = []
     handle = first_child.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        whole = caption_images(cap, images, None, settings, batch_size=5, vision_batch_size=None)
+        # one batch at a time: two parallel lanes would cut the batch of 5 into 3 + 2
+        whole = caption_images(cap, images, None, settings, batch_size=5, vision_batch_size=None,
+                               parallel_batches=1)
         n_whole = len(calls)
-        by_two = caption_images(cap, images, None, settings, batch_size=5, vision_batch_size=2)
+        by_two = caption_images(cap, images, None, settings, batch_size=5, vision_batch_size=2,
+                                parallel_batches=1)
         n_two = len(calls) - n_whole
         single = [caption_images(cap, [im], None, settings, batch_size=1)[0] for im in images]
     finally:
@@ -79,6 +82,109 @@ def test_concurrent_callers_share_and_remove_the_wrapper(captioners, shapes_imag
     assert not errors
     assert all(v == expected for v in out.values())
     assert "forward" not in _vision_tower(cap).__dict__ and not generation._PATCHED
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_parallel_batches_change_speed_not_captions(captioners, fam, shapes_images):
+    cap = captioners[fam]
+    images = shapes_images[:5]  # batches of 2, 2, 1
+    prompts = [None, "What is this?", None, "What is this?", None]
+    settings = GenerationSettings(max_new_tokens=8)
+    one = caption_images(cap, images, prompts, settings, batch_size=2, parallel_batches=1)
+    single = [caption_images(cap, [im], [p], settings, batch_size=1)[0] for im, p in zip(images, prompts)]
+
+    # The first two batches must be in generate at the same time (else the barrier breaks),
+    # each on its share of the threads, off the caller's thread.
+    barrier, seen = threading.Barrier(2, timeout=60), []
+    generate = cap.family.generate
+
+    def spy(*args, **kwargs):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        if len(seen) <= 2:
+            barrier.wait()
+        return generate(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    cap.family.generate = spy  # instance attribute: this captioner's family only
+    try:
+        two = caption_images(cap, images, prompts, settings, batch_size=2, parallel_batches=2)
+    finally:
+        del cap.family.generate
+        torch.set_num_threads(before)
+    assert one == two == single
+    per_image = [p or cap.prompt for p in prompts]
+    planned = generation.plan_batches(list(generation._batches(cap.family, cap.processor, per_image, 2)), 2)
+    assert len(seen) == len(planned) >= 3
+    assert all(name.startswith("caption-batch") and n == 1 for name, n in seen)
+    assert len({name for name, _ in seen}) == 2
+
+
+def test_parallel_batches_rules(captioners):
+    from types import SimpleNamespace
+
+    from captioning.errors import UserError
+
+    cpu, gpu = captioners["blip"], SimpleNamespace(device=torch.device("cuda", 0))
+    greedy, sampled = GenerationSettings(), GenerationSettings(do_sample=True, seed=1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert generation.parallel_batches_for(cpu, greedy) == generation.PARALLEL_BATCHES["cpu"] == 2
+        assert generation.parallel_batches_for(gpu, greedy) == 1
+        assert generation.parallel_batches_for(cpu, greedy, 3) == 3
+        torch.set_num_threads(1)
+        assert generation.parallel_batches_for(cpu, greedy) == 1  # never more batches than threads
+    finally:
+        torch.set_num_threads(before)
+    # sampling seeds torch's one global generator per batch: parallel batches would share it
+    assert generation.parallel_batches_for(cpu, sampled, 4) == 1
+    # a batch already running in parallel does not start more
+    inside = list(generation.run_parallel([lambda: generation.parallel_batches_for(cpu, greedy, 2)] * 2, 2))
+    assert inside == [1, 1]
+    for bad in (0, -1, "two", True, 1.5):
+        with pytest.raises(UserError, match="--parallel-batches"):
+            generation.parallel_batches_for(cpu, greedy, bad)
+
+
+def test_run_parallel_keeps_order_and_stops_on_error():
+    import time
+
+    started = []
+
+    def job(i):
+        def run():
+            started.append(i)
+            time.sleep(0.02 * (i % 3 == 0))  # some finish out of order
+            return i * i
+        return run
+
+    results = generation.run_parallel([job(i) for i in range(10)], 2)
+    assert next(results) == 0
+    assert len(started) <= 4  # at most 2n queued: a job that loads its inputs holds them briefly
+    assert list(results) == [i * i for i in range(1, 10)]
+    assert list(generation.run_parallel([job(i) for i in range(3)], 1)) == [0, 1, 4]  # one lane: inline
+
+    def boom():
+        raise ValueError("batch failed")
+
+    started.clear()
+    with pytest.raises(ValueError, match="batch failed"):
+        list(generation.run_parallel([job(1), boom] + [job(i) for i in range(2, 40)], 2))
+    assert len(started) < 10  # queued batches were cancelled, not run
+
+
+def test_plan_batches_cuts_the_tail_so_every_lane_works():
+    def sizes(batches, lanes):
+        planned = generation.plan_batches([list(range(n)) for n in batches], lanes)
+        return [len(b) for b in planned]
+
+    assert sizes([16, 16, 16], 2) == [16, 16, 8, 8]
+    assert sizes([16], 2) == [8, 8] and sizes([5], 2) == [3, 2] and sizes([1], 2) == [1]
+    assert sizes([16, 16], 2) == [16, 16] and sizes([16, 16, 16], 1) == [16, 16, 16]
+    assert sizes([4, 4, 4, 4, 2], 3) == [4, 4, 4, 2, 2, 1, 1]
+    planned = generation.plan_batches([["a", "b", "c"], ["d", "e", "f"], ["g", "h", "i"]], 2)
+    assert [x for b in planned for x in b] == list("abcdefghi")  # order kept
 
 
 def test_concat_joins_model_outputs_field_by_field():
