@@ -1,6 +1,6 @@
 """How much faster is our batched captioning than one image at a time, as the seeds do it?
 
-    python bench/generation_speed.py [--models smolvlm,blip] [--images N] [--batch-size B] [--quick]
+    python bench/generation_speed.py [--models smolvlm,blip] [--images N] [--batch-size B] [--serial] [--quick]
 
 Models: random weights at the real published architectures (captioning.factory, size
 "real": SmolVLM-256M-Instruct = idefics3 with ONE 512 px crop, image splitting off, 64
@@ -17,12 +17,12 @@ Variants, each in its own worker process (so each has its own peak RSS):
                  captions two batches at once, each on half the threads.
   batched_serial (--serial) the same, one batch at a time on all the threads
                  (parallel_batches=1): what the parallel batches gain.
-The variants run in alternating rounds of 2B images (the batches the batched variant
-runs at once) on the same images (absolute times drift
-~2x on shared machines; ratios measured side by side do not), with the fp32 GEMM peak
-(bench/gemm_peak.py: plain torch.matmul, large squares, same thread count) measured between
-rounds. FLOPs per caption are counted from the config (bench/caption_flops.py documents
-the formula), so "fraction of peak" = FLOPs per caption x images/s / GEMM peak.
+The variants run in alternating rounds of 2B images (the two batches the batched variant
+runs at once) on the same images (absolute times drift ~2x on shared machines; ratios
+measured side by side do not), with the fp32 GEMM peak (bench/gemm_peak.py: plain
+torch.matmul, large squares, same thread count) measured between rounds. FLOPs per
+caption are counted from the config (bench/caption_flops.py documents the formula), so
+"fraction of peak" = FLOPs per caption x images/s / GEMM peak.
 Peak RSS: the high-water mark while captioning (reset after loading and warm-up through
 /proc/self/clear_refs), and the lifetime high-water mark including loading.
 The breakdown (processor, vision tower, text = the rest) sums each batch's own time, so

@@ -38,9 +38,9 @@ VISION_BATCH_SIZE = {"cpu": 2}
 #: small to keep several threads busy (decode steps, layer norms, and even a 2048x768 @
 #: 768x768 product: 78-151 GFLOP/s on 2 threads, ~130 for two 1-thread products at once on
 #: a 2-core CPU), and one batch's image preprocessing overlaps the other's compute. SmolVLM's
-#: tower alone: 1.79 vs 2.10 s per image; batch 16, in one run on 2 cores: SmolVLM 0.432 vs
-#: 0.350 images/s, BLIP 0.761 vs 0.642 (BENCHMARKS.md). Each extra batch in flight costs
-#: one batch of activations (+430 and +800 MB there).
+#: tower alone: 1.79 vs 2.10 s per image; batch 16 on 2 cores: SmolVLM 0.432 and 0.466 vs
+#: 0.350 and 0.410 images/s in two runs, BLIP 0.761 vs 0.642 (BENCHMARKS.md). Each extra
+#: batch in flight costs one batch of activations (+430 and +800 MB there).
 PARALLEL_BATCHES = {"cpu": 2}
 
 T = TypeVar("T")
