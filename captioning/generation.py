@@ -40,7 +40,7 @@ VISION_BATCH_SIZE = {"cpu": 2}
 #: a 2-core CPU), and one batch's image preprocessing overlaps the other's compute. SmolVLM's
 #: tower alone: 1.79 vs 2.10 s per image; batch 16 on 2 cores: SmolVLM 0.432 and 0.466 vs
 #: 0.350 and 0.410 images/s in two runs, BLIP 0.761 vs 0.642 (BENCHMARKS.md). Each extra
-#: batch in flight costs one batch of activations (+430 and +800 MB there).
+#: batch in flight costs one batch of activations (there: +430 MB and +800-1050 MB).
 PARALLEL_BATCHES = {"cpu": 2}
 
 T = TypeVar("T")
@@ -135,6 +135,8 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
     fam, proc, model = captioner.family, captioner.processor, captioner.model
 
     lanes = parallel_batches_for(captioner, settings, parallel_batches)
+    kwargs = settings.generate_kwargs()
+    k = settings.num_captions
 
     def one_batch(chunk: list[int]) -> Callable[[], tuple[list[int], list[str]]]:
         def run():
@@ -150,8 +152,6 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
         return run
 
     results: list[list[str] | None] = [None] * n
-    kwargs = settings.generate_kwargs()
-    k = settings.num_captions
     chunks = plan_batches(list(_batches(fam, proc, per_image, batch_size)), lanes)
     with _vision_in_chunks(model, fam, vision_batch_size):
         for chunk, texts in run_parallel([one_batch(c) for c in chunks], lanes):

@@ -53,7 +53,12 @@ def _positive(text: str) -> int:
 
 
 def _positive_or_auto(text: str) -> int | str:
-    return "auto" if text == "auto" else _positive(text)
+    if text == "auto":
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, at least 1, or auto") from None
 
 
 class _Parser(argparse.ArgumentParser):
