@@ -9,17 +9,36 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean java chromium
+LOCK   := requirements.lock
 
-# torch first, from the CPU wheel pinned in constraints.txt, so nothing pulls a CUDA build.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+.PHONY: install lock demo test bench clean java chromium
+
+# The venv is exactly requirements.lock: torch first, from the CPU wheel pinned in
+# constraints.txt, so nothing pulls a CUDA build; then every pin of the lock with --no-deps
+# (the lock is the whole tree, so pip resolves nothing of its own); pip-sync removes what
+# an older lock installed and this one no longer lists; pip check proves the set consistent.
+$(STAMP): $(LOCK) constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q -c constraints.txt --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(VENV)/bin/pip-sync -q $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
+# Runs on every install/test, not only when the venv is built, so a venv changed by hand
+# (or a requirements range edited without `make lock`) fails loudly.
 install: $(STAMP)
+	$(PY) scripts/check_lock.py
+
+# Regenerate the lock from requirements*.txt's ranges (pip-tools resolves with pip, so it
+# sees the machine's CPU torch wheel and writes torch==X+cpu with no CUDA packages).
+# `make lock` keeps existing pins where the ranges allow; `make lock UPGRADE=1` takes the
+# newest releases. Then `make install` brings the venv to the new lock.
+lock: $(STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
+	  -c constraints.txt -o $(LOCK) requirements.txt requirements-dev.txt
 
 # Java runs pycocoevalcap's tokenizer and METEOR; Debian's chromium runs the Space's
 # browser tests (never `playwright install`, which downloads a browser).
