@@ -15,24 +15,14 @@ from captioning.families import get_family
 from captioning.families.base import IGNORE_INDEX
 from captioning.generation import GenerationSettings, caption_images
 from captioning.loading import load_captioner
-
-
-def _open_gates(model, seed: int = 1) -> None:
-    """Random non-zero gates and projections: an 'trained-looking' bridge that reads the image."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.bridge.named_parameters():
-            if name.endswith("_gate"):
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            elif name.endswith("weight") and p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+from tests.learning import bridge_steps, open_gates
 
 
 @pytest.fixture(scope="module")
 def bridge_dir(tmp_path_factory):
     """A tiny bridge with open gates, saved as a release would be."""
     model, processor = build_model("bridge", "tiny", seed=0)
-    _open_gates(model)
+    open_gates(model)
     out = tmp_path_factory.mktemp("bridge") / "model"
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -201,22 +191,16 @@ def test_untrained_bridge_reproduces_the_bare_language_model(shapes_images):
 
 # ------------------------------------------------------------------ training
 def test_only_bridge_parameters_change_in_training(cap, shapes_images):
+    """3 AdamW steps (lr 1e-2) on one batch lower the loss and move only the bridge. Measured
+    by tests/learning.py (bridge_few_steps, 5 seeds x 1 and 2 threads): 5.93-6.02 -> 5.60-5.79,
+    a drop of 0.20-0.33, identical for both thread counts; the assertion needs any drop."""
     model = copy.deepcopy(cap.model).train()
     fam, proc = cap.family, cap.processor
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("bridge.") for n in trainable)
     assert set(fam.parameter_groups(model)["connector"]) == trainable
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    captions = ["a red circle", "two shapes: a blue square and a green star", "a yellow triangle"]
-    batch = fam.collate(proc, [fam.encode_example(proc, im, c, cap.prompt) for im, c in zip(shapes_images, captions)])
-    losses = []
-    for _ in range(3):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = bridge_steps(model, fam, proc, shapes_images[:3], cap.prompt)
     assert losses[-1] < losses[0]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable

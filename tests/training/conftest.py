@@ -13,11 +13,3 @@ def scorer():
 
     with Scorer() as s:
         yield s
-
-
-@pytest.fixture(scope="session")
-def shapes_learn(tmp_path_factory):
-    """A shapes set big enough to learn from in a short run (train 400 / val 32)."""
-    from captioning.shapes import generate
-
-    return generate(tmp_path_factory.mktemp("shapes-learn"), seed=0, n_train=400, n_val=32, n_test=0)
