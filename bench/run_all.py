@@ -19,6 +19,7 @@ SCRIPTS = {
     "score_speed": ["bench/score_speed.py"],
     "generation_speed": ["bench/generation_speed.py"],
     "train_cache": ["bench/train_cache.py"],
+    "space_load": ["bench/space_load.py"],
 }
 
 

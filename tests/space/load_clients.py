@@ -1,10 +1,14 @@
 """Load generator for the Space's load test, run as its own process so the clients do not
 share the server's interpreter (GIL, memory):
 
-    python tests/space/load_clients.py URL MODEL IMAGE [IMAGE...] --clients 16 --requests 10
+    python tests/space/load_clients.py URL MODEL IMAGE [IMAGE...] --clients 16 --requests 10 \
+        [--expect '{"IMAGE": "caption", ...}'] [--request-timeout 240]
 
-Prints one JSON line: ok, failures (first few messages), latencies. The network guard
-is installed here too: the clients may only talk to loopback.
+Prints one JSON line: ok, failures (first few messages), latencies. A request fails when it
+raises, takes longer than --request-timeout, or (with --expect) answers anything but the
+expected caption for its image. The network guard is installed here too: the clients may
+only talk to loopback. The Space's load test asserts on ok/failures; bench/space_load.py
+reports the latencies.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=4)
+    ap.add_argument("--expect", type=json.loads, default=None,
+                    help="JSON object: image path -> the caption every request for it must return")
+    ap.add_argument("--request-timeout", type=float, default=240.0,
+                    help="seconds one request may take, queueing included (generous: a busy 2-core machine "
+                         "serving 16 clients is slow, and a slow answer is not a wrong one)")
     args = ap.parse_args(argv)
     guard = NetworkGuard().install()
     from gradio_client import Client, handle_file
@@ -42,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def worker(i: int) -> None:
         try:
-            client = Client(args.url, analytics_enabled=False, verbose=False)
+            # gradio_client's own HTTP timeout (20 s for uploads) is shorter than a busy machine needs
+            client = Client(args.url, analytics_enabled=False, verbose=False,
+                            httpx_kwargs={"timeout": args.request_timeout})
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
             with lock:
                 failures.extend([f"client {i}: {e!r}"] * args.requests)
@@ -54,11 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             pass
         for j in range(args.requests):
             t = time.perf_counter()
+            image = args.images[(i + j) % len(args.images)]
             try:
-                text, _ = client.predict(handle_file(args.images[(i + j) % len(args.images)]), args.model, "",
-                                         args.max_new_tokens, 1, 0, 1, 1, -1, api_name="/caption")
+                job = client.submit(handle_file(image), args.model, "", args.max_new_tokens, 1, 0, 1, 1, -1,
+                                    api_name="/caption")
+                text, _ = job.result(timeout=args.request_timeout)
                 if not isinstance(text, str) or not text:
                     raise ValueError(f"empty caption {text!r}")
+                if args.expect is not None and text != args.expect[image]:
+                    raise ValueError(f"caption {text!r} for {Path(image).name}, expected {args.expect[image]!r}")
             except Exception as e:  # noqa: BLE001
                 with lock:
                     failures.append(f"client {i} request {j}: {e!r}")

@@ -417,14 +417,17 @@ def test_network_guard_is_active(guard):
 
 # ---------------------------------------------------------------------------- load test
 
-def test_load_16_clients_x_10(server, images, record_property):
+def test_load_16_clients_x_10(server, images, core_captioners):
     """16 concurrent gradio_client clients x 10 caption requests each (from another
-    process): no failures, and the server process's memory stays bounded."""
+    process): every request gets the captioning core's own caption for its image, and the
+    server process's memory stays bounded. Only correctness is asserted; the latencies of
+    the same load are measured by bench/space_load.py."""
     import psutil
     from gradio_client import Client, handle_file
 
     proc = psutil.Process()
     key = server["keys"]["base"]
+    expect = dict(zip(map(str, images), core(core_captioners, "base", images, max_new_tokens=4)))
     warm = Client(server["url"], analytics_enabled=False, verbose=False)
     for _ in range(3):
         warm.predict(handle_file(str(images[0])), key, "", 4, 1, 0, 1, 1, -1, api_name="/caption")
@@ -441,25 +444,16 @@ def test_load_16_clients_x_10(server, images, record_property):
     sampler.start()
     try:
         run = subprocess.run([sys.executable, str(Path(__file__).with_name("load_clients.py")), server["url"], key,
-                              *map(str, images), "--clients", "16", "--requests", "10"],
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+                              *map(str, images), "--clients", "16", "--requests", "10",
+                              "--expect", json.dumps(expect)],
+                             capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ""})
     finally:
         stop.set()
         sampler.join()
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    lat = out["latencies"]
-    rss1 = proc.memory_info().rss
-    stats = {"requests": 160, "ok": out["ok"], "failures": out["failures"], "wall_s": round(out["wall_s"], 1),
-             "req_per_s": round(out["ok"] / out["wall_s"], 2),
-             "p50_s": round(lat[len(lat) // 2], 3) if lat else None,
-             "p95_s": round(lat[int(len(lat) * 0.95)], 3) if lat else None,
-             "server_rss_before_mb": round(rss0 / 2**20), "server_rss_peak_mb": round(peak[0] / 2**20),
-             "server_rss_after_mb": round(rss1 / 2**20)}
-    record_property("load_test", stats)
-    print("load test:", json.dumps(stats))
     assert out["failures"] == 0, out["first_failures"]
     assert out["ok"] == 160
     assert out["guard_violations"] == []
     # a tiny model: growth beyond ~200 MB would mean per-request leaks (images, files, state)
-    assert peak[0] - rss0 < 200 * 2**20, stats
+    assert peak[0] - rss0 < 200 * 2**20, f"server RSS grew {(peak[0] - rss0) / 2**20:.0f} MB under load"
