@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -191,12 +190,9 @@ def test_loading_1000_images_is_fast_and_decodes_nothing(tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("an image was opened while loading the dataset")
 
-    monkeypatch.setattr(Image, "open", no_decoding)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(Image, "open", no_decoding)  # loading is lazy: that is what keeps it fast
     ds = load_captions(str(root), "val")
-    elapsed = time.perf_counter() - t0
     assert len(ds) == 1000 and len(ds[999].references) == 5
-    assert elapsed < 1.0, elapsed
 
 
 # ------------------------------------------------------------------ image folders
@@ -484,10 +480,17 @@ def test_streaming_option_checks():
 
 
 def test_offline_hub_fails_fast_with_clear_message():
-    t0 = time.perf_counter()
-    with pytest.raises(UserError) as info:
-        load_captions("jxie/coco_captions", "validation")
-    assert time.perf_counter() - t0 < 2.0
+    """Fast because nothing is tried on the network (online, the client would retry for
+    minutes): every connection attempt is refused and recorded."""
+    from tests.space.helpers import NetworkGuard
+
+    guard = NetworkGuard().install()
+    try:
+        with pytest.raises(UserError) as info:
+            load_captions("jxie/coco_captions", "validation")
+    finally:
+        guard.uninstall()
+    assert guard.violations == []
     message = str(info.value)
     assert "unreachable" in message and "HF_HUB_OFFLINE" in message
     assert "COCO captions .json" in message and "metadata.jsonl" in message
