@@ -427,7 +427,7 @@ def test_load_16_clients_x_10(server, images, core_captioners):
 
     proc = psutil.Process()
     key = server["keys"]["base"]
-    expect = dict(zip(map(str, images), core(core_captioners, "base", images, max_new_tokens=4)))
+    expect = {str(p): caps[0] for p, caps in zip(images, core(core_captioners, "base", images, max_new_tokens=4))}
     warm = Client(server["url"], analytics_enabled=False, verbose=False)
     for _ in range(3):
         warm.predict(handle_file(str(images[0])), key, "", 4, 1, 0, 1, 1, -1, api_name="/caption")
