@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
+    from captioning.records import write_json
     from eval import scoring
 
     rows, ok = [], True
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scoring.write_json_atomic(out, result)
+    write_json(out, result)
 
     print("\n| images x refs | naive (s) | score() (s) | speedup | identical | load |")
     print("|---|---|---|---|---|---|")

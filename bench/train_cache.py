@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.factory import build_model
     from captioning.families import get_family
     from captioning.shapes import generate
-    from eval.scoring import write_json_atomic
+    from captioning.records import write_json
     from training import data as tdata
     from training.config import build_config
     from training.engine import CaptionTrainer, caption_loss
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None]},
         "seconds": round(time.time() - started, 1),
     }
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     print(f"pixels {sps['pixels']:.3f} samples/s, cache {sps['cache']:.3f} samples/s: {speedup:.2f}x "
           f"(target >= 3.5x); wrote {args.out}")
     return 0

@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import pathlib
 import random
 import re
 import sys
-import tempfile
 import time
 from typing import Iterable, Sequence
 
@@ -33,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from captioning.errors import UserError
+from captioning.records import write_atomic
 
 # Bump whenever any output byte could change for the same settings: it is part of
 # the "already generated?" check, so old outputs get regenerated instead of reused.
@@ -250,17 +249,6 @@ def render(scene: dict, size: int) -> Image.Image:
 
 # ----------------------------------------------------------------------------- files
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _info(split: str, seed: int, size: int, count: int) -> dict:
     # Only this split's own settings: other splits' counts must not change its bytes.
     return {"description": "synthetic shapes captions (captioning.shapes)",
@@ -291,7 +279,7 @@ def _generate_split(out: pathlib.Path, split: str, seed: int, count: int, size: 
         wanted.add(name)
         buf = io.BytesIO()
         render(scene, size).save(buf, format="PNG")
-        _write_atomic(split_dir / name, buf.getvalue())
+        write_atomic(split_dir / name, buf.getvalue())
         images.append({"id": image_id, "file_name": f"{split}/{name}",
                        "width": size, "height": size,
                        "shapes": scene["shapes"], "background": scene["background"]})
@@ -305,7 +293,7 @@ def _generate_split(out: pathlib.Path, split: str, seed: int, count: int, size: 
     data = {"info": _info(split, seed, size, count), "licenses": [],
             "images": images, "annotations": annotations}
     # Written last, so a present annotation file always means its images are complete.
-    _write_atomic(out / "annotations" / f"captions_{split}.json",
+    write_atomic(out / "annotations" / f"captions_{split}.json",
                   json.dumps(data, separators=(",", ":")).encode())
 
 

@@ -13,9 +13,10 @@ import base64
 import html
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from captioning.records import write_atomic
 
 THUMB_EDGE = 128
 THUMB_QUALITY = 80
@@ -162,16 +163,4 @@ def write_report(path: str | os.PathLike, record: dict, dataset, predictions: Se
         except Exception:  # noqa: BLE001 - a report without one thumbnail beats no report
             row["thumb"] = None
     text = render_report(record, ordered, shown=rows)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, text)

@@ -56,7 +56,7 @@ from captioning.errors import UserError
 
 __all__ = [
     "METRICS", "Scorer", "UserError", "format_table", "load_json", "score",
-    "spice_unavailable_reason", "write_json_atomic",
+    "spice_unavailable_reason",
 ]
 
 BLEU_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
@@ -116,30 +116,6 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
                             f"{type(data).__name__}{hint}")
     return data
 
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON so that readers never see a half-written file.
-
-    The data goes to a temporary file in the same directory (same filesystem, so the final
-    ``os.replace`` is atomic) and is fsynced first. Returns the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def format_table(result: dict) -> str:

@@ -18,9 +18,10 @@ hand-written part, and tests/test_release_compat.py loads the result under
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from captioning.records import write_json
 
 #: 5.x tokenizer class names -> the 4.x class that reads the same tokenizer.json
 _TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
@@ -28,12 +29,6 @@ _TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 
 def _read(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fix_tokenizer_config(folder: Path) -> list[str]:
@@ -57,7 +52,7 @@ def _fix_tokenizer_config(folder: Path) -> list[str]:
         del cfg["extra_special_tokens"]
         changes.append("extra_special_tokens list -> additional_special_tokens")
     if changes:
-        _write(path, cfg)
+        write_json(path, cfg)
     return changes
 
 
@@ -87,7 +82,7 @@ def _fix_model_config(folder: Path) -> list[str]:
         cfg["pad_token_id"] = cfg["_pad_token_id"]
         changes.append("pad_token_id from _pad_token_id")
     if changes:
-        _write(path, cfg)
+        write_json(path, cfg)
     return changes
 
 
@@ -108,7 +103,7 @@ def _fix_processor_config(folder: Path) -> list[str]:
     if pre.is_file():
         ip, ch = _portable_image_processor(_read(pre))
         if ch:
-            _write(pre, ip)
+            write_json(pre, ip)
             changes += ch
     proc_path = folder / "processor_config.json"
     if not proc_path.is_file():
@@ -120,7 +115,7 @@ def _fix_processor_config(folder: Path) -> list[str]:
     ip, ch = _portable_image_processor(nested)
     if ch:
         proc["image_processor"] = ip
-        _write(proc_path, proc)
+        write_json(proc_path, proc)
         changes += ch
     if not pre.is_file():
         # 5.x nests the image processor inside processor_config.json; older readers
@@ -128,7 +123,7 @@ def _fix_processor_config(folder: Path) -> list[str]:
         flat = dict(ip)
         if "processor_class" in proc:
             flat["processor_class"] = proc["processor_class"]
-        _write(pre, flat)
+        write_json(pre, flat)
         changes.append("preprocessor_config.json from processor_config.json")
     return changes
 

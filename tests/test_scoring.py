@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from captioning.errors import UserError
+from captioning.records import write_json
 from eval import scoring
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,7 +381,7 @@ def test_write_json_atomic_and_format_table(tmp_path):
     result = {"metrics": {"Bleu_4": 0.31234, "CIDEr": 1.05, "SPICE": None},
               "unavailable": {"SPICE": "needs Java 8"}, "extras": {scoring.SACREBLEU_KEY: 30.1},
               "n_images": 5000, "tokenized": True, "per_image": {1: {"CIDEr": 1.0}}}
-    path = scoring.write_json_atomic(tmp_path / "sub" / "metrics.json", result)
+    path = write_json(tmp_path / "sub" / "metrics.json", result)
     assert json.loads(path.read_text())["metrics"]["CIDEr"] == 1.05
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp file left
     table = scoring.format_table(result)

@@ -1,0 +1,473 @@
+"""The records: every file that passes between stages is read and written only here.
+
+| file | kind | written by | read by |
+|---|---|---|---|
+| ``train_config.yaml`` | train config | training/train.py | loading, training (resume, lineage), release, Space |
+| ``metrics.json`` of a training run | ``training`` | training/train.py | release (card, push) |
+| ``metrics.json`` of an evaluation | ``eval`` | eval/run.py generate / score | compare, reproduce, release, Space |
+| ``merge_check.json`` | ``merge_check`` | release merge | release (card, push) |
+
+JSON records carry ``kind`` and ``schema`` (:data:`SCHEMA`). Files written before they did
+still load: their kind is told from their keys (a training record has ``train``/``history``,
+an eval record a ``dataset`` and ``generation``), and a reader asked for one kind refuses the
+other in one line ("DIR/metrics.json is a training record (validation during training), not
+an eval record: ..."). train_config.yaml stays the plain resolved config (it is also a
+recipe: ``--config runs/x/train_config.yaml`` trains again), read into :class:`TrainConfigRecord`.
+
+Identity is by content, never by path: :func:`weights_fingerprint` hashes the tensors of a
+folder's safetensors files (names, dtypes, shapes, bytes), so a folder copied elsewhere, or
+made portable for transformers 4.x (config edits only), keeps its fingerprint, and two
+folders with other weights never share one.
+
+Every write goes through :func:`write_atomic`: a temporary file in the same folder, fsynced,
+renamed over the target (readers never see half a file), with the mode a plain ``open``
+would give under the current umask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from captioning.errors import UserError
+
+SCHEMA = 1
+TRAIN_CONFIG = "train_config.yaml"
+METRICS = "metrics.json"
+MERGE_CHECK = "merge_check.json"
+
+RELEASE = "release.json"
+
+KIND_TRAINING = "training"
+KIND_EVAL = "eval"
+KIND_MERGE_CHECK = "merge_check"
+KIND_RELEASE = "release"
+_KIND_NAMES = {KIND_TRAINING: "a training record (validation during training)",
+               KIND_EVAL: "an eval record (eval/run.py generate or score)",
+               KIND_MERGE_CHECK: "a merge check (release merge)",
+               KIND_RELEASE: "a release manifest (release push)"}
+_KIND_SOURCES = {KIND_TRAINING: "the output folder of training/train.py",
+                 KIND_EVAL: "the --out folder of eval/run.py generate",
+                 KIND_MERGE_CHECK: "a folder written by release merge",
+                 KIND_RELEASE: "a release folder (release push --to-dir)"}
+
+
+# ---------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` so that readers never see a half-written file.
+
+    The bytes go to a temporary file in the same folder (same filesystem, so the final
+    ``os.replace`` is atomic) and are fsynced first; the file gets the mode ``open`` would
+    give it (0666 less the umask: mkstemp's owner-only mode would hide shared results).
+    The parent folder is created. Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Move the finished folder ``src`` to ``dst`` (same filesystem): an old ``dst`` is
+    renamed aside first and removed only once the new one is in place, so ``dst`` is at
+    every moment either the old folder or the complete new one."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    return dst
+
+
+def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
+    """JSON text as every record is written (UTF-8, not ASCII-escaped, newline at the end)."""
+    return json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """:func:`write_atomic` of ``obj`` as JSON."""
+    return write_atomic(path, dumps_json(obj, indent=indent))
+
+
+def write_record(path: str | os.PathLike, kind: str, doc: Mapping[str, Any]) -> Path:
+    """Write a JSON record of ``kind``: ``kind`` and ``schema`` first, then ``doc``."""
+    return write_json(path, {"kind": kind, "schema": SCHEMA,
+                             **{k: v for k, v in doc.items() if k not in ("kind", "schema")}})
+
+
+# ---------------------------------------------------------------------------- reading
+def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
+    """Parse a JSON file; every way it can be unreadable is a one-line UserError naming it
+    (and ``what`` it was given as: a flag, say)."""
+    path = Path(path)
+    what = f"{what} " if what else ""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{what}{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{what}{path} is a folder, not a file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what}{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what}{path}: {e.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what}{path} is not valid JSON ({e.msg} at line {e.lineno}); "
+                        "regenerate it with the command that wrote it") from None
+
+
+def kind_of(doc: Any) -> str | None:
+    """The kind of a parsed JSON record: its ``kind``, else told from its keys (files
+    written before records carried a kind), else None."""
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("kind"), str):
+        return doc["kind"]
+    if "train" in doc or "history" in doc:
+        return KIND_TRAINING
+    if isinstance(doc.get("metrics"), dict):
+        return KIND_EVAL
+    if "passed" in doc and "max_abs_logit_diff" in doc:
+        return KIND_MERGE_CHECK
+    return None
+
+
+# ---------------------------------------------------------------------------- portability
+#: an absolute path (or ~/...) inside a string: not after a word character, a URL's "://",
+#: a dot or "<" (so "</s>", "a/b", "1/2" and URLs are left alone)
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~<>-])(?:~/|/)[^\s'\"`,;()\[\]{}<>|]+")
+LOCAL = "<local>"
+
+
+def scrub_paths(value: Any, replace: Mapping[str, str] | None = None) -> Any:
+    """A copy of ``value`` (JSON-like) fit to publish: strings equal to a key of ``replace``
+    become its value (a local base folder -> its Hub id), and every other absolute local
+    path inside a string becomes ``<local>/NAME`` (its last component): a published file
+    never tells where it was made."""
+    replace = dict(replace or {})
+    if isinstance(value, dict):
+        return {k: scrub_paths(v, replace) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_paths(v, replace) for v in value]
+    if not isinstance(value, str):
+        return value
+    if value in replace:
+        return replace[value]
+    for old, new in replace.items():
+        value = value.replace(old, new)
+    return _LOCAL_PATH.sub(lambda m: f"{LOCAL}/{Path(m.group(0).rstrip('/')).name}", value)
+
+
+def local_paths_in(text: str) -> list[str]:
+    """The absolute local paths a text still holds (what :func:`scrub_paths` would replace)."""
+    return _LOCAL_PATH.findall(text)
+
+
+def _resolve(path: str | os.PathLike, name: str) -> Path:
+    path = Path(path)
+    return path / name if path.is_dir() else path
+
+
+def read_record(path: str | os.PathLike, kind: str, *, what: str | None = None) -> dict[str, Any]:
+    """The JSON record of ``kind`` at ``path`` (a file, or a folder holding the kind's
+    usual file name) as a dict; a UserError naming the file otherwise."""
+    default = {KIND_MERGE_CHECK: MERGE_CHECK, KIND_RELEASE: RELEASE}.get(kind, METRICS)
+    path = _resolve(path, default)
+    doc = read_json_file(path, what)
+    got = kind_of(doc)
+    if got != kind:
+        found = _KIND_NAMES.get(got, "not a record this toolkit writes")
+        raise UserError(f"{path} is {found}, not {_KIND_NAMES[kind].split(' (')[0]}: pass "
+                        f"{_KIND_SOURCES[kind]}")
+    schema = doc.get("schema", SCHEMA)
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise UserError(f"{path}: record schema {schema!r} is newer than this toolkit reads ({SCHEMA}); "
+                        "upgrade the toolkit")
+    if kind in (KIND_EVAL, KIND_TRAINING) and not isinstance(doc.get("metrics"), dict):
+        raise UserError(f"{path}: no 'metrics' object; regenerate it with {_KIND_SOURCES[kind].split(' of ')[-1]}")
+    return doc
+
+
+# ---------------------------------------------------------------------------- typed views
+@dataclass
+class _JsonRecord:
+    """A JSON record read through :func:`read_record`: its file and its parsed document."""
+
+    KIND: ClassVar[str] = ""
+    path: Path
+    doc: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, *, what: str | None = None):
+        path = _resolve(path, METRICS)
+        return cls(path=path, doc=read_record(path, cls.KIND, what=what))
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.doc["metrics"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return _section(self.doc, "model")
+
+
+@dataclass
+class EvalRecord(_JsonRecord):
+    """An eval record (metrics.json of eval/run.py generate or score)."""
+
+    KIND: ClassVar[str] = KIND_EVAL
+
+    @property
+    def n_images(self) -> int | None:
+        return self.doc.get("n_images")
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return _section(self.doc, "dataset")
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        return _section(self.doc, "generation")
+
+    @property
+    def prompt(self) -> str | None:
+        return self.doc.get("prompt")
+
+    @property
+    def weights(self) -> dict[str, str | None]:
+        """Fingerprints of what was evaluated: ``model`` (the weights loaded, a base when
+        an adapter was applied), ``adapter`` (None without one)."""
+        m = self.model
+        return {"model": m.get("weights_fingerprint"), "adapter": m.get("adapter_fingerprint")}
+
+    @property
+    def tokenized(self) -> bool:
+        scoring = _section(self.doc, "scoring")
+        return bool(scoring.get("tokenize", self.doc.get("tokenized", True)))
+
+    def identity(self) -> dict[str, Any]:
+        """What must agree for two numbers to stand side by side: the references (the
+        dataset hash covers the image ids and every reference caption), the split, a caption
+        transform applied to the references, the number of images (CIDEr-D's idf comes from
+        the evaluated set), the tokenization and the scale."""
+        d = self.dataset
+        return {"references": d.get("hash"), "split": d.get("split"),
+                "caption transform": d.get("caption_transform") or "none", "n_images": self.n_images,
+                "tokenized": self.tokenized, "scale": self.doc.get("scale", "0-1")}
+
+
+def not_comparable(a: EvalRecord, b: EvalRecord) -> list[str]:
+    """Why the numbers of ``b`` cannot stand beside those of ``a`` (empty: they can)."""
+    why = []
+    for key, va in a.identity().items():
+        vb = b.identity()[key]
+        if va != vb:
+            if key == "references":
+                why.append("other references" + ("" if va and vb else " (hash not recorded)"))
+            elif key == "tokenized":
+                why.append("tokenized" if vb else "not tokenized")
+            else:
+                why.append(f"{key} {vb} vs {va}")
+    return why
+
+
+@dataclass
+class TrainingRecord(_JsonRecord):
+    """The metrics.json of a training output (validation history, final metrics, timing)."""
+
+    KIND: ClassVar[str] = KIND_TRAINING
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        h = self.doc.get("history")
+        return h if isinstance(h, list) else []
+
+    @property
+    def train(self) -> dict[str, Any]:
+        return _section(self.doc, "train")
+
+
+def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
+    v = doc.get(name)
+    return v if isinstance(v, dict) else {}
+
+
+@dataclass
+class TrainConfigRecord:
+    """train_config.yaml: the fully resolved training config that travels with a model.
+
+    Sections are plain dicts (the training package owns the typed config and its
+    defaults); later stages read the few fields they need through the properties here,
+    so a renamed key breaks in one place.
+    """
+
+    path: Path
+    doc: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "TrainConfigRecord":
+        import yaml
+
+        path = _resolve(path, TRAIN_CONFIG)
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file; pass a folder written by training/train.py") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {path} ({e.__class__.__name__})") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); re-run training or fix the file") \
+                from None
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict) or not all(isinstance(v, dict) or v is None or k == "name"
+                                                for k, v in doc.items()):
+            raise UserError(f"{path}: expected the sections of a training config (model, data, optim, ...)")
+        return cls(path=path, doc=doc)
+
+    @classmethod
+    def find(cls, folder: str | os.PathLike | None) -> "TrainConfigRecord | None":
+        """The train_config.yaml in ``folder``, or None when there is none."""
+        if folder is None or not (Path(folder) / TRAIN_CONFIG).is_file():
+            return None
+        return cls.read(Path(folder) / TRAIN_CONFIG)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return _section(self.doc, name)
+
+    @property
+    def base(self) -> str | None:
+        """The base model id or folder (None for random factory weights)."""
+        return self.section("model").get("name_or_path") or None
+
+    @property
+    def base_revision(self) -> str | None:
+        return self.section("model").get("revision")
+
+    @property
+    def factory(self) -> dict[str, Any] | None:
+        f = self.section("model").get("factory")
+        return f if isinstance(f, dict) else None
+
+    @property
+    def family(self) -> str | None:
+        fam = self.section("model").get("family")
+        return None if fam in (None, "auto") else fam
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(self.section("model").get("trust_remote_code"))
+
+    @property
+    def prompt(self) -> str | None:
+        return self.section("data").get("prompt")
+
+    @property
+    def has_prompt(self) -> bool:
+        return "prompt" in self.section("data")
+
+    @property
+    def caption_transform(self) -> str | None:
+        return self.section("data").get("caption_transform")
+
+
+# ---------------------------------------------------------------------------- identity
+def weights_fingerprint(folder: str | os.PathLike) -> str | None:
+    """sha256 over the tensors in ``folder``'s safetensors files: each tensor's name, dtype,
+    shape and bytes, in name order (so shard layout and header metadata do not matter).
+    None when the folder holds no safetensors file.
+
+    Read straight from the files (8-byte header length, JSON header, data): no library
+    hashes tensor contents independently of the file layout, and loading them into torch
+    would double the memory of a large checkpoint.
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    entries = []
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > min(f.stat().st_size - 8, 100_000_000):  # safetensors caps its header at 100 MB
+                    raise ValueError("header length past the end of the file")
+                header = json.loads(fh.read(n))
+                if not isinstance(header, dict):
+                    raise ValueError("header is not a JSON object")
+        except (OSError, struct.error, ValueError) as e:
+            raise UserError(f"{f}: not a readable safetensors file ({e.__class__.__name__}); "
+                            "re-save the model with save_pretrained()") from None
+        for name, info in header.items():
+            if name != "__metadata__":
+                entries.append((name, info["dtype"], info["shape"], f, 8 + n + info["data_offsets"][0],
+                                info["data_offsets"][1] - info["data_offsets"][0]))
+    total = hashlib.sha256()
+    for name, dtype, shape, f, start, size in sorted(entries, key=lambda e: e[0]):
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            fh.seek(start)
+            left = size
+            while left:
+                block = fh.read(min(left, 1 << 22))
+                if not block:
+                    raise UserError(f"{f}: truncated safetensors file; re-save the model")
+                h.update(block)
+                left -= len(block)
+        total.update(f"{name}\0{dtype}\0{shape}\0{h.hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
+def short(fingerprint: str | None) -> str:
+    """The first 12 hex digits, as fingerprints are shown in messages and cards."""
+    return fingerprint[:12] if fingerprint else "unknown"
+
+
+def model_fingerprint(source: str | os.PathLike | None, revision: str | None = None) -> str | None:
+    """:func:`weights_fingerprint` of a model folder, or of a Hub model's files in the local
+    cache (what was loaded); None when neither is on this machine."""
+    if source is None:
+        return None
+    if Path(source).is_dir():
+        return weights_fingerprint(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(str(source), revision=revision, local_files_only=True,
+                                   allow_patterns=["*.safetensors", "*.json"])
+    except Exception:  # noqa: BLE001 - not cached (or not a hub id): the fingerprint is unknown
+        return None
+    return weights_fingerprint(folder)
