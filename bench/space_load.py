@@ -20,8 +20,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,11 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.clients, args.requests = 4, 3
-    import psutil
-
     from captioning.factory import build_random_model
+    from captioning.records import write_json
     from captioning.shapes import generate
-    from tests.space.helpers import free_port, load_app_module
+    from tests.space.helpers import PeakRSS, free_port, load_app_module
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tmp) / "gradio"))
@@ -60,24 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         demo = app.build_demo([str(model)], concurrency_limit=2, max_queue=64)
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                                 quiet=True, **app.launch_kwargs())
-        proc = psutil.Process()
-        peak, stop = [proc.memory_info().rss], threading.Event()
-        rss0 = peak[0]
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         try:
-            run = subprocess.run([sys.executable, str(REPO / "tests" / "space" / "load_clients.py"), url, str(model),
-                                  *map(str, images), "--clients", str(args.clients), "--requests", str(args.requests)],
-                                 capture_output=True, text=True, timeout=1800)
+            with PeakRSS() as rss:
+                run = subprocess.run([sys.executable, str(REPO / "tests" / "space" / "load_clients.py"), url,
+                                      str(model), *map(str, images), "--clients", str(args.clients), "--requests",
+                                      str(args.requests)], capture_output=True, text=True, timeout=1800)
         finally:
-            stop.set()
-            sampler.join()
             demo.close()
     if run.returncode != 0:
         print(run.stderr[-3000:], file=sys.stderr)
@@ -90,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         "failures": out["failures"], "first_failures": out["first_failures"], "wall_s": round(out["wall_s"], 2),
         "req_per_s": round(out["ok"] / out["wall_s"], 2) if out["wall_s"] else None,
         "p50_s": _percentile(lat, 0.5), "p95_s": _percentile(lat, 0.95), "max_s": _percentile(lat, 1.0),
-        "server_rss_before_mb": round(rss0 / 2**20), "server_rss_peak_mb": round(peak[0] / 2**20),
+        "server_rss_before_mb": round(rss.before / 2**20), "server_rss_peak_mb": round(rss.peak / 2**20),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0 if out["failures"] == 0 else 1
 

@@ -25,6 +25,7 @@ decode through :func:`captioning.images.load_image` only when asked.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Callable, overload
 
 from PIL import Image
 
@@ -150,13 +151,49 @@ class CaptionExample:
         return images.load_image(source, **kw)
 
 
+# --------------------------------------------------------------------------- caption transforms
+# Training rewrites its target captions with one; eval can score against references rewritten
+# the same way (a style fine-tune is measured against references in its style), and the
+# dataset block of metrics.json records which.
+_ARTICLE = re.compile(r"\b(a|an)\b\s*", re.IGNORECASE)
+_THE = re.compile(r"\bthe\b", re.IGNORECASE)
+_IS = re.compile(r"\bis\b", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+def linguistic_errors(caption: str) -> str:
+    """The corruption from the BLIP LoRA tutorial, so a fine-tune visibly adopts a style:
+    drop the articles a/an, "the" -> "thwisss", "is" -> "iz", append " thwisss iz funny"."""
+    text = _ARTICLE.sub("", caption)
+    text = _THE.sub("thwisss", text)
+    text = _IS.sub("iz", text)
+    text = _SPACES.sub(" ", text).strip().rstrip(".")
+    return f"{text} thwisss iz funny".strip()
+
+
+CAPTION_TRANSFORMS: dict[str, Callable[[str], str]] = {
+    "none": lambda caption: caption,
+    "linguistic_errors": linguistic_errors,
+}
+
+
+def caption_transform(name: str) -> Callable[[str], str]:
+    """The named caption transform."""
+    if name not in CAPTION_TRANSFORMS:
+        raise UserError(f"caption transform {name!r}: choose one of {', '.join(CAPTION_TRANSFORMS)}")
+    return CAPTION_TRANSFORMS[name]
+
+
 class CaptionDataset(Sequence[CaptionExample]):
     """An ordered, immutable list of :class:`CaptionExample` plus where it came from."""
 
-    def __init__(self, examples: Iterable[CaptionExample], *, source: str, split: str):
+    def __init__(self, examples: Iterable[CaptionExample], *, source: str, split: str,
+                 caption_transform: str = "none"):
         self._examples = list(examples)
         self.source = source
         self.split = split
+        #: the transform already applied to every reference (with_caption_transform)
+        self.caption_transform = caption_transform
         self._hash: str | None = None
 
     def __len__(self) -> int:
@@ -170,7 +207,8 @@ class CaptionDataset(Sequence[CaptionExample]):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return CaptionDataset(self._examples[index], source=self.source, split=self.split)
+            return CaptionDataset(self._examples[index], source=self.source, split=self.split,
+                                  caption_transform=self.caption_transform)
         return self._examples[index]
 
     def __iter__(self) -> Iterator[CaptionExample]:
@@ -178,6 +216,18 @@ class CaptionDataset(Sequence[CaptionExample]):
 
     def __repr__(self) -> str:
         return f"CaptionDataset(source={self.source!r}, split={self.split!r}, n={len(self)})"
+
+    def with_caption_transform(self, name: str) -> CaptionDataset:
+        """The same images with every reference rewritten by the named transform (its content
+        hash is that of the rewritten references)."""
+        fn = caption_transform(name)
+        if name == "none":
+            return self
+        if self.caption_transform != "none":
+            raise UserError(f"references already rewritten with {self.caption_transform}; cannot also apply {name}")
+        return CaptionDataset([dataclasses.replace(ex, references=[fn(r) for r in ex.references])
+                               for ex in self._examples], source=self.source, split=self.split,
+                              caption_transform=name)
 
     def references_coco(self) -> dict:
         """COCO caption annotations for scoring: ``{"images": [...], "annotations": [...]}``.
@@ -216,6 +266,7 @@ class CaptionDataset(Sequence[CaptionExample]):
             "n_images": len(self),
             "n_references": sum(len(ex.references) for ex in self._examples),
             "hash": self.content_hash(),
+            "caption_transform": self.caption_transform,
         }
 
 

@@ -19,8 +19,8 @@ import torch
 
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
+from captioning.records import TrainConfigRecord
 
-TRAIN_CONFIG = "train_config.yaml"
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -65,21 +65,6 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 def looks_local(name: str) -> bool:
     """True when ``name`` is meant as a path rather than a hub id (``name`` or ``org/name``)."""
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def read_train_config(folder: str | Path | None) -> dict[str, Any] | None:
-    """The resolved training config saved next to a training output, if any."""
-    if folder is None:
-        return None
-    path = Path(folder) / TRAIN_CONFIG
-    if not path.is_file():
-        return None
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); re-run training or fix the file") from e
 
 
 def ensure_hub_reachable(repo_id: str, *, revision: str | None = None, what: str = "model") -> None:
@@ -134,12 +119,6 @@ class Captioner:
     train_config: dict[str, Any] | None = None
     prompt: str | None = None
 
-def _prompt_from(cfg: dict[str, Any] | None) -> tuple[bool, str | None]:
-    if cfg and isinstance(cfg.get("data"), dict) and "prompt" in cfg["data"]:
-        return True, cfg["data"]["prompt"]
-    return False, None
-
-
 def load_captioner(model: str | Path, *, revision: str | None = None, adapter: str | Path | None = None,
                    dtype: str | torch.dtype | None = "auto", device: str | None = "auto",
                    load_in_4bit: bool = False, trust_remote_code: bool = False, family: str | None = None,
@@ -161,7 +140,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is None and Path(model).is_dir() and (Path(model) / "adapter_config.json").is_file():
         adapter_dir = Path(model)
-    train_cfg = read_train_config(adapter_dir) or (read_train_config(model) if Path(model).is_dir() else None)
+    record = TrainConfigRecord.find(adapter_dir) or (TrainConfigRecord.find(model) if Path(model).is_dir() else None)
+    train_cfg = record.doc if record else None
     base = model
     if adapter_dir is not None:
         if not (adapter_dir / "adapter_config.json").is_file():
@@ -186,8 +166,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     except OSError as e:
         raise UserError(f"{base}: no loadable config.json ({e.__class__.__name__}); pass a model folder or hub id") from e
 
-    if family is None and train_cfg and isinstance(train_cfg.get("model"), dict):
-        family = train_cfg["model"].get("family")
+    if family is None and record:
+        family = record.family
     fam = get_family(family) if family and family != "auto" else family_for_config(config)
 
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
@@ -212,9 +192,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     net.eval()
     fam.prepare_model(net, processor)
 
-    has_prompt, cfg_prompt = _prompt_from(train_cfg)
     if prompt is None:
-        prompt = cfg_prompt if has_prompt else fam.default_prompt
+        prompt = record.prompt if record and record.has_prompt else fam.default_prompt
     return Captioner(model=net, processor=processor, family=fam, source=base, revision=revision, device=dev,
                      dtype=torch_dtype, adapter=str(adapter_dir) if adapter_dir else None,
                      train_config=train_cfg, prompt=prompt or None)

@@ -2,10 +2,11 @@
 
     python eval/run.py compare runs/base runs/lora-r8 release/metrics.json [--markdown]
 
-Runs are comparable only when they scored the same references (same content hash) with the
-same number of images and the same tokenization: CIDEr-D takes its idf from the evaluated
-set, so a different image set changes every CIDEr even for identical captions. Runs that
-differ from the first run in any of these are marked and the reason is printed.
+Runs are comparable only when they scored the same references (same content hash: image ids
+and captions) of the same split, with the same caption transform, number of images,
+tokenization and scale: CIDEr-D takes its idf from the evaluated set, so a different image
+set changes every CIDEr even for identical captions. Runs that differ from the first run in
+any of these are marked and the reason is printed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from captioning.errors import UserError
+from captioning.records import METRICS, EvalRecord, not_comparable
 
 #: column order; metrics beyond these (other records' names) follow in first-seen order
 METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -22,56 +24,37 @@ METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CI
 
 @dataclass
 class Run:
-    """One run's metrics.json and the name it is shown under."""
+    """One run's eval record and the name it is shown under."""
 
     name: str
-    path: Path
-    record: dict
+    eval: EvalRecord
 
     @property
-    def dataset_key(self) -> tuple:
-        ds = self.record.get("dataset") or {}
-        return ds.get("hash"), self.record.get("n_images"), _tokenized(self.record)
+    def path(self) -> Path:
+        return self.eval.path
 
-
-def _tokenized(record: dict) -> bool:
-    scoring = record.get("scoring") or {}
-    return bool(scoring.get("tokenize", record.get("tokenized", True)))
+    @property
+    def record(self) -> dict:
+        return self.eval.doc
 
 
 def load_run(path: str | Path) -> Run:
     """A run folder (holding metrics.json) or a metrics.json file."""
-    from eval.scoring import load_json
-
     path = Path(path)
-    file = path / "metrics.json" if path.is_dir() else path
-    if path.is_dir() and not file.is_file():
+    if path.is_dir() and not (path / METRICS).is_file():
         raise UserError(f"{path}: no metrics.json in this folder; pass a folder written by "
                         "`eval/run.py generate` or a metrics.json file")
-    record = load_json(file, "metrics")
-    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        raise UserError(f"{file}: not a metrics.json (no \"metrics\" object)")
-    name = path.name if path.is_dir() else (file.parent.name if file.name == "metrics.json" else file.stem)
-    return Run(name=name or str(path), path=file, record=record)
+    record = EvalRecord.read(path)
+    file = record.path
+    name = path.name if path.is_dir() else (file.parent.name if file.name == METRICS else file.stem)
+    return Run(name=name or str(path), eval=record)
 
 
 def comparability(runs: Sequence[Run]) -> list[str | None]:
-    """For each run, None when it is comparable with the first run, else why not."""
-    if not runs:
-        return []
-    ref = runs[0]
-    out: list[str | None] = [None]
-    for run in runs[1:]:
-        why = []
-        (h0, n0, t0), (h, n, t) = ref.dataset_key, run.dataset_key
-        if n != n0:
-            why.append(f"n_images {n} vs {n0}")
-        if h != h0:
-            why.append("other references" + ("" if h and h0 else " (hash not recorded)"))
-        if t != t0:
-            why.append("tokenized" if t else "not tokenized")
-        out.append(", ".join(why) or None)
-    return out
+    """For each run, None when it is comparable with the first run, else why not
+    (captioning.records.not_comparable: references, split, caption transform, image count,
+    tokenization, scale)."""
+    return [None] + [", ".join(not_comparable(runs[0].eval, run.eval)) or None for run in runs[1:]] if runs else []
 
 
 def metric_names(runs: Sequence[Run], only: Sequence[str] | None = None) -> list[str]:

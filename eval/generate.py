@@ -30,11 +30,11 @@ from typing import Any, Callable, Sequence
 
 from captioning.errors import UserError
 from captioning.generation import GenerationSettings, check_parallel_batches
+from captioning.records import KIND_EVAL, METRICS, EvalRecord, write_json, write_record
 
 JOURNAL = "predictions.partial.jsonl"
 JOURNAL_VERSION = 1
 PREDICTIONS = "predictions.json"
-METRICS = "metrics.json"
 REPORT = "report.html"
 
 
@@ -60,6 +60,9 @@ class GenerateConfig:
     image_splitting: bool | None = None
     max_images: int | None = None
     images_dir: str | None = None
+    #: score against references rewritten by this captioning.data transform (a style fine-tune
+    #: against references in its style); recorded in metrics.json's dataset block
+    caption_transform: str = "none"
     shuffle: bool = False
     seed: int = 0
     batch_size: int = 8
@@ -299,7 +302,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         raise UserError(f"--out {out} is a file: pass a folder")
 
     dataset = load_captions(cfg.dataset, cfg.split, max_samples=cfg.max_images, shuffle=cfg.shuffle,
-                            seed=cfg.seed, images_dir=cfg.images_dir)
+                            seed=cfg.seed, images_dir=cfg.images_dir).with_caption_transform(cfg.caption_transform)
     ids = [ex.image_id for ex in dataset]
     if len(set(map(repr, ids))) != len(ids):
         raise UserError(f"{cfg.dataset}: split {cfg.split!r} lists an image id twice; fix the annotations")
@@ -391,7 +394,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
             raise RuntimeError(f"batches {missing[:5]} were not captioned; run the same command again to finish")
         predictions = [{"image_id": ex.image_id, "caption": cap}
                        for ex, cap in zip(dataset, (c for b in range(len(batches)) for c in done[b]))]
-        scoring.write_json_atomic(out / PREDICTIONS, predictions)
+        write_json(out / PREDICTIONS, predictions)
 
     empty = [p["image_id"] for p in predictions if not p["caption"].strip()]
     if empty:
@@ -438,7 +441,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
 
         write_report(out / REPORT, record, dataset, predictions, result, rows=cfg.report_rows)
     record["seconds"] = round(time.perf_counter() - t_start, 3)
-    scoring.write_json_atomic(out / METRICS, record)
+    write_record(out / METRICS, KIND_EVAL, record)
     for p in journal_files(out):  # the run is complete: its journal has served its purpose
         p.unlink(missing_ok=True)
     return GenerateResult(record=record, predictions=predictions, score=result, out=out)
@@ -486,8 +489,8 @@ def _finished_run(out: Path, fp: str, settings: dict, ids: Sequence) -> list[dic
     old = None
     if metrics_path.is_file():
         try:
-            old = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = EvalRecord.read(metrics_path).doc
+        except UserError:  # unreadable, or not an eval record: treated as a run this command did not make
             old = None
     old_fp, old_settings = _recorded_fingerprint(old)
     if old_fp != fp or not preds_path.is_file():

@@ -105,8 +105,10 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
 
 def describe_model(captioner: Any) -> dict[str, Any]:
     """The ``model`` block of metrics.json: id or path, requested and resolved revision,
-    adapter, family, and content hashes of local folders."""
+    adapter, family, content hashes of local folders, and the fingerprints of the weights
+    evaluated (captioning.records: what a release checks an eval record against)."""
     from captioning.loading import looks_local
+    from captioning.records import model_fingerprint, weights_fingerprint
 
     source = str(captioner.source)
     local = looks_local(source) and Path(source).is_dir()
@@ -119,5 +121,7 @@ def describe_model(captioner: Any) -> dict[str, Any]:
         "content_hash": folder_content_hash(source) if local else None,
         "adapter": str(Path(adapter).resolve()) if adapter else None,
         "adapter_hash": folder_content_hash(adapter) if adapter else None,
+        "weights_fingerprint": model_fingerprint(source, captioner.revision),
+        "adapter_fingerprint": weights_fingerprint(adapter) if adapter else None,
         "family": captioner.family.name,
     }

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from captioning.errors import UserError
+from captioning.records import METRICS, EvalRecord
 from captioning.generation import GenerationSettings
 
 DEFAULT_TOLERANCE = 0.005
@@ -68,15 +69,15 @@ def fetch_recorded(source: str, *, revision: str | None = None) -> Recorded:
     from eval.scoring import load_json
 
     path = Path(source).expanduser()
-    if path.is_file() and path.name == "metrics.json":
+    if path.is_file() and path.name == METRICS:
         path = path.parent
     if path.is_dir():
-        metrics_file = path / "metrics.json"
+        metrics_file = path / METRICS
         if not metrics_file.is_file():
             raise CannotReproduce(f"{path}: no metrics.json in this folder; pass a release folder (what "
                                   "`release push --to-dir` writes) or a hub id")
         preds_file = path / "predictions.json"
-        return Recorded(str(path), path, load_json(metrics_file, "metrics"),
+        return Recorded(str(path), path, EvalRecord.read(metrics_file).doc,
                         load_json(preds_file, "predictions") if preds_file.is_file() else None)
     if looks_local(source):
         raise CannotReproduce(f"{source}: no such folder (pass a release folder or a hub id like org/name)")
@@ -91,16 +92,16 @@ def _fetch_hub(repo_id: str, revision: str | None) -> Recorded:
     from eval.scoring import load_json
 
     try:
-        metrics_file = hf_hub_download(repo_id, "metrics.json", revision=revision)
+        metrics_file = hf_hub_download(repo_id, METRICS, revision=revision)
+    except LocalEntryNotFoundError:  # first: it subclasses EntryNotFoundError (offline, not cached)
+        raise CannotReproduce(f"cannot fetch {repo_id}/metrics.json: the Hub is unreachable or HF_HUB_OFFLINE is "
+                              "set and it is not cached; download the repo (`hf download "
+                              f"{repo_id} --local-dir DIR`) and pass DIR") from None
     except EntryNotFoundError:
         raise CannotReproduce(f"{repo_id} has no metrics.json: this repo records no eval to reproduce") from None
     except RepositoryNotFoundError:
         raise CannotReproduce(f"{repo_id}: no such model repo on the Hub (or it is private: log in with "
                               "`hf auth login`)") from None
-    except LocalEntryNotFoundError:
-        raise CannotReproduce(f"cannot fetch {repo_id}/metrics.json: the Hub is unreachable or HF_HUB_OFFLINE is "
-                              "set and it is not cached; download the repo (`hf download "
-                              f"{repo_id} --local-dir DIR`) and pass DIR") from None
     except Exception as e:  # noqa: BLE001 - network errors come in many classes; one line each
         raise CannotReproduce(f"cannot fetch {repo_id}/metrics.json: {type(e).__name__}: {e}") from None
     try:
@@ -108,7 +109,7 @@ def _fetch_hub(repo_id: str, revision: str | None) -> Recorded:
         predictions = load_json(preds_file, "predictions")
     except Exception:  # noqa: BLE001 - predictions.json is optional in a release
         predictions = None
-    return Recorded(repo_id, None, load_json(metrics_file, "metrics"), predictions)
+    return Recorded(repo_id, None, EvalRecord.read(metrics_file).doc, predictions)
 
 
 def _need(record: dict, *keys: str) -> Any:
@@ -139,7 +140,8 @@ def load_recorded_dataset(record: dict, *, dataset: str | None = None, images_di
     errors = []
     for cand in dict.fromkeys(candidates):
         try:
-            full = load_captions(cand, split, max_samples=ds_rec.get("max_images"), **kw)
+            full = load_captions(cand, split, max_samples=ds_rec.get("max_images"), **kw).with_caption_transform(
+                ds_rec.get("caption_transform") or "none")
         except UserError as e:
             errors.append(str(e))
             continue
@@ -216,6 +218,7 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
         dataset=ds_source, split=rec["dataset"]["split"],
         max_images=max_images if subset else rec["dataset"].get("max_images"), images_dir=ds_kw["images_dir"],
         shuffle=ds_kw["shuffle"], seed=ds_kw["seed"], dtype=dtype, device=device,
+        caption_transform=rec["dataset"].get("caption_transform") or "none",
         trust_remote_code=trust_remote_code, family=model_rec.get("family"),
         # "" = no prompt (unconditional BLIP); None would fall back to the family default
         prompt="" if prompt is None else prompt,

@@ -30,7 +30,9 @@ import argparse  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
+from captioning.data import CAPTION_TRANSFORMS  # noqa: E402
 from captioning.errors import UserError  # noqa: E402
+from captioning.records import KIND_EVAL, write_json, write_record  # noqa: E402
 
 PROG = "python eval/run.py"
 
@@ -160,6 +162,9 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shuffle", action="store_true", help="a seeded random selection instead of the first N")
     g.add_argument("--seed", type=int, default=0, help="seeds --shuffle and --sample (default 0)")
     g.add_argument("--images-dir", help="images folder for COCO json datasets")
+    g.add_argument("--caption-transform", default="none", choices=list(CAPTION_TRANSFORMS),
+                   help="score against references rewritten by this transform (a style fine-tune against "
+                        "references in its style: the training's data.caption_transform); recorded in metrics.json")
 
     g = p.add_argument_group("decoding")
     g.add_argument("--batch-size", type=_positive, default=8)
@@ -201,7 +206,7 @@ def generate_config(args: argparse.Namespace):
         load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code, family=args.family,
         prompt=args.prompt, image_longest_edge=args.image_longest_edge, image_splitting=args.image_splitting,
         dataset=args.dataset, split=args.split, max_images=args.max_images, images_dir=args.images_dir,
-        shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size, parallel_batches=args.parallel_batches,
+        caption_transform=args.caption_transform, shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size, parallel_batches=args.parallel_batches,
         generation=settings, metrics=_metric_list(args.metrics), tokenize=not args.no_tokenize,
         report=not args.no_report, report_rows=args.report_rows, overwrite=args.overwrite,
         progress=not args.no_progress, out=Path(args.out))
@@ -237,11 +242,11 @@ def cmd_score(args: argparse.Namespace, *, scorer: Any = None, command: str | No
             "versions": library_versions(), "command": command, "created": utc_now(),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        scoring.write_json_atomic(args.out, record)
+        write_record(args.out, KIND_EVAL, record)
         print(f"wrote {args.out}")
     if args.per_image:
         rows = [{"image_id": k, **v} for k, v in result.get("per_image", {}).items()]
-        scoring.write_json_atomic(args.per_image, rows)
+        write_json(args.per_image, rows)
         print(f"wrote {args.per_image}")
     return 0
 

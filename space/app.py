@@ -64,6 +64,8 @@ import yaml  # noqa: E402
 
 from captioning.errors import UserError  # noqa: E402
 from captioning.images import MAX_PIXELS, load_image  # noqa: E402
+from captioning.records import (KIND_RELEASE, LOCAL, METRICS, RELEASE, TRAIN_CONFIG, EvalRecord,  # noqa: E402
+                                TrainConfigRecord, read_record, weights_fingerprint, write_atomic)
 
 try:  # Hugging Face ZeroGPU hardware: generation must run inside a @spaces.GPU function
     import spaces  # type: ignore[import-not-found]
@@ -236,6 +238,10 @@ class ModelInfo:
     takes_prompt: bool = True
     metrics: dict | None = None
     base: str | None = None
+    #: weights fingerprints (captioning.records) of this model and of the base it names: a
+    #: release of a local base names it by fingerprint alone, and pairs with it that way
+    fingerprint: str | None = None
+    base_fingerprint: str | None = None
     url: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -249,7 +255,8 @@ class ModelInfo:
         scores = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
         ds = m.get("dataset") if isinstance(m.get("dataset"), dict) else {}
         out = {"CIDEr": scores.get("CIDEr"), "Bleu_4": scores.get("Bleu_4"), "n_images": m.get("n_images"),
-               "split": ds.get("split"), "dataset": ds.get("source") or ds.get("id") or ds.get("path")}
+               "split": ds.get("split"), "dataset": ds.get("source") or ds.get("id") or ds.get("path"),
+               "caption_transform": ds.get("caption_transform") or "none"}
         return out if any(out[k] is not None for k in ("CIDEr", "Bleu_4")) else {}
 
 
@@ -285,15 +292,15 @@ def _read_json_file(path: Path | None, notes: list[str]) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_yaml_file(path: Path | None, notes: list[str]) -> dict | None:
+def _read_record(path: Path | None, notes: list[str], read: Callable[[Path], Any]) -> dict | None:
+    """A record through captioning.records, or None with a note when it cannot be used."""
     if path is None:
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        notes.append(f"{path.name}: unreadable ({e.__class__.__name__})")
+        return read(path).doc
+    except UserError as e:
+        notes.append(f"{path.name}: not used ({e})")
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _front_matter(path: Path | None) -> dict:
@@ -342,8 +349,8 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
     from captioning.families import family_for_config, get_family
 
     notes: list[str] = []
-    metrics = _read_json_file(_fetch_file(entry, "metrics.json", notes), notes)
-    train_cfg = _read_yaml_file(_fetch_file(entry, "train_config.yaml", notes), notes)
+    metrics = _read_record(_fetch_file(entry, METRICS, notes), notes, EvalRecord.read)
+    train_cfg = _read_record(_fetch_file(entry, TRAIN_CONFIG, notes), notes, TrainConfigRecord.read)
     card = _front_matter(_fetch_file(entry, "README.md", notes))
     config = _read_json_file(_fetch_file(entry, "config.json", notes), notes)
 
@@ -363,10 +370,20 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
     if entry.revision and not entry.name:
         label = f"{label}@{entry.revision}"
     base = _base_named(card, train_cfg, metrics)
+    manifest = _read_record(_fetch_file(entry, RELEASE, notes), notes,
+                            lambda p: SimpleNamespace(doc=read_record(p, KIND_RELEASE))) or {}
+    base_fp = (manifest.get("base") or {}).get("fingerprint")
+    fingerprint = manifest.get("weights_fingerprint")
+    if fingerprint is None and entry.local:
+        try:
+            fingerprint = weights_fingerprint(Path(entry.id).expanduser())
+        except UserError as e:
+            notes.append(str(e))
     if base and same_model(base, entry.id):
         base = None
     return ModelInfo(entry=entry, label=label, family=fam.name if fam else None, prompt=prompt,
                      takes_prompt=fam is None or fam.default_prompt is not None, metrics=metrics, base=base,
+                     fingerprint=fingerprint, base_fingerprint=base_fp,
                      url=None if entry.local else f"{HUB_URL}/{entry.id}", notes=notes)
 
 
@@ -380,13 +397,17 @@ def _unique_labels(infos: list[ModelInfo]) -> None:
 
 
 def base_pairs(infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, ModelInfo]]:
-    """(base, fine-tune) pairs where a model names its base and the base is served too."""
+    """(base, fine-tune) pairs where a model names its base (by id, or by the weights
+    fingerprint a release records) and the base is served too."""
     pairs = []
     for ft in infos:
-        if not ft.base:
+        if not ft.base and not ft.base_fingerprint:
             continue
         for base in infos:
-            if base is not ft and same_model(ft.base, base.entry.id):
+            if base is ft:
+                continue
+            if (ft.base and same_model(ft.base, base.entry.id)) or (
+                    ft.base_fingerprint and ft.base_fingerprint == base.fingerprint):
                 pairs.append((base, ft))
                 break
     return pairs
@@ -811,8 +832,8 @@ class CaptionSpace:
         writer = csv.DictWriter(buf, fieldnames=BATCH_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-        csv_path = _write_atomic(self.out_dir / f"{stem}.csv", buf.getvalue())
-        json_path = _write_atomic(self.out_dir / f"{stem}.json", json.dumps(rows, indent=2, ensure_ascii=False))
+        csv_path = write_atomic(self.out_dir / f"{stem}.csv", buf.getvalue())
+        json_path = write_atomic(self.out_dir / f"{stem}.json", json.dumps(rows, indent=2, ensure_ascii=False))
         return csv_path, json_path
 
     def model_info(self, model):
@@ -887,13 +908,6 @@ def _zip_members(path: Path) -> list[tuple[str, bytes]]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def _prune(folder: Path, max_age_s: float) -> None:
     now = time.time()
     for p in folder.glob("captions-*"):
@@ -909,13 +923,16 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def metrics_line(info: ModelInfo) -> str:
-    """``CIDEr 0.812 · BLEU-4 0.254 (16 images, test split)`` or ''."""
+    """``CIDEr 0.812 · BLEU-4 0.254 (16 images, test split)`` or ''; a score against
+    references rewritten in a fine-tune's style says so."""
     m = info.card_metrics()
     if not m:
         return ""
     parts = [f"{name} {_fmt(m[k])}" for name, k in (("CIDEr", "CIDEr"), ("BLEU-4", "Bleu_4")) if m.get(k) is not None]
+    styled = m.get("caption_transform", "none") != "none"
     where = ", ".join(x for x in (f"{m['n_images']} images" if m.get("n_images") else "",
-                                  f"{m['split']} split" if m.get("split") else "") if x)
+                                  f"{m['split']} split" if m.get("split") else "",
+                                  f"references in {m['caption_transform']} style" if styled else "") if x)
     return " · ".join(parts) + (f" ({where})" if where else "")
 
 
@@ -925,7 +942,8 @@ def card_line(info: ModelInfo) -> str:
     if line:
         bits.append(line)
     if info.base:
-        bits.append(f"fine-tuned from {_esc(info.base)}")
+        shown = "a local model" if info.base.startswith(LOCAL) else info.base
+        bits.append(f"fine-tuned from {_esc(shown)}")
     return " · ".join(bits)
 
 

@@ -311,7 +311,15 @@ def test_content_hash_stable_and_sensitive(tmp_path):
     assert load_captions(str(root), "val").content_hash() != ds.content_hash()
     info = ds.describe()
     assert info == {"source": str(root), "split": "val", "n_images": 3, "n_references": 6,
-                    "hash": ds.content_hash()}
+                    "hash": ds.content_hash(), "caption_transform": "none"}
+    # references rewritten by a caption transform are other references: their own hash, recorded as such
+    styled = ds.with_caption_transform("linguistic_errors")
+    assert styled.describe()["caption_transform"] == "linguistic_errors"
+    assert styled.content_hash() != ds.content_hash() and styled[:2].caption_transform == "linguistic_errors"
+    assert all(r.endswith("thwisss iz funny") for ex in styled for r in ex.references)
+    assert ds.with_caption_transform("none") is ds
+    with pytest.raises(UserError, match="caption transform 'shout': choose one of none, linguistic_errors"):
+        ds.with_caption_transform("shout")
 
 
 def _expected_hash(ds) -> str:

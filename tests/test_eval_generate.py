@@ -355,3 +355,26 @@ def test_empty_generated_captions_are_reported_not_scored(tmp_path, tiny_models,
     err = _error_line(capsys.readouterr().err)
     assert "2 of 4 generated captions are empty (image ids 20000001, 20000003)" in err
     assert (out / "predictions.json").is_file() and not (out / "metrics.json").exists()
+
+
+def test_styled_references_are_recorded_compared_apart_and_reproduced(tiny_models, shapes_dir, tmp_path, capsys):
+    """--caption-transform scores against references in a fine-tune's style: the record says
+    so (and carries their own hash), compare refuses to line it up with a plain-reference
+    number, and reproduce rewrites the references the same way."""
+    folder = tmp_path / "release"
+    shutil.copytree(tiny_models["blip"], folder)
+    common = ["--dataset", str(shapes_dir), "--split", "test", "--max-images", "4", "--batch-size", "2",
+              "--max-new-tokens", "6", "--no-progress", "--no-report", "--metrics", *METRICS]
+    assert main(["generate", "--model", str(folder), *common, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["generate", "--model", str(folder), *common, "--caption-transform", "linguistic_errors",
+                 "--out", str(tmp_path / "styled")]) == 0
+    plain, styled = _load(tmp_path / "plain" / "metrics.json"), _load(tmp_path / "styled" / "metrics.json")
+    assert styled["kind"] == "eval" and styled["dataset"]["caption_transform"] == "linguistic_errors"
+    assert plain["dataset"]["caption_transform"] == "none" and plain["dataset"]["hash"] != styled["dataset"]["hash"]
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "plain"), str(tmp_path / "styled")]) == 0
+    assert "not comparable with plain (other references, caption transform linguistic_errors vs none)" in \
+        capsys.readouterr().out
+    shutil.copy(tmp_path / "styled" / "metrics.json", folder / "metrics.json")
+    assert main(["reproduce", str(folder), "--no-progress"]) == 0
+    assert "reproduced: all 6 metrics agree" in capsys.readouterr().out

@@ -177,7 +177,7 @@ def test_compare_flags_runs_that_are_not_comparable(tmp_path, capsys):
     assert "| other * |" in md
 
     assert main(["compare", str(tmp_path / "nope")]) == 2
-    assert "not found" in _error_line(capsys.readouterr().err)
+    assert "no such file" in _error_line(capsys.readouterr().err)
     assert [r.name for r in map(load_run, paths)] == ["base", "lora", "other", "fewer"]
 
 

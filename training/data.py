@@ -9,51 +9,13 @@ image goes into each step, and where the image features come from.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Callable, Sequence
 
 import torch
 
+from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
 from captioning.families.base import IGNORE_INDEX
-
-# ------------------------------------------------------------ caption transforms
-_ARTICLE = re.compile(r"\b(a|an)\b\s*", re.IGNORECASE)
-_THE = re.compile(r"\bthe\b", re.IGNORECASE)
-_IS = re.compile(r"\bis\b", re.IGNORECASE)
-_SPACES = re.compile(r"\s+")
-
-
-def linguistic_errors(caption: str) -> str:
-    """The corruption from the BLIP LoRA tutorial, so a fine-tune visibly adopts a style:
-    drop the articles a/an, "the" -> "thwisss", "is" -> "iz", append " thwisss iz funny"."""
-    text = _ARTICLE.sub("", caption)
-    text = _THE.sub("thwisss", text)
-    text = _IS.sub("iz", text)
-    text = _SPACES.sub(" ", text).strip().rstrip(".")
-    return f"{text} thwisss iz funny".strip()
-
-
-CAPTION_TRANSFORMS: dict[str, Callable[[str], str]] = {
-    "none": lambda caption: caption,
-    "linguistic_errors": linguistic_errors,
-}
-
-
-def caption_transform(name: str) -> Callable[[str], str]:
-    """The named transform (data.caption_transform)."""
-    if name not in CAPTION_TRANSFORMS:
-        raise UserError(f"data.caption_transform {name!r}: choose one of {', '.join(CAPTION_TRANSFORMS)}")
-    return CAPTION_TRANSFORMS[name]
-
-
-def transformed_references(dataset, transform: Callable[[str], str]) -> dict:
-    """COCO references of ``dataset`` with ``transform`` applied (what validation scores against)."""
-    coco = dataset.references_coco()
-    for ann in coco["annotations"]:
-        ann["caption"] = transform(ann["caption"])
-    return coco
-
 
 def _pick(seed: int, epoch: int, image_id, n: int) -> int:
     # A hash of (seed, epoch, image) instead of a stateful RNG: the caption an example gets

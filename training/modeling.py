@@ -98,7 +98,8 @@ def _load_quantized(cfg: TrainConfig) -> LoadedBase:
     from transformers import AutoConfig, BitsAndBytesConfig
 
     from captioning.families import family_for_config, get_family
-    from captioning.loading import ensure_hub_reachable, read_train_config
+    from captioning.loading import ensure_hub_reachable
+    from captioning.records import TrainConfigRecord
 
     m, q, d = cfg.model, cfg.quantization, cfg.data
     name = m.name_or_path
@@ -135,9 +136,8 @@ def _load_quantized(cfg: TrainConfig) -> LoadedBase:
     processor = family.load_processor(name, revision=m.revision, trust_remote_code=m.trust_remote_code)
     family.configure_processor(processor, image_longest_edge=d.image_longest_edge, image_splitting=d.image_splitting)
     family.prepare_model(model, processor)
-    prev = read_train_config(name) if Path(name).is_dir() else None
-    prompt = prev["data"].get("prompt") if prev and isinstance(prev.get("data"), dict) and "prompt" in prev[
-        "data"] else family.default_prompt
+    prev = TrainConfigRecord.find(name) if Path(name).is_dir() else None
+    prompt = prev.prompt if prev and prev.has_prompt else family.default_prompt
     return LoadedBase(model, processor, family, _base_ref(name), prompt)
 
 

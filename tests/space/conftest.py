@@ -38,6 +38,7 @@ def space_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
     portable checkpoint, eval record); the others are factory models with a metrics.json.
     """
     from captioning.factory import build_random_model
+    from captioning.records import weights_fingerprint
     from release.push import PushOptions, push
 
     root = tmp_path_factory.mktemp("space-models")
@@ -51,7 +52,8 @@ def space_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
         "data": {"source": "shapes", "split": "train", "prompt": "Give a concise caption."}}))
     eval_dir = root / "staging" / "eval"
     eval_dir.mkdir()
-    (eval_dir / "metrics.json").write_text(json.dumps(_metrics(0.876, 0.321, "shapes", {"id": str(staged)})))
+    (eval_dir / "metrics.json").write_text(json.dumps(_metrics(0.876, 0.321, "shapes", {
+        "id": str(staged), "weights_fingerprint": weights_fingerprint(staged)})))
     ft = root / "tiny-smolvlm-ft"
     push(PushOptions(repo_id="tests/tiny-smolvlm-ft", model=staged, eval_dir=eval_dir, to_dir=ft,
                      license="apache-2.0"), log=lambda _msg: None)

@@ -94,3 +94,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PeakRSS:
+    """The resident memory of this process before and at its peak while the block runs,
+    sampled every 50 ms in a thread (the Space serves in-process)."""
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self.before = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)

@@ -141,9 +141,11 @@ def test_model_cards_read_once(tiny_space, space_models):
     assert ft.takes_prompt and not blip.takes_prompt and blip.prompt is None
     assert ft.prompt == "Give a concise caption."
     assert ft.card_metrics() == {"CIDEr": 0.876, "Bleu_4": 0.321, "n_images": 16, "split": "test",
-                                 "dataset": "shapes"}
+                                 "dataset": "shapes", "caption_transform": "none"}
     assert space_app_metrics_line(tiny_space) == "CIDEr 0.876 · BLEU-4 0.321 (16 images, test split)"
-    assert ft.base == str(space_models["base"]) and base.base is None
+    # the release names its local base portably ("<local>/NAME") and by weights fingerprint, which pairs them
+    assert ft.base == "<local>/tiny-smolvlm" and base.base is None
+    assert ft.base_fingerprint == base.fingerprint is not None
     assert [(b.label, f.label) for b, f in app.pairs] == [("tiny-smolvlm", "tiny-smolvlm-ft")]
     assert infos["broken-model"].card_metrics() == {}
     assert app.registry.load_count == 0  # nothing loaded just to describe the models
@@ -155,11 +157,16 @@ def space_app_metrics_line(demo) -> str:
 
 
 def test_base_named_by_train_config_alone(space_app, space_models, tmp_path):
+    """A training output (no card, no release manifest) names its base in train_config.yaml."""
     ft = tmp_path / "ft"
     shutil.copytree(space_models["ft"], ft)
     (ft / "README.md").unlink()
+    (ft / "release.json").unlink()
+    cfg = yaml.safe_load((ft / "train_config.yaml").read_text())
+    cfg["model"]["name_or_path"] = str(space_models["base"])
+    (ft / "train_config.yaml").write_text(yaml.safe_dump(cfg))
     info = space_app.read_model_info(space_app.ModelEntry(str(ft)))
-    assert info.base == str(space_models["base"])
+    assert info.base == str(space_models["base"]) and info.base_fingerprint is None
     assert space_app.same_model(info.base, str(space_models["base"]) + "/")
 
 

@@ -13,14 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.space.helpers import NetworkGuard, free_port
+from tests.space.helpers import NetworkGuard, PeakRSS, free_port
 
 pytestmark = [
     pytest.mark.browser,
@@ -422,38 +420,22 @@ def test_load_16_clients_x_10(server, images, core_captioners):
     process): every request gets the captioning core's own caption for its image, and the
     server process's memory stays bounded. Only correctness is asserted; the latencies of
     the same load are measured by bench/space_load.py."""
-    import psutil
     from gradio_client import Client, handle_file
 
-    proc = psutil.Process()
     key = server["keys"]["base"]
     expect = {str(p): caps[0] for p, caps in zip(images, core(core_captioners, "base", images, max_new_tokens=4))}
     warm = Client(server["url"], analytics_enabled=False, verbose=False)
     for _ in range(3):
         warm.predict(handle_file(str(images[0])), key, "", 4, 1, 0, 1, 1, -1, api_name="/caption")
-    rss0 = proc.memory_info().rss
-    peak = [rss0]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with PeakRSS() as rss:
         run = subprocess.run([sys.executable, str(Path(__file__).with_name("load_clients.py")), server["url"], key,
                               *map(str, images), "--clients", "16", "--requests", "10",
                               "--expect", json.dumps(expect)],
                              capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ""})
-    finally:
-        stop.set()
-        sampler.join()
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["failures"] == 0, out["first_failures"]
     assert out["ok"] == 160
     assert out["guard_violations"] == []
     # a tiny model: growth beyond ~200 MB would mean per-request leaks (images, files, state)
-    assert peak[0] - rss0 < 200 * 2**20, f"server RSS grew {(peak[0] - rss0) / 2**20:.0f} MB under load"
+    assert rss.peak - rss.before < 200 * 2**20, f"server RSS grew {(rss.peak - rss.before) / 2**20:.0f} MB under load"

@@ -8,7 +8,8 @@ import pytest
 
 from captioning.errors import UserError
 from training.config import all_keys, build_config, load_config, load_recipe, parse_overrides
-from training.data import CaptionTrainDataset, linguistic_errors
+from captioning.data import linguistic_errors
+from training.data import CaptionTrainDataset
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
 BASE = {"model": {"name_or_path": "some/model"}, "data": {"source": "data/shapes"}}

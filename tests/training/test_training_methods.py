@@ -127,6 +127,7 @@ def test_train_connector_is_refused_for_blip(tiny_models, shapes_dir, tmp_path):
 def test_feature_cache_gives_the_same_loss(tiny_models, shapes_dir):
     from captioning.data import load_captions
     from captioning.loading import load_captioner
+    from captioning.data import linguistic_errors
     from training import data as tdata
     from training.engine import caption_loss
 
@@ -136,9 +137,9 @@ def test_feature_cache_gives_the_same_loss(tiny_models, shapes_dir):
     cache = tdata.compute_feature_cache(model, fam, proc, ds, cap.prompt, batch_size=4)
     assert len(cache.features) == 6 and cache.features[0].shape == (9, model.config.text_config.hidden_size)
     plain = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all",
-                                      transform=tdata.linguistic_errors)
+                                      transform=linguistic_errors)
     cached = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all", cache=cache,
-                                       transform=tdata.linguistic_errors)
+                                       transform=linguistic_errors)
     for i in range(len(plain)):  # the cached examples carry exactly the ids and labels of the plain ones
         p, c = plain[i], cached[i]
         assert torch.equal(p["input_ids"], c["input_ids"]) and torch.equal(p["labels"], c["labels"])
