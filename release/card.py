@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE, EvalRecord,
+                                TrainConfigRecord, kind_of, read_json_file, read_record)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
@@ -71,45 +73,20 @@ class CardInputs:
     language: list[str] = field(default_factory=lambda: ["en"])
     #: the checkpoint ships its own model code (config.json auto_map): snippets need trust_remote_code
     remote_code: bool = False
+    #: weights fingerprint of the base (captioning.records); the card names a local base by it
+    base_fingerprint: str | None = None
+    #: the base is a local folder with no Hub id: named "a local model" and its fingerprint
+    base_local: bool = False
 
 
 # ------------------------------------------------------------------ reading
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise UserError(f"{what} {path}: no such file") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} {path}: not valid JSON ({e}); pass the file eval/run.py generate wrote") from e
-
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    """metrics.json of ``eval/run.py generate``, checked for the fields a card prints."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.json"
-    m = _read_json(path, "--metrics")
-    if not isinstance(m, dict) or not isinstance(m.get("metrics"), dict):
-        raise UserError(f"--metrics {path}: no 'metrics' object; pass the metrics.json eval/run.py generate wrote")
-    return m
-
-
-def load_train_config(path: str | Path) -> dict[str, Any]:
-    """A train_config.yaml (the resolved training config)."""
-    import yaml
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "train_config.yaml"
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise UserError(f"--train-config {path}: no such file") from e
-    except yaml.YAMLError as e:
-        raise UserError(f"--train-config {path}: not valid YAML ({e.__class__.__name__})") from e
-    if not isinstance(cfg, dict):
-        raise UserError(f"--train-config {path}: expected a mapping of sections (model, data, ...)")
-    return cfg
+def eval_record_in(folder: Path) -> dict[str, Any] | None:
+    """The eval record in ``folder`` (metrics.json of eval/run.py generate, as a release folder
+    holds it), or None: no metrics.json, or a training output's (validation during training)."""
+    path = folder / METRICS
+    if not path.is_file() or kind_of(read_json_file(path, METRICS)) != KIND_EVAL:
+        return None
+    return EvalRecord.read(path).doc
 
 
 def looks_like_hub_id(name: str | None) -> bool:
@@ -190,10 +167,10 @@ def base_lineage(base: str | None, train_config: dict | None, max_hops: int = 8)
         if not name or name in chain:
             break
         chain.append(str(name))
-        folder = Path(name)
-        if not (folder.is_dir() and (folder / "train_config.yaml").is_file()):
+        record = TrainConfigRecord.find(name) if Path(name).is_dir() else None
+        if record is None:
             break
-        cfg = load_train_config(folder)
+        cfg = record.doc
         name = None
     return chain
 
@@ -239,12 +216,10 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
     is_adapter = (model_dir / "adapter_config.json").is_file()
     if not is_adapter and not (model_dir / "config.json").is_file():
         raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a model folder")
-    tc = load_train_config(train_config) if train_config else (
-        load_train_config(model_dir) if (model_dir / "train_config.yaml").is_file() else None)
-    mt = load_metrics(metrics) if metrics else (
-        load_metrics(model_dir) if (model_dir / "metrics.json").is_file() else None)
-    merge_check = json.loads((model_dir / "merge_check.json").read_text()) if (
-        model_dir / "merge_check.json").is_file() else None
+    tc_record = TrainConfigRecord.read(train_config) if train_config else TrainConfigRecord.find(model_dir)
+    tc = tc_record.doc if tc_record else None
+    mt = EvalRecord.read(metrics, what="--metrics").doc if metrics else eval_record_in(model_dir)
+    merge_check = read_record(model_dir, KIND_MERGE_CHECK) if (model_dir / MERGE_CHECK).is_file() else None
 
     model_cfg = (tc or {}).get("model") if isinstance((tc or {}).get("model"), dict) else {}
     base = revision = None
@@ -271,11 +246,24 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
 
     lic, lic_src = (license, "--license") if license else base_license(base, tc)
     loss, loss_src = read_loss_history(logs) if logs else read_loss_history(model_dir)
+    lineage = base_lineage(base, tc)
+    base_fp = (merge_check or {}).get("base_fingerprint")
+    base_local = False
+    manifest = read_record(model_dir, KIND_RELEASE) if (model_dir / RELEASE).is_file() else None
+    if manifest:  # a release folder pushed again: what it was made from is recorded, not on this machine
+        mb = manifest.get("base") or {}
+        base, base_fp, base_local = mb.get("id"), mb.get("fingerprint"), bool(mb.get("local"))
+        lineage = manifest.get("lineage") or lineage
+        if not license:
+            lic, lic_src = manifest.get("license"), manifest.get("license_source") or lic_src
+        if loss is None and manifest.get("loss"):
+            loss = {k: [tuple(p) for p in v] for k, v in manifest["loss"].items()}
+            loss_src = manifest.get("loss_source")
     return CardInputs(repo_id=repo_id or str(model_dir), family=family, is_adapter=is_adapter, base_model=base,
                       base_revision=revision, license=lic, license_source=lic_src, metrics=mt, train_config=tc,
                       merge_check=merge_check, loss=loss, loss_source=loss_src, n_params=_count_params(model_dir),
-                      dtype=dtype, language=language or ["en"], lineage=base_lineage(base, tc),
-                      remote_code=remote_code)
+                      dtype=dtype, language=language or ["en"], lineage=lineage,
+                      remote_code=remote_code, base_fingerprint=base_fp, base_local=base_local)
 
 
 # ------------------------------------------------------------------ pieces
@@ -408,35 +396,46 @@ def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | N
 
 
 def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The card's training table: every setting that shapes what the model says, read from
+    train_config.yaml (the fully resolved config: a key it lacks shows as "not recorded",
+    never as a default guessed here)."""
     def sec(name: str) -> dict:
         v = tc.get(name)
         return v if isinstance(v, dict) else {}
+
+    def v(section: dict, key: str) -> Any:
+        return section.get(key, "not recorded")
 
     m, lo, q, d, o, ev = sec("model"), sec("lora"), sec("quantization"), sec("data"), sec("optim"), sec("eval")
     rows: list[tuple[str, str]] = []
     if m.get("factory"):
         f = m["factory"]
-        rows.append(("base model", f"random {f.get('size', 'tiny')} {f.get('family', '')} from captioning.factory "
-                                   f"(seed {f.get('seed', 0)})"))
+        rows.append(("base model", f"random {v(f, 'size')} {v(f, 'family')} from captioning.factory "
+                                   f"(seed {v(f, 'seed')})"))
     elif m.get("name_or_path"):
         rows.append(("base model", f"`{m['name_or_path']}`" + (f" @ {m['revision']}" if m.get("revision") else "")))
     if m.get("family"):
         rows.append(("family", str(m["family"])))
-    if lo.get("enabled", True) and lo:
+    if lo.get("enabled"):
         tgt = lo.get("target_modules") or "the family's language-model attention + MLP projections"
         extras = (", DoRA" if lo.get("use_dora") else "") + (", rsLoRA" if lo.get("use_rslora") else "")
-        rows.append(("method", f"LoRA r={lo.get('r')}, alpha={lo.get('alpha')}, dropout={lo.get('dropout')}{extras}"))
+        rows.append(("method", f"LoRA r={v(lo, 'r')}, alpha={v(lo, 'alpha')}, dropout={v(lo, 'dropout')}{extras}"))
         rows.append(("LoRA targets", f"`{tgt}`" if isinstance(tgt, str) else ", ".join(map(str, tgt))))
-    else:
+    elif lo:
         rows.append(("method", "full fine-tuning"))
     if "freeze_vision" in m:
         rows.append(("vision tower", "frozen" if m["freeze_vision"] else "trained"))
     if q.get("load_in_4bit") or q.get("load_in_8bit"):
-        rows.append(("quantization", ("4-bit " + str(q.get("quant_type", "nf4"))) if q.get("load_in_4bit")
-                     else "8-bit"))
+        rows.append(("quantization", f"4-bit {v(q, 'quant_type')}" if q.get("load_in_4bit") else "8-bit"))
     if d.get("source"):
-        rows.append(("training data", f"`{d['source']}` [{d.get('train_split', 'train')}]"
+        rows.append(("training data", f"`{d['source']}` [{v(d, 'train_split')}]"
                      + (f", at most {d['max_train_samples']} images" if d.get("max_train_samples") else "")))
+    if d.get("caption_transform") not in (None, "none"):
+        rows.append(("caption transform", f"`{d['caption_transform']}`: every target caption rewritten before "
+                                          "training, so the model writes in that style"))
+    if "references" in d:
+        rows.append(("targets", "one reference per image per epoch, sampled" if d["references"] == "sample"
+                     else "every reference of each image"))
     if "prompt" in d:
         rows.append(("prompt", repr(d["prompt"]) if d["prompt"] is not None else "the family default"))
     if d.get("image_longest_edge") is not None or d.get("image_splitting") is not None:
@@ -444,11 +443,13 @@ def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("image size", f"longest edge {d.get('image_longest_edge') or 'default'}, splitting "
                                    f"{'default' if split is None else split}"))
     if o:
-        steps = f"{o['max_steps']} steps" if o.get("max_steps") else f"{o.get('epochs')} epochs"
-        rows += [("schedule", f"{steps}, batch {o.get('batch_size')} x {o.get('grad_accum', 1)} accumulation"),
-                 ("optimizer", f"{o.get('optimizer', 'adamw_torch')}, lr {o.get('lr')}, {o.get('scheduler')} "
-                               f"schedule, weight decay {o.get('weight_decay', 0.0)}"),
-                 ("precision", str(o.get("precision", "auto"))), ("seed", str(o.get("seed", 0)))]
+        steps = f"{o['max_steps']} steps" if o.get("max_steps") else f"{v(o, 'epochs')} epochs"
+        rows += [("schedule", f"{steps}, batch {v(o, 'batch_size')} x {v(o, 'grad_accum')} accumulation"),
+                 ("optimizer", f"{v(o, 'optimizer')}, lr {v(o, 'lr')}, {v(o, 'scheduler')} schedule, weight decay "
+                               f"{v(o, 'weight_decay')}"),
+                 ("precision", str(v(o, "precision"))), ("seed", str(v(o, "seed")))]
+        if o.get("label_smoothing"):
+            rows.append(("label smoothing", str(o["label_smoothing"])))
     if ev.get("metric_for_best"):
         rows.append(("model selection", f"best {ev['metric_for_best']} on the validation split"))
     return rows
@@ -484,6 +485,8 @@ def card_data(inputs: CardInputs):
         args = {"n_images": inputs.metrics.get("n_images")}
         if ds.get("hash"):
             args["content_hash"] = ds["hash"]
+        if ds.get("caption_transform") not in (None, "none"):
+            args["caption_transform"] = ds["caption_transform"]  # references rewritten in the model's style
         for name, value in _metric_items(inputs.metrics):
             results.append(EvalResult(
                 task_type="image-to-text", task_name="Image captioning", dataset_type=dtype_, dataset_name=dname,
@@ -493,6 +496,9 @@ def card_data(inputs: CardInputs):
     extra = {}
     if inputs.license is None:
         extra["license_name"] = "unknown"
+    if looks_like_hub_id(inputs.base_model):
+        # adapter: a peft adapter repo; finetune: merged LoRA or full fine-tune (not "merge": that is several models)
+        extra["base_model_relation"] = "adapter" if inputs.is_adapter else "finetune"
     return ModelCardData(
         license=license, base_model=inputs.base_model if looks_like_hub_id(inputs.base_model) else None,
         datasets=datasets or None, language=inputs.language, pipeline_tag="image-text-to-text",
@@ -544,6 +550,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
                         if v is None and k not in recorded and k not in (m.get("unavailable") or {})]
         evaluation = {"rows": rows, "unavailable": unavailable, "n_images": m.get("n_images"),
                       "split": ds.get("split"), "dataset": _dataset_label(m)[1], "hash": ds.get("hash"),
+                      "caption_transform": ds.get("caption_transform"),
                       "generation": m.get("generation") or {}, "created": m.get("created"),
                       "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt")}
     else:
@@ -568,6 +575,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
         repo_id=inputs.repo_id, title=inputs.repo_id.split("/")[-1], family=inputs.family,
         is_adapter=inputs.is_adapter, base_model=inputs.base_model, base_hub=base_hub,
         base_revision=inputs.base_revision, license=inputs.license, license_source=inputs.license_source,
+        base_local=inputs.base_local, base_fingerprint=(inputs.base_fingerprint or "")[:12],
         badges=badges, evaluation=evaluation,
         training=_training_rows(inputs.train_config) if inputs.train_config else None,
         loss_curve=LOSS_CURVE if inputs.loss else None, loss_source=inputs.loss_source,
@@ -583,18 +591,11 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
 
 def write_card(inputs: CardInputs, out: str | Path, template: str = DEFAULT_TEMPLATE) -> Path:
     """Render and write README (``out``) plus its badges and loss curve beside it."""
-    import os
+    from captioning.records import write_atomic
 
     out = Path(out)
     text, files = render_card(inputs, template)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for rel, data in files.items():
-        p = out.parent / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+        write_atomic(out.parent / rel, data)
+    write_atomic(out, text)
     return out

@@ -92,7 +92,10 @@ def cli(debug: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--trust-remote-code", is_flag=True, help="allow a base that ships its own model code (bridge); "
               "never on by default (train_config.yaml's model.trust_remote_code also enables it)")
-def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, device, trust_remote_code):
+@click.option("--allow-other-base", is_flag=True, help="with --base: merge into a base other than the one the "
+              "adapter was trained on, on purpose (recorded in merge_check.json and said on the card)")
+def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, device, trust_remote_code,
+          allow_other_base):
     """Merge a LoRA adapter into its full-precision base and check the result.
 
     \b
@@ -106,7 +109,8 @@ def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, d
 
     result = merge_adapter(MergeOptions(adapter=adapter, out=out, base=base, dtype=dtype, force=force, probes=probes,
                                         max_new_tokens=max_new_tokens, tolerance=tolerance, device=device,
-                                        trust_remote_code=trust_remote_code), log=_log)
+                                        trust_remote_code=trust_remote_code, allow_other_base=allow_other_base),
+                           log=_log)
     _log(f"merged model: {result.out}")
 
 
@@ -157,6 +161,10 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
 @click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
 @click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`); prefer HF_TOKEN")
 @click.option("--base", help="base model for --merge (default: from the adapter's config)")
+@click.option("--allow-other-base", is_flag=True, help="with --merge --base: merge into a base other than the one "
+              "the adapter was trained on, on purpose (the card says so)")
+@click.option("--base-repo-id", help="Hub id of a local base model (named in the card and configs instead of "
+              "a local path; required for an adapter release of a local base)")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="storage dtype for --merge")
 @click.option("--probes", type=int, default=4, show_default=True, help="probe images for the --merge check")
@@ -164,7 +172,7 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
 @click.option("--license", "license_", help="licence id when the base model's cannot be read")
 @click.option("--logs", type=click.Path(path_type=Path), help="training output folder for the loss curve")
 def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, commit_message, dry_run, to_dir, force,
-         token, base, dtype, probes, template, license_, logs):
+         token, base, allow_other_base, base_repo_id, dtype, probes, template, license_, logs):
     """Assemble a release (weights, processor, card, eval record) and publish it.
 
     \b
@@ -179,7 +187,9 @@ def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, comm
 
     do_push(PushOptions(repo_id=repo_id, adapter=adapter, model=model, merge=merge_, eval_dir=eval_dir,
                         private=private, revision=revision, tag=tag, commit_message=commit_message, dry_run=dry_run,
-                        to_dir=to_dir, token=token, force=force, base=base, dtype=dtype, probes=probes,
+                        to_dir=to_dir, token=token, force=force, base=base, allow_other_base=allow_other_base,
+                        base_repo_id=base_repo_id,
+                        dtype=dtype, probes=probes,
                         template=template, license=license_, logs=logs), log=_log)
 
 

@@ -16,7 +16,6 @@ failing check writes nothing and stops the release.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -26,9 +25,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
+from captioning.records import (KIND_MERGE_CHECK, KIND_TRAINING, MERGE_CHECK, METRICS, TRAIN_CONFIG,
+                                TrainConfigRecord, TrainingRecord, kind_of, model_fingerprint, read_json_file,
+                                replace_folder, short, weights_fingerprint, write_record)
 
-CHECK_FILE = "merge_check.json"
-TRAIN_CONFIG = "train_config.yaml"
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 #: max |logit difference| the merged model may show against base + adapter, by
@@ -58,6 +58,9 @@ class MergeOptions:
     #: load model code shipped with the base (bridge); also taken from train_config.yaml's
     #: model.trust_remote_code, which the user set explicitly for training
     trust_remote_code: bool = False
+    #: merge into a --base other than the one the adapter was trained on, on purpose
+    #: (recorded in merge_check.json; the card says so)
+    allow_other_base: bool = False
 
     def __post_init__(self):
         self.adapter = Path(self.adapter)
@@ -101,25 +104,58 @@ def check_adapter_folder(adapter: Path) -> None:
     raise UserError(f"--adapter {adapter}: no adapter_config.json there; pass the folder written by training/train.py")
 
 
-def read_train_config(folder: Path) -> dict[str, Any]:
-    """train_config.yaml of a training output ({} when absent)."""
-    from captioning.loading import read_train_config as _read
+def recorded_base(adapter: Path) -> tuple[str | None, str | None, str]:
+    """(base id or folder, revision, where it is written) that ``adapter`` names as its base."""
+    cfg = TrainConfigRecord.find(adapter)
+    ad = read_json_file(adapter / "adapter_config.json")
+    name = ad.get("base_model_name_or_path") if isinstance(ad, dict) else None
+    if name:
+        return name, cfg.base_revision if cfg else None, "adapter_config.json"
+    return (cfg.base, cfg.base_revision, TRAIN_CONFIG) if cfg else (None, None, TRAIN_CONFIG)
 
-    return _read(folder) or {}
+
+def trained_on_fingerprint(adapter: Path) -> str | None:
+    """The fingerprint of the base ``adapter`` was trained on, from its training record
+    (None when the run recorded none: written before fingerprints, or no metrics.json)."""
+    path = adapter / METRICS
+    if not path.is_file() or kind_of(read_json_file(path, METRICS)) != KIND_TRAINING:
+        return None
+    return TrainingRecord.read(path).model.get("base_fingerprint")
+
+
+def check_base(adapter: Path, base: str, revision: str | None, origin: str, *, allow_other: bool) -> dict[str, Any]:
+    """Prove ``base`` is the base ``adapter`` was trained on, by weights fingerprint (or, when
+    fingerprints are unknown, by name). Returns the record of the check for merge_check.json;
+    raises a UserError naming both sides when they differ, unless ``allow_other``."""
+    named, _, where = recorded_base(adapter)
+    want = trained_on_fingerprint(adapter)
+    have = model_fingerprint(base, revision)
+    if want and have:
+        same, how = want == have, "weights fingerprint"
+    else:
+        same, how = named is None or _same_name(named, base), "name (no fingerprint recorded)"
+    record = {"trained_on": named, "trained_on_fingerprint": want, "base_fingerprint": have,
+              "checked_by": how, "same_base": same}
+    if not same and not allow_other:
+        theirs = f"{named}" + (f" (weights {short(want)})" if want else "")
+        raise UserError(f"{origin} {base} (weights {short(have)}) is not the base {adapter} was trained on: "
+                        f"{theirs}, from its {where} and training record; pass that base, or add "
+                        "--allow-other-base to merge into another base on purpose (the card will say so)")
+    return record
+
+
+def _same_name(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def resolve_base(adapter: Path, base: str | None) -> tuple[str, str | None, str]:
     """(base id or folder, revision, where it came from) for ``adapter``."""
-    cfg = read_train_config(adapter)
-    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    revision = model_cfg.get("revision")
+    name, revision, origin = recorded_base(adapter)
     if base:
         return base, None, "--base"
-    ad = json.loads((adapter / "adapter_config.json").read_text())
-    name = ad.get("base_model_name_or_path")
-    origin = "adapter_config.json"
-    if not name:
-        name, origin = model_cfg.get("name_or_path"), TRAIN_CONFIG
     if not name:
         raise UserError(f"{adapter}: neither adapter_config.json nor train_config.yaml names the base model; "
                         "pass --base ID_OR_DIR")
@@ -204,17 +240,6 @@ def _prepare_out(out: Path, adapter: Path, force: bool) -> None:
         raise UserError(f"--out {out} is not empty: pass --force to replace it, or choose a new folder")
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder into place (the old one, if any, only goes once the new one is complete)."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
 def save_model_folder(model, processor, out: Path, dtype) -> list[str]:
     """Save weights + processor in the release layout; returns the compat changes made."""
     from release.compat import make_portable
@@ -237,14 +262,16 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
     check_adapter_folder(opts.adapter)
     _prepare_out(opts.out, opts.adapter, opts.force)
     base, revision, origin = resolve_base(opts.adapter, opts.base)
-    train_cfg = read_train_config(opts.adapter)
-    data_cfg = train_cfg.get("data") if isinstance(train_cfg.get("data"), dict) else {}
-    quant = train_cfg.get("quantization") if isinstance(train_cfg.get("quantization"), dict) else {}
-    model_cfg = train_cfg.get("model") if isinstance(train_cfg.get("model"), dict) else {}
-    trust = opts.trust_remote_code or bool(model_cfg.get("trust_remote_code"))
+    identity = check_base(opts.adapter, base, revision, origin, allow_other=opts.allow_other_base)
+    train_cfg = TrainConfigRecord.find(opts.adapter) or TrainConfigRecord(path=opts.adapter / TRAIN_CONFIG)
+    data_cfg, quant = train_cfg.section("data"), train_cfg.section("quantization")
+    trust = opts.trust_remote_code or train_cfg.trust_remote_code
     out_dtype = base_dtype(base, revision, trust) if opts.dtype == "auto" else opts.dtype
     tolerance = DEFAULT_TOLERANCE[out_dtype] if opts.tolerance is None else opts.tolerance
-    log(f"base: {base} (from {origin}{', revision ' + revision if revision else ''})")
+    log(f"base: {base} (from {origin}{', revision ' + revision if revision else ''}; weights "
+        f"{short(identity['base_fingerprint'])})")
+    if not identity["same_base"]:
+        log(f"note: --allow-other-base: {opts.adapter} was trained on {identity['trained_on']}, merging into {base}")
     if quant.get("load_in_4bit") or quant.get("enabled"):
         log("training used a 4-bit base: merging into the full-precision base instead (never into 4-bit)")
 
@@ -271,7 +298,9 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
         reloaded = load_captioner(str(tmp), dtype="fp32", device=opts.device, trust_remote_code=trust)
         candidate = probe_outputs(reloaded, images, opts.max_new_tokens, logits_on=reference["captions"])
         check = compare_outputs(reference, candidate, tolerance)
-        check.update(base=base, base_revision=revision, adapter=str(opts.adapter), family=reloaded.family.name,
+        check.update(base=base, base_revision=revision, adapter=str(opts.adapter), **identity,
+                     adapter_fingerprint=weights_fingerprint(opts.adapter),
+                     merged_fingerprint=weights_fingerprint(tmp), family=reloaded.family.name,
                      dtype=out_dtype, compute_dtype="fp32", device=str(reloaded.device), prompt=reloaded.prompt,
                      max_new_tokens=opts.max_new_tokens, compat_changes=changes,
                      versions=_versions())
@@ -282,9 +311,9 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
             raise UserError(f"merge check failed: max |logit diff| {check['max_abs_logit_diff']:.3g} "
                             f"(tolerance {tolerance:g}), {check['identical_captions']}/{check['n_probes']} identical "
                             f"captions; nothing written to {opts.out} (try --dtype fp32)")
-        (tmp / CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n")
+        write_record(tmp / MERGE_CHECK, KIND_MERGE_CHECK, check)
         del reloaded
-        _replace_dir(tmp, opts.out)
+        replace_folder(tmp, opts.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return MergeResult(out=opts.out, base=base, family=check["family"], dtype=out_dtype, check=check)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -29,10 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
+from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE, TRAIN_CONFIG,
+                                EvalRecord, TrainConfigRecord, kind_of, local_paths_in, model_fingerprint,
+                                read_json_file, read_record, replace_folder, scrub_paths, short, weights_fingerprint, write_atomic,
+                                write_json, write_record)
 from release import card as card_mod
 from release import hub
 from release.compat import make_portable
-from release.merge import MergeOptions, check_adapter_folder, has_full_weights, merge_adapter
+from release.merge import MergeOptions, check_adapter_folder, has_full_weights, merge_adapter, recorded_base
 
 #: files a release takes from a model or adapter folder (training leftovers stay behind)
 MODEL_FILES = (
@@ -40,7 +43,7 @@ MODEL_FILES = (
     "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.json", "chat_template.jinja",
-    "adapter_config.json", "train_config.yaml", "merge_check.json",
+    "adapter_config.json", "train_config.yaml", "merge_check.json", "release.json",
 )
 EVAL_FILES = ("metrics.json", "predictions.json")
 GITATTRIBUTES = ".gitattributes"
@@ -65,6 +68,9 @@ class PushOptions:
     force: bool = False
     # merge / card options
     base: str | None = None
+    #: the Hub id of a local base (what the card, adapter_config.json and train_config.yaml name)
+    base_repo_id: str | None = None
+    allow_other_base: bool = False
     dtype: str = "auto"
     probes: int = 4
     template: str = card_mod.DEFAULT_TEMPLATE
@@ -79,6 +85,8 @@ class PushOptions:
             raise UserError("--merge needs --adapter DIR (a --model folder is already a full model)")
         if self.to_dir is not None and (self.tag or self.private or self.revision):
             raise UserError("--to-dir writes a local folder: --tag, --private and --revision only apply to the Hub")
+        if self.base_repo_id is not None:
+            hub.check_repo_id(self.base_repo_id)
         for name in ("adapter", "model", "eval_dir", "to_dir", "logs"):
             v = getattr(self, name)
             if v is not None:
@@ -113,41 +121,69 @@ def _copy_files(files: list[Path], dest: Path) -> None:
         shutil.copy2(f, dest / f.name)
 
 
-def _check_eval_dir(eval_dir: Path) -> list[Path]:
+def _check_eval_dir(eval_dir: Path) -> EvalRecord:
     if not eval_dir.is_dir():
         raise UserError(f"--eval {eval_dir}: no such folder (pass the --out folder of eval/run.py generate)")
-    if not (eval_dir / "metrics.json").is_file():
+    if not (eval_dir / METRICS).is_file():
         raise UserError(f"--eval {eval_dir}: no metrics.json there; pass the --out folder of eval/run.py generate")
-    card_mod.load_metrics(eval_dir / "metrics.json")  # fails early on a broken file
-    return [eval_dir / n for n in EVAL_FILES if (eval_dir / n).is_file()]
+    return EvalRecord.read(eval_dir, what="--eval")
 
 
-def _eval_record_in(folder: Path, log: Callable[[str], None]) -> list[Path]:
-    """metrics.json (+ predictions.json) of ``folder`` when they are an eval record, as in a
-    release folder pushed again; a training output's metrics.json (validation during
-    training, with ``train``/``history``) is not one."""
-    path = folder / "metrics.json"
-    if not path.is_file():
-        return []
-    record = card_mod.load_metrics(path)
-    if "train" in record or "history" in record:
-        log(f"{path} holds validation metrics from training, not an eval record: pass --eval DIR "
-            "(the --out of eval/run.py generate) to publish scores")
-        return []
-    log(f"using the eval record in {folder} (metrics.json)")
-    return [folder / n for n in EVAL_FILES if (folder / n).is_file()]
+def _eval_files(record: EvalRecord) -> list[Path]:
+    return [record.path.parent / n for n in EVAL_FILES if (record.path.parent / n).is_file()]
+
+
+def released_identity(dest: Path, opts: "PushOptions") -> dict[str, str | None]:
+    """Fingerprints of what the release in ``dest`` holds: ``weights`` (the model, or the
+    adapter for an adapter release) and, for a merged or adapter release, the ``base`` and
+    ``adapter`` it is made of."""
+    weights = weights_fingerprint(dest)
+    if opts.adapter is None:
+        # a merged model (release merge, or a merged release pushed again) names its parts in
+        # merge_check.json, which holds only when it describes these very weights
+        check = read_record(dest, KIND_MERGE_CHECK) if (dest / MERGE_CHECK).is_file() else {}
+        if check.get("merged_fingerprint") != weights:
+            check = {}
+        return {"weights": weights, "base": check.get("base_fingerprint"), "adapter": check.get("adapter_fingerprint")}
+    if opts.merge:
+        check = read_record(dest, KIND_MERGE_CHECK)
+        return {"weights": weights, "base": check.get("base_fingerprint"), "adapter": check.get("adapter_fingerprint")}
+    base, revision, _ = recorded_base(opts.adapter)
+    return {"weights": None, "base": model_fingerprint(opts.base or base, revision), "adapter": weights}
+
+
+def check_eval_identity(record: EvalRecord, released: dict[str, str | None], where: str) -> None:
+    """Refuse an eval record that was not measured on the released weights: on them directly,
+    or on exactly the base + adapter they were merged from. No override: a card never shows
+    another model's numbers."""
+    got = record.weights
+    if not got["model"]:
+        raise UserError(f"{where}: {record.path} records no weights fingerprint (written before records carried "
+                        "one): run eval/run.py generate again on this model and pass that --out")
+    direct = got["adapter"] is None and released["weights"] is not None and got["model"] == released["weights"]
+    parts = (got["adapter"] is not None and got["adapter"] == released["adapter"]
+             and released["base"] is not None and got["model"] == released["base"])
+    if direct or parts:
+        return
+    measured = f"weights {short(got['model'])}" + (f" + adapter {short(got['adapter'])}" if got["adapter"] else "")
+    mine = (f"weights {short(released['weights'])}" if released["weights"] else "") + (
+        f" (base {short(released['base'])} + adapter {short(released['adapter'])})" if released["adapter"] else "")
+    raise UserError(f"{where}: {record.path} measured {measured}, not this release's {mine.strip()}: evaluate "
+                    "the released model (python eval/run.py generate --model ...) and pass that --out")
 
 
 def assemble(opts: PushOptions, dest: Path, log: Callable[[str], None] = print) -> Path:
     """Build the release folder in ``dest`` (created; must not hold files). Returns ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    eval_files = _check_eval_dir(opts.eval_dir) if opts.eval_dir else []
+    record = _check_eval_dir(opts.eval_dir) if opts.eval_dir else None
+    where = f"--eval {opts.eval_dir}"
     train_dir = opts.adapter or opts.model
     if opts.adapter is not None:
         check_adapter_folder(opts.adapter)
         if opts.merge:
             merge_adapter(MergeOptions(adapter=opts.adapter, out=dest, base=opts.base, dtype=opts.dtype,
-                                       probes=opts.probes, force=True), log=log)
+                                       probes=opts.probes, force=True, allow_other_base=opts.allow_other_base),
+                          log=log)
         else:
             _copy_files(release_files(opts.adapter), dest)
             make_portable(dest)
@@ -162,17 +198,102 @@ def assemble(opts: PushOptions, dest: Path, log: Callable[[str], None] = print) 
         if not any(model.glob("*.safetensors")):
             raise UserError(f"--model {model}: weights are not safetensors; load and save_pretrained() it first")
         _copy_files(release_files(model), dest)
-        if not eval_files:
-            eval_files = _eval_record_in(model, log)
+        if record is None and (model / METRICS).is_file():
+            if kind_of(read_json_file(model / METRICS, METRICS)) == KIND_EVAL:
+                record, where = EvalRecord.read(model), f"--model {model}"
+                log(f"using the eval record in {model} (metrics.json)")
+            else:
+                log(f"{model / METRICS} holds validation metrics from training, not an eval record: pass --eval DIR "
+                    "(the --out of eval/run.py generate) to publish scores")
         changes = make_portable(dest)
         if changes:
             log("made loadable by transformers 4.x and 5: " + "; ".join(changes))
+    eval_files = []
+    if record is not None:
+        check_eval_identity(record, released_identity(dest, opts), where)
+        eval_files = _eval_files(record)
     _copy_files(eval_files, dest)
     inputs = card_mod.collect_inputs(dest, repo_id=opts.repo_id, logs=opts.logs or train_dir, license=opts.license)
+    inputs = make_release_portable(dest, opts, inputs)
     card_mod.write_card(inputs, dest / "README.md", template=opts.template)
+    leaks = {p.name: local_paths_in(p.read_text(encoding="utf-8", errors="replace"))
+             for p in local_tree(dest).values() if p.suffix in (".json", ".yaml", ".md", ".jinja", ".txt")}
+    leaks = {k: v for k, v in leaks.items() if v}
+    if leaks:  # every record was scrubbed: a path left is in a file this toolkit does not know
+        raise UserError(f"the release would publish local paths ({'; '.join(f'{k}: {v[0]}' for k, v in leaks.items())}"
+                        "): remove them from those files and push again")
     if not eval_files:
         log("no --eval folder: the card says the model was not evaluated")
     return dest
+
+
+# ---------------------------------------------------------------- portability
+def _release_base(opts: PushOptions) -> tuple[str | None, str | None, str | None, bool]:
+    """(the base as the training records name it, its Hub id or None, its weights fingerprint,
+    whether the release is built on a model) for the release ``opts`` describes."""
+    if opts.adapter is not None:
+        name, revision, _ = recorded_base(opts.adapter)
+        if opts.merge and opts.base:
+            name, revision = opts.base, None
+    else:
+        if (opts.model / RELEASE).is_file():  # pushed again: the manifest knows the base
+            base = read_record(opts.model, KIND_RELEASE).get("base") or {}
+            return base.get("id"), opts.base_repo_id or base.get("id"), base.get("fingerprint"), bool(
+                base.get("id") or base.get("local"))
+        cfg = TrainConfigRecord.find(opts.model)
+        name, revision = (cfg.base, cfg.base_revision) if cfg else (None, None)
+    if not name:
+        return None, None, None, False
+    pushed_as = None
+    if Path(name).is_dir() and (Path(name) / RELEASE).is_file():
+        pushed_as = read_record(name, KIND_RELEASE).get("repo_id")
+    hub_id = opts.base_repo_id or (name if card_mod.looks_like_hub_id(name) else None) or pushed_as
+    return name, hub_id, model_fingerprint(name, revision), True
+
+
+def make_release_portable(dest: Path, opts: PushOptions, inputs: card_mod.CardInputs) -> card_mod.CardInputs:
+    """Rewrite the release's records so that no file names a path of this machine: a local
+    base becomes its Hub id (--base-repo-id, or the repo it was pushed to), otherwise "a local
+    model" named by its weights fingerprint; other absolute paths become ``<local>/NAME``.
+    Writes release.json (the manifest that lets the folder be pushed again with the same card)
+    and returns the card inputs rewritten the same way."""
+    import dataclasses
+
+    name, hub_id, base_fp, has_base = _release_base(opts)
+    if opts.adapter is not None and not opts.merge and not hub_id:
+        raise UserError(f"{opts.adapter} is an adapter of a local model ({name}): an adapter release needs its base "
+                        "on the Hub. Publish the base first (release push --model BASE_DIR --repo-id ORG/BASE) and pass "
+                        "--base-repo-id ORG/BASE, or release the merged model (--merge)")
+    replace = {}
+    if name and hub_id and name != hub_id:
+        replace = {name: hub_id, str(Path(name).resolve()): hub_id}
+    for fname in (METRICS, MERGE_CHECK, "adapter_config.json"):
+        if (dest / fname).is_file():
+            doc = read_json_file(dest / fname)
+            write_json(dest / fname, scrub_paths(doc, replace))
+    cfg = TrainConfigRecord.find(dest)
+    if cfg is not None:
+        import yaml
+
+        write_atomic(dest / TRAIN_CONFIG, yaml.safe_dump(scrub_paths(cfg.doc, replace), sort_keys=False))
+    local = has_base and not hub_id
+    inputs = dataclasses.replace(
+        inputs, base_model=hub_id if has_base else inputs.base_model, base_fingerprint=base_fp or inputs.base_fingerprint,
+        base_local=local or inputs.base_local, lineage=scrub_paths(inputs.lineage, replace),
+        license_source=scrub_paths(inputs.license_source, replace), metrics=scrub_paths(inputs.metrics, replace),
+        train_config=scrub_paths(inputs.train_config, replace), merge_check=scrub_paths(inputs.merge_check, replace))
+    loss = {k: [list(p) for p in v] for k, v in inputs.loss.items()} if inputs.loss else None
+    write_record(dest / RELEASE, KIND_RELEASE, {
+        "repo_id": opts.repo_id,
+        "release": "adapter" if opts.adapter is not None and not opts.merge else (
+            "merged" if (dest / MERGE_CHECK).is_file() else "model"),
+        "weights_fingerprint": weights_fingerprint(dest),
+        "base": {"id": inputs.base_model if not local else None, "fingerprint": inputs.base_fingerprint,
+                 "local": inputs.base_local,
+                 "relation": "adapter" if opts.adapter is not None and not opts.merge else "finetune"},
+        "license": inputs.license, "license_source": inputs.license_source, "lineage": inputs.lineage,
+        "loss": loss, "loss_source": inputs.loss_source})
+    return inputs
 
 
 # ---------------------------------------------------------------- comparing
@@ -312,14 +433,7 @@ def write_to_dir(folder: Path, to_dir: Path, force: bool) -> None:
         raise UserError(f"--to-dir {to_dir} is a file: pass a folder")
     if to_dir.is_dir() and any(to_dir.iterdir()) and not force:
         raise UserError(f"--to-dir {to_dir} is not empty: pass --force to replace it, or choose a new folder")
-    to_dir.parent.mkdir(parents=True, exist_ok=True)
-    if to_dir.exists():
-        old = to_dir.with_name(f".{to_dir.name}.old-{os.getpid()}")
-        os.replace(to_dir, old)
-        shutil.move(str(folder), str(to_dir))
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        shutil.move(str(folder), str(to_dir))
+    replace_folder(folder, to_dir)  # assembled beside it (push), so one rename puts it in place
 
 
 def describe_folder(folder: Path) -> list[str]:

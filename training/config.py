@@ -643,14 +643,18 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    keys = sorted(set(old) | set(new))
+def changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every setting that differs between two config dicts."""
     out = []
-    for k in keys:
+    for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += diff(a, b, f"{prefix}{k}.")
+            out += changes(a, b, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+            out.append((f"{prefix}{k}", a, b))
     return out
+
+
+def diff(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts."""
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in changes(old, new)]

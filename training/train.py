@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
-from training.config import TrainConfig, diff, help_text, load_config
+from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord, kind_of, model_fingerprint,
+                                read_json_file, write_atomic, write_json, write_record)
+from training.config import TrainConfig, changes, help_text, load_config
 
-TRAIN_CONFIG = "train_config.yaml"
-METRICS = "metrics.json"
 PREDICTIONS = "val_predictions.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
@@ -116,6 +116,39 @@ def select_checkpoint(out: Path, resume: bool | str, *, is_main: bool, log: Call
                     + "; ".join(p.split(';')[0] for p in problems) + ". Start again without --resume")
 
 
+#: settings a resumed run takes on. Everything else is baked into the checkpoint (weights,
+#: optimizer and schedule state, data order, the model being trained): a change there would
+#: not take effect, so --resume refuses it instead of recording a setting that never applied.
+RESUME_SAFE = ("name", "optim.max_steps", "optim.epochs", "optim.num_threads", "data.num_workers",
+               "eval.every_steps", "eval.batch_size", "eval.early_stopping_patience", "output.")
+
+
+def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """``key: old -> new`` for the settings ``cfg`` changes against the run being resumed;
+    a UserError naming the first setting that cannot take effect on resume."""
+    found = changes(saved, cfg.to_dict())
+    fixed = [(k, a, b) for k, a, b in found if not (k in RESUME_SAFE or k.startswith(RESUME_SAFE[-1]))]
+    if fixed:
+        shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in fixed)
+        raise UserError(f"--resume: {shown}: cannot take effect on a resumed run (its checkpoint holds the "
+                        "weights, optimizer, schedule and data order of the old settings); drop the flag to resume "
+                        f"as trained, or start a new run in another --output-dir. Settings a resume can change: "
+                        f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}")
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in found]
+
+
+def finished_run(out: Path, cfg: TrainConfig) -> TrainingRecord | None:
+    """The training record of a finished run in ``out`` that ``cfg`` would not train further
+    (same step budget), else None."""
+    if not (out / METRICS).is_file() or kind_of(read_json_file(out / METRICS)) != KIND_TRAINING:
+        return None
+    saved = TrainConfigRecord.find(out / CHECKPOINTS) or TrainConfigRecord.find(out)
+    optim = saved.section("optim") if saved else {}
+    if (optim.get("max_steps"), optim.get("epochs")) != (cfg.optim.max_steps, cfg.optim.epochs):
+        return None
+    return TrainingRecord.read(out / METRICS)
+
+
 def _looks_like_run(out: Path) -> bool:
     return (out / CHECKPOINTS).is_dir() or (out / TRAIN_CONFIG).is_file() or (out / METRICS).is_file()
 
@@ -144,24 +177,16 @@ def clear_output(out: Path) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def publish(staging: Path, out: Path, metrics: dict) -> None:
     """Move the finished files from ``staging`` to the top of ``out`` (each an atomic
     rename), metrics.json last: its presence marks a complete output."""
-    from eval.scoring import write_json_atomic
-
     for item in sorted(staging.iterdir()):
         target = out / item.name
         if target.is_dir() and not item.is_dir():
             shutil.rmtree(target)
         os.replace(item, target)
     staging.rmdir()
-    write_json_atomic(out / METRICS, metrics)
+    write_record(out / METRICS, KIND_TRAINING, metrics)
 
 
 # ---------------------------------------------------------------- the pure core
@@ -190,7 +215,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.integrations import TensorBoardCallback
 
-    from captioning.data import load_captions
+    from captioning.data import caption_transform, load_captions
     from captioning.generation import GenerationSettings
     from eval.provenance import library_versions, utc_now
     from training import data as tdata
@@ -208,6 +233,13 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     say = log if is_main else (lambda *_: None)
     out = Path(cfg.output.dir or Path("runs") / cfg.name)
     cfg.output.dir = str(out)
+    # --resume (the newest checkpoint) of a finished run is a no-op; a checkpoint named
+    # explicitly is a deliberate restart from that step
+    done = finished_run(out, cfg) if resume is True or resume == "latest" else None
+    if done is not None:
+        say(f"{out} already finished at step {done.train.get('global_step')} (metrics.json): nothing to resume, no "
+            "file changed; pass a larger --optim.max_steps or --optim.epochs to train on")
+        return out
     clear = check_output(out, cfg, resume)  # every process checks before anything is deleted
     state.wait_for_everyone()
     if clear and is_main:
@@ -235,20 +267,23 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     say(f"{method} fine-tuning of {loaded.base_ref or 'a random ' + family.name + ' model'}: "
         f"{counts['trainable']:,} of {counts['total']:,} parameters train ({precision})")
     ckpt_dir = out / CHECKPOINTS
+    saved = TrainConfigRecord.find(ckpt_dir) if resume else None
+    resumed = []  # earlier resumes of this run, and this one: where and what changed
+    if saved is not None:
+        changed = resume_changes(saved.doc, cfg)  # every process refuses before anything is written
+        step = int(resume_from.name.rsplit("-", 1)[-1]) if resume_from.name.startswith("checkpoint-") else None
+        if (out / METRICS).is_file() and kind_of(read_json_file(out / METRICS)) == KIND_TRAINING:
+            resumed = list(TrainingRecord.read(out / METRICS).doc.get("resumed") or [])
+        resumed.append({"from_step": step, "changes": changed})
+        if changed:
+            say(f"resuming at step {step} with changed settings: " + "; ".join(changed))
     if is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        saved = ckpt_dir / TRAIN_CONFIG
-        if resume and saved.is_file():
-            import yaml
-
-            changed = diff(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict())
-            if changed:
-                say("note: the config differs from the run being resumed: " + "; ".join(changed))
-        _write_text_atomic(saved, cfg.to_yaml())
+        write_atomic(ckpt_dir / TRAIN_CONFIG, cfg.to_yaml())
 
     # ---- data
     d = cfg.data
-    transform = tdata.caption_transform(d.caption_transform)
+    transform = caption_transform(d.caption_transform)
     train_set = load_captions(d.source, d.train_split, max_samples=d.max_train_samples, shuffle=d.shuffle,
                               seed=cfg.optim.seed, images_dir=d.images_dir)
     val_set = None
@@ -281,7 +316,8 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     evaluator = None
     if gen_set is not None:
         evaluator = CaptionEvaluator(
-            gen_set, tdata.transformed_references(gen_set, transform), family=family, processor=processor,
+            gen_set, gen_set.with_caption_transform(d.caption_transform).references_coco(), family=family,
+            processor=processor,
             prompt=d.prompt, settings=GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens,
                                                          num_beams=cfg.eval.num_beams),
             metrics=cfg.eval.metrics, batch_size=cfg.eval.batch_size,
@@ -360,20 +396,23 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
         state.wait_for_everyone()
         if is_main:
             (staging / "training_args.bin").unlink(missing_ok=True)
-            _write_text_atomic(staging / TRAIN_CONFIG, cfg.to_yaml())
+            write_atomic(staging / TRAIN_CONFIG, cfg.to_yaml())
             preds = evaluator.predictions.get(final_step) if evaluator is not None else None
             if preds is not None:
-                (staging / PREDICTIONS).write_text(json.dumps(preds, indent=1))
+                write_json(staging / PREDICTIONS, preds, indent=1)
             metrics_keys = list(e.metrics) + ["loss", "perplexity"]
             val_metrics = {k: final.get(k) for k in metrics_keys if k in final} if final else {}
             record = {
                 "metrics": val_metrics,
                 "unavailable": {},
                 "n_images": len(gen_set) if gen_set is not None else 0,
-                "dataset": gen_set.describe() if gen_set is not None else None,
+                "dataset": gen_set.with_caption_transform(d.caption_transform).describe() if gen_set is not None
+                else None,
                 "loss_dataset": loss_set.describe() if loss_set is not None else None,
                 "train_dataset": train_set.describe(),
                 "model": {"id": loaded.base_ref, "revision": cfg.model.revision, "family": family.name,
+                          # what an adapter may later be merged into (release merge checks it)
+                          "base_fingerprint": model_fingerprint(loaded.base_ref, cfg.model.revision),
                           "adapter": str(out) if cfg.lora.enabled else None, "method": method,
                           "factory": cfg.to_dict()["model"]["factory"], **counts},
                 "generation": {"max_new_tokens": e.max_new_tokens, "num_beams": e.num_beams},
@@ -383,6 +422,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
                          "value": final.get(e.metric_for_best) if final else None,
                          "checkpoint": trainer.state.best_model_checkpoint} if e.enabled else None,
                 "history": history,
+                "resumed": resumed,
                 "versions": library_versions(),
                 "command": command,
                 "created": utc_now(),

@@ -56,6 +56,7 @@ def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str
     from peft import LoraConfig, get_peft_model
 
     from captioning.families import get_family
+    from captioning.records import KIND_TRAINING, weights_fingerprint, write_record
 
     fam = get_family(family)
     model = fam.model_class().from_pretrained(base)
@@ -80,6 +81,10 @@ def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str
     for section, values in (train_extra or {}).items():
         cfg.setdefault(section, {}).update(values)
     (out / "train_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # the training record training/train.py leaves beside an adapter: what it was trained on
+    write_record(out / "metrics.json", KIND_TRAINING, {
+        "metrics": {}, "train": {"global_step": 10}, "history": [],
+        "model": {"id": str(base), "family": family, "base_fingerprint": weights_fingerprint(base)}})
     losses = [(s, 3.0 / (1 + 0.3 * s)) for s in range(1, 11)]
     if logs == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter

@@ -98,3 +98,36 @@ def test_failing_check_stops_and_writes_nothing(adapters, tmp_path, monkeypatch)
     assert "FAIL" in "\n".join(lines)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]  # no partial folder left
+
+
+def test_merging_into_another_base_is_refused_unless_acknowledged(adapters, release_bases, tmp_path):
+    """Another model of the same architecture loads and merges without a complaint from
+    peft, and base+adapter vs merged agree: only the recorded base fingerprint catches it."""
+    from captioning.factory import build_random_model
+    from captioning.records import weights_fingerprint
+    from release.card import collect_inputs, render_card
+
+    other = build_random_model("blip", tmp_path / "other-base", seed=7)
+    with pytest.raises(UserError, match=r"--base .*other-base \(weights [0-9a-f]{12}\) is not the base .* was "
+                                        r"trained on: .*blip \(weights [0-9a-f]{12}\).*--allow-other-base"):
+        merge_adapter(MergeOptions(adapter=adapters["blip"], out=tmp_path / "refused", base=str(other),
+                                   probes=PROBES, max_new_tokens=NEW_TOKENS))
+    assert not (tmp_path / "refused").exists()
+    # a copy of the right base elsewhere is the same base: its weights match
+    import shutil
+
+    copy = tmp_path / "copy-of-base"
+    shutil.copytree(release_bases["blip"], copy)
+    res = merge_adapter(MergeOptions(adapter=adapters["blip"], out=tmp_path / "ok", base=str(copy), probes=PROBES,
+                                     max_new_tokens=NEW_TOKENS), log=lambda m: None)
+    assert res.check["same_base"] and res.check["checked_by"] == "weights fingerprint"
+    # on purpose: allowed, recorded, and said on the card
+    res = merge_adapter(MergeOptions(adapter=adapters["blip"], out=tmp_path / "other", base=str(other), probes=PROBES,
+                                     max_new_tokens=NEW_TOKENS, allow_other_base=True), log=lambda m: None)
+    check = json.loads((res.out / "merge_check.json").read_text())
+    assert check["kind"] == "merge_check" and check["same_base"] is False
+    assert check["trained_on_fingerprint"] == weights_fingerprint(release_bases["blip"])
+    assert check["base_fingerprint"] == weights_fingerprint(other)
+    assert check["merged_fingerprint"] == weights_fingerprint(res.out)
+    text, _ = render_card(collect_inputs(res.out, repo_id="me/x"))
+    assert "Merged into another base than the adapter was trained on" in text

@@ -24,14 +24,23 @@ def run(*args: str):
     return result, result.output  # click >= 8.2: stdout and stderr, as a terminal shows them
 
 
-def eval_dir(tmp_path: Path) -> Path:
-    """What eval/run.py generate leaves in --out (metrics.json + predictions.json)."""
+def eval_dir(tmp_path: Path, model: Path, adapter: Path | None = None) -> Path:
+    """What eval/run.py generate leaves in --out (metrics.json + predictions.json), as if it
+    had captioned with ``model`` (+ ``adapter``): the record names their weights."""
+    from captioning.records import weights_fingerprint
+
     d = tmp_path / "eval"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
+        "model": {"id": str(model), "path": str(model.resolve()), "weights_fingerprint": weights_fingerprint(model),
+                  "adapter": str(adapter.resolve()) if adapter else None,
+                  "adapter_fingerprint": weights_fingerprint(adapter) if adapter else None},
+        "command": f"python eval/run.py generate --model {model} --dataset {tmp_path / 'shapes'} --out {d}",
         "metrics": {"Bleu_4": 0.1234, "CIDEr": 0.5678, "METEOR": 0.2, "ROUGE_L": 0.3, "SPICE": None},
-        "unavailable": {"SPICE": "offline"}, "n_images": 16,
-        "dataset": {"source": "data/shapes", "split": "test", "n_images": 16, "hash": "abc123"},
+        "unavailable": {"SPICE": f"needs Stanford CoreNLP in {REPO}/.venv/lib/pycocoevalcap/spice/lib"},
+        "n_images": 16,
+        "dataset": {"source": "data/shapes", "path": str(tmp_path.resolve() / "shapes"), "split": "test",
+                    "n_images": 16, "hash": "abc123"},
         "prompt": "Give a concise caption.", "generation": {"max_new_tokens": NEW_TOKENS, "num_beams": 1},
         "created": "2026-11-23T00:00:00Z"}))
     (d / "predictions.json").write_text(json.dumps([{"image_id": 1, "caption": "a red circle"}]))
@@ -60,8 +69,9 @@ def _caption_through_hub(family: str, repo_id: str, png: Path, prompt) -> str:
     return re.sub(r"\s+", " ", buf.getvalue()).strip()
 
 
-def test_push_merge_repush_tag_and_load_through_hub(hub, adapters, prerelease_captions, probe_pngs, tmp_path):
-    ev = eval_dir(tmp_path)
+def test_push_merge_repush_tag_and_load_through_hub(hub, adapters, release_bases, prerelease_captions, probe_pngs,
+                                                    tmp_path):
+    ev = eval_dir(tmp_path, release_bases["idefics3"], adapters["idefics3"])
     args = ["push", "--repo-id", "ns/tiny-smolvlm", "--adapter", adapters["idefics3"], "--merge", "--eval", ev,
             "--token", TOKEN, "--tag", "v1", "--probes", "2"]
     r1, out1 = run(*args)
@@ -96,7 +106,7 @@ def test_tag_conflict_revision_and_missing_token(hub, merged, adapters, tmp_path
     assert r.exit_code == 0, out
     first = hub.repo("ns/blip")["branches"]["main"]
     # a changed release cannot move an existing tag
-    r, out = run(*args, "--eval", eval_dir(tmp_path), "--tag", "v1")
+    r, out = run(*args, "--eval", eval_dir(tmp_path, merged["blip"]), "--tag", "v1")
     assert r.exit_code == 2 and "error: --tag v1 already names commit" in out
     assert hub.repo("ns/blip")["tags"]["v1"] == first
     # a branch
@@ -233,13 +243,20 @@ def test_adapter_release_and_release_folder_pushed_again(adapters, merged, relea
     """push --adapter without --merge releases the adapter (peft card + snippet that works);
     a release folder given as --model keeps its eval record."""
     out = tmp_path / "adapter-release"
+    # an adapter of a local base cannot be used by anyone else: refused until the base has a Hub id
     r, text = run("push", "--repo-id", "ns/ad", "--adapter", adapters["blip"], "--to-dir", out)
+    assert r.exit_code == 2 and "an adapter release needs its base on the Hub" in text and "--base-repo-id" in text
+    assert not out.exists()
+    r, text = run("push", "--repo-id", "ns/ad", "--adapter", adapters["blip"], "--base-repo-id", "ns/blip-base",
+                  "--to-dir", out)
     assert r.exit_code == 0, text
     names = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "train_config.yaml",
-            "README.md", "loss_curve.png"} <= names and "model.safetensors" not in names
+            "README.md", "loss_curve.png", "release.json"} <= names and "model.safetensors" not in names
     card = ModelCard((out / "README.md").read_text())
     assert card.data.library_name == "peft" and "PeftModel.from_pretrained(base, model_id)" in card.text
+    assert card.data.base_model == "ns/blip-base" and card.data.base_model_relation == "adapter"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "ns/blip-base"
     code = usage_snippet("blip", 5, str(out), None, image=str(probe_pngs[0]), max_new_tokens=NEW_TOKENS,
                          adapter_of=str(release_bases["blip"]))
     import contextlib
@@ -251,7 +268,7 @@ def test_adapter_release_and_release_folder_pushed_again(adapters, merged, relea
     assert re.sub(r"\s+", " ", buf.getvalue()).strip() == prerelease_captions["blip"][0]
 
     first = tmp_path / "first"
-    r, text = run("push", "--repo-id", "ns/b", "--model", merged["blip"], "--eval", eval_dir(tmp_path), "--to-dir",
+    r, text = run("push", "--repo-id", "ns/b", "--model", merged["blip"], "--eval", eval_dir(tmp_path, merged["blip"]), "--to-dir",
                   first)
     assert r.exit_code == 0, text
     again = tmp_path / "again"
@@ -259,3 +276,67 @@ def test_adapter_release_and_release_folder_pushed_again(adapters, merged, relea
     assert r.exit_code == 0 and "using the eval record" in text
     assert {p.relative_to(first).as_posix(): p.read_bytes() for p in first.rglob("*") if p.is_file()} == \
         {p.relative_to(again).as_posix(): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+
+
+def test_push_refuses_an_eval_of_other_weights(adapters, release_bases, merged, tmp_path):
+    """The base's eval passed with --adapter --merge (the measured case: the card claimed the
+    base's CIDEr for the fine-tune): refused, naming both sides, and nothing is written."""
+    base_eval = eval_dir(tmp_path / "b", release_bases["idefics3"])
+    out = tmp_path / "release"
+    r, text = run("push", "--repo-id", "ns/x", "--adapter", adapters["idefics3"], "--merge", "--eval", base_eval,
+                  "--to-dir", out, "--probes", "2")
+    assert r.exit_code == 2, text
+    assert re.search(r"error: --eval .*measured weights [0-9a-f]{12}, not this release's weights [0-9a-f]{12} "
+                     r"\(base [0-9a-f]{12} \+ adapter [0-9a-f]{12}\): evaluate the released model", text), text
+    assert not out.exists()
+    # a full model with another model's eval
+    r, text = run("push", "--repo-id", "ns/x", "--model", merged["blip"], "--eval", base_eval, "--to-dir", out)
+    assert r.exit_code == 2 and "not this release's weights" in text and not out.exists()
+    # an eval record written before records carried fingerprints cannot vouch for any weights
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    rec = json.loads((base_eval / "metrics.json").read_text())
+    rec["model"] = {"id": "x"}
+    (legacy / "metrics.json").write_text(json.dumps(rec))
+    r, text = run("push", "--repo-id", "ns/x", "--model", merged["blip"], "--eval", legacy, "--to-dir", out)
+    assert r.exit_code == 2 and "records no weights fingerprint" in text and "run eval/run.py generate again" in text
+    # the eval of this adapter on this base is accepted for its merge
+    good = eval_dir(tmp_path / "g", release_bases["idefics3"], adapters["idefics3"])
+    r, text = run("push", "--repo-id", "ns/x", "--adapter", adapters["idefics3"], "--merge", "--eval", good,
+                  "--to-dir", out, "--probes", "2")
+    assert r.exit_code == 0, text
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["CIDEr"] == 0.5678
+
+
+def test_a_release_holds_no_local_path_and_pushed_again_renders_the_same_card(adapters, release_bases, tmp_path):
+    """Every file of a merged release is scanned for the machine's paths; the release folder
+    alone (no logs, no base folder) then re-renders the same card: loss curve included."""
+    ev = eval_dir(tmp_path / "e", release_bases["idefics3"], adapters["idefics3"])
+    first = tmp_path / "first"
+    r, text = run("push", "--repo-id", "ns/tiny-style", "--adapter", adapters["idefics3"], "--merge", "--eval", ev,
+                  "--to-dir", first, "--probes", "2")
+    assert r.exit_code == 0, text
+    local = [str(tmp_path), str(release_bases["idefics3"].parent), str(adapters["idefics3"].parent), str(REPO)]
+    for p in first.rglob("*"):
+        if p.is_file() and p.suffix != ".safetensors":
+            body = p.read_bytes().decode("utf-8", errors="replace")
+            assert not [s for s in local if s in body], (p.name, [s for s in local if s in body])
+    card = ModelCard((first / "README.md").read_text())
+    assert card.data.base_model is None  # a local base has no Hub id to link
+    assert "fine-tuned from a local model (weights `" in card.text
+    assert "loss_curve.png" in card.text and "training loss curve (no TensorBoard" not in card.text
+    manifest = json.loads((first / "release.json").read_text())
+    assert manifest["kind"] == "release" and manifest["base"]["local"] and manifest["loss"]["train"]
+    again = tmp_path / "again"
+    r, text = run("push", "--repo-id", "ns/tiny-style", "--model", first, "--to-dir", again)
+    assert r.exit_code == 0, text
+    assert {p.relative_to(first).as_posix(): p.read_bytes() for p in first.rglob("*") if p.is_file()} == \
+        {p.relative_to(again).as_posix(): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    # with the base's Hub id, the card links it and says how the two relate
+    named = tmp_path / "named"
+    r, text = run("push", "--repo-id", "ns/tiny-style", "--adapter", adapters["idefics3"], "--merge", "--eval", ev,
+                  "--base-repo-id", "ns/tiny-base", "--to-dir", named, "--probes", "2")
+    assert r.exit_code == 0, text
+    card = ModelCard((named / "README.md").read_text())
+    assert card.data.base_model == "ns/tiny-base" and card.data.base_model_relation == "finetune"
+    assert json.loads((named / "metrics.json").read_text())["model"]["id"] == "ns/tiny-base"

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -137,3 +138,35 @@ def test_two_processes_through_accelerate(tmp_path, shapes_dir):
     assert metrics["n_images"] == 4 and metrics["metrics"]["CIDEr"] is not None
     assert (out / "model.safetensors").is_file()
     assert run.stdout.strip().splitlines()[-1].startswith("done in ")
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_what_cannot_apply_records_what_can_and_leaves_a_finished_run_alone(
+        tiny_models, shapes_dir, tmp_path, capsys):
+    import yaml
+
+    from captioning.errors import UserError
+    from tests.training.helpers import merge
+
+    recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "r", optim={"max_steps": 4, "lr": 3e-3},
+                         output={"save_every_steps": 2, "tensorboard": False})
+    out = train(config(recipe), log=lambda *_: None)
+    before = _snapshot(out)
+    # --resume of a finished run (the README's command run twice): nothing to do, no file touched
+    assert train(config(recipe), resume=True, log=print) == out
+    assert "already finished at step 4" in capsys.readouterr().out
+    assert _snapshot(out) == before
+    # a changed learning rate cannot take effect (the optimizer and schedule come from the checkpoint)
+    with pytest.raises(UserError, match=r"--resume: optim.lr 0.003 -> 0.1: cannot take effect on a resumed run"):
+        train(config(merge(recipe, {"optim": {"lr": 0.1, "max_steps": 6}})), resume=True, log=lambda *_: None)
+    assert _snapshot(out) == before
+    # more steps can: applied, and recorded as a change at the step it took effect
+    train(config(merge(recipe, {"optim": {"max_steps": 6}})), resume=True, log=lambda *_: None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "training" and metrics["train"]["global_step"] == 6
+    assert metrics["resumed"] == [{"from_step": 4, "changes": ["optim.max_steps: 4 -> 6"]}]
+    saved = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert saved["optim"]["max_steps"] == 6 and saved["optim"]["lr"] == 3e-3
