@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tmp) / "gradio"))
         model = build_random_model("idefics3", Path(tmp) / "tiny-smolvlm")
-        images = sorted((generate(Path(tmp) / "shapes", n_train=0, n_val=0, n_test=3) / "images" / "test").glob("*.png"))
+        shapes = generate(Path(tmp) / "shapes", n_train=0, n_val=0, n_test=3)
+        images = sorted((shapes / "images" / "test").glob("*.png"))
         app = load_app_module()
         demo = app.build_demo([str(model)], concurrency_limit=2, max_queue=64)
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,

@@ -6,10 +6,11 @@
 | ``metrics.json`` of a training run | ``training`` | training/train.py | release (card, push) |
 | ``metrics.json`` of an evaluation | ``eval`` | eval/run.py generate / score | compare, reproduce, release, Space |
 | ``merge_check.json`` | ``merge_check`` | release merge | release (card, push) |
+| ``release.json`` | ``release`` | release push | release (card, push again), Space |
 
 JSON records carry ``kind`` and ``schema`` (:data:`SCHEMA`). Files written before they did
 still load: their kind is told from their keys (a training record has ``train``/``history``,
-an eval record a ``dataset`` and ``generation``), and a reader asked for one kind refuses the
+an eval record a ``metrics`` object and neither), and a reader asked for one kind refuses the
 other in one line ("DIR/metrics.json is a training record (validation during training), not
 an eval record: ..."). train_config.yaml stays the plain resolved config (it is also a
 recipe: ``--config runs/x/train_config.yaml`` trains again), read into :class:`TrainConfigRecord`.
@@ -21,7 +22,8 @@ folders with other weights never share one.
 
 Every write goes through :func:`write_atomic`: a temporary file in the same folder, fsynced,
 renamed over the target (readers never see half a file), with the mode a plain ``open``
-would give under the current umask.
+would give under the current umask. Published files hold no path of the machine they were
+made on: :func:`scrub_paths` rewrites them when a release is assembled.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ SCHEMA = 1
 TRAIN_CONFIG = "train_config.yaml"
 METRICS = "metrics.json"
 MERGE_CHECK = "merge_check.json"
-
 RELEASE = "release.json"
 
 KIND_TRAINING = "training"
@@ -166,9 +167,11 @@ def kind_of(doc: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------- portability
-#: an absolute path (or ~/...) inside a string: not after a word character, a URL's "://",
-#: a dot or "<" (so "</s>", "a/b", "1/2" and URLs are left alone)
-_LOCAL_PATH = re.compile(r"(?<![\w:/.~<>-])(?:~/|/)[^\s'\"`,;()\[\]{}<>|]+")
+#: an absolute path (or ~/...) of two or more components inside a string: not after a word
+#: character, a URL's "://", a dot or "<" (so "</s>", "[/INST]", "a/b", "1/2" and URLs are
+#: left alone)
+_PART = r"[^\s/'\"`,;()\[\]{}<>|]+"
+_LOCAL_PATH = re.compile(rf"(?<![\w:/.~<>-])(?:~/{_PART}|/{_PART}/{_PART})(?:/{_PART})*/?")
 LOCAL = "<local>"
 
 

@@ -206,7 +206,8 @@ def generate_config(args: argparse.Namespace):
         load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code, family=args.family,
         prompt=args.prompt, image_longest_edge=args.image_longest_edge, image_splitting=args.image_splitting,
         dataset=args.dataset, split=args.split, max_images=args.max_images, images_dir=args.images_dir,
-        caption_transform=args.caption_transform, shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size, parallel_batches=args.parallel_batches,
+        caption_transform=args.caption_transform, shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size,
+        parallel_batches=args.parallel_batches,
         generation=settings, metrics=_metric_list(args.metrics), tokenize=not args.no_tokenize,
         report=not args.no_report, report_rows=args.report_rows, overwrite=args.overwrite,
         progress=not args.no_progress, out=Path(args.out))

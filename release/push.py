@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
-from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE, TRAIN_CONFIG,
-                                EvalRecord, TrainConfigRecord, kind_of, local_paths_in, model_fingerprint,
-                                read_json_file, read_record, replace_folder, scrub_paths, short, weights_fingerprint, write_atomic,
-                                write_json, write_record)
+from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE,
+                                TRAIN_CONFIG, EvalRecord, TrainConfigRecord, kind_of, local_paths_in,
+                                model_fingerprint, read_json_file, read_record, replace_folder, scrub_paths, short,
+                                weights_fingerprint, write_atomic, write_json, write_record)
 from release import card as card_mod
 from release import hub
 from release.compat import make_portable
@@ -220,8 +220,9 @@ def assemble(opts: PushOptions, dest: Path, log: Callable[[str], None] = print) 
              for p in local_tree(dest).values() if p.suffix in (".json", ".yaml", ".md", ".jinja", ".txt")}
     leaks = {k: v for k, v in leaks.items() if v}
     if leaks:  # every record was scrubbed: a path left is in a file this toolkit does not know
-        raise UserError(f"the release would publish local paths ({'; '.join(f'{k}: {v[0]}' for k, v in leaks.items())}"
-                        "): remove them from those files and push again")
+        shown = "; ".join(f"{k} holds {v[0]}" for k, v in leaks.items())
+        raise UserError(f"the release would publish paths of this machine ({shown}): remove them from that file in "
+                        f"{opts.adapter or opts.model} and push again")
     if not eval_files:
         log("no --eval folder: the card says the model was not evaluated")
     return dest
@@ -261,9 +262,9 @@ def make_release_portable(dest: Path, opts: PushOptions, inputs: card_mod.CardIn
 
     name, hub_id, base_fp, has_base = _release_base(opts)
     if opts.adapter is not None and not opts.merge and not hub_id:
-        raise UserError(f"{opts.adapter} is an adapter of a local model ({name}): an adapter release needs its base "
-                        "on the Hub. Publish the base first (release push --model BASE_DIR --repo-id ORG/BASE) and pass "
-                        "--base-repo-id ORG/BASE, or release the merged model (--merge)")
+        raise UserError(f"{opts.adapter} is an adapter of a local model ({name}): an adapter release needs its "
+                        "base on the Hub. Publish the base first (release push --model BASE_DIR --repo-id ORG/BASE) "
+                        "and pass --base-repo-id ORG/BASE, or release the merged model (--merge)")
     replace = {}
     if name and hub_id and name != hub_id:
         replace = {name: hub_id, str(Path(name).resolve()): hub_id}
@@ -278,7 +279,8 @@ def make_release_portable(dest: Path, opts: PushOptions, inputs: card_mod.CardIn
         write_atomic(dest / TRAIN_CONFIG, yaml.safe_dump(scrub_paths(cfg.doc, replace), sort_keys=False))
     local = has_base and not hub_id
     inputs = dataclasses.replace(
-        inputs, base_model=hub_id if has_base else inputs.base_model, base_fingerprint=base_fp or inputs.base_fingerprint,
+        inputs, base_model=hub_id if has_base else inputs.base_model,
+        base_fingerprint=base_fp or inputs.base_fingerprint,
         base_local=local or inputs.base_local, lineage=scrub_paths(inputs.lineage, replace),
         license_source=scrub_paths(inputs.license_source, replace), metrics=scrub_paths(inputs.metrics, replace),
         train_config=scrub_paths(inputs.train_config, replace), merge_check=scrub_paths(inputs.merge_check, replace))

@@ -116,3 +116,16 @@ def test_not_comparable_names_every_difference(tmp_path):
     assert not_comparable(a, EvalRecord(path=tmp_path / "b.json", doc=other)) == [
         "other references", "split val vs test", "caption transform linguistic_errors vs none", "n_images 8 vs 16",
         "not tokenized"]
+
+
+def test_scrub_paths_removes_local_paths_and_nothing_else():
+    from captioning.records import local_paths_in, scrub_paths
+
+    doc = {"model": "/home/me/runs/base", "cmd": "eval/run.py generate --model /tmp/a/runs/style --out runs/e",
+           "spice": "needs CoreNLP in /srv/venv/lib/spice/lib; not attempted", "home": "~/data/coco",
+           "kept": "</s> [/INST] https://huggingface.co/org/x a/b 1/2 <local>/x", "n": 3, "list": ["/x/y/"]}
+    out = scrub_paths(doc, {"/home/me/runs/base": "me/base"})
+    assert out == {"model": "me/base", "cmd": "eval/run.py generate --model <local>/style --out runs/e",
+                   "spice": "needs CoreNLP in <local>/lib; not attempted", "home": "<local>/coco",
+                   "kept": doc["kept"], "n": 3, "list": ["<local>/y"]}
+    assert local_paths_in(str(out)) == [] and local_paths_in(str(doc))

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
-from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord, kind_of, model_fingerprint,
-                                read_json_file, write_atomic, write_json, write_record)
+from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord, kind_of,
+                                model_fingerprint, read_json_file, write_atomic, write_json, write_record)
 from training.config import TrainConfig, changes, help_text, load_config
 
 PREDICTIONS = "val_predictions.json"
@@ -314,12 +314,13 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
                                          transform=transform, seed=cfg.optim.seed, cache=val_cache)
                if loss_set is not None else None)
     evaluator = None
+    # validation scores against the references rewritten as the targets are (a style fine-tune
+    # is measured in its style); the record says which
+    gen_refs = gen_set.with_caption_transform(d.caption_transform) if gen_set is not None else None
     if gen_set is not None:
         evaluator = CaptionEvaluator(
-            gen_set, gen_set.with_caption_transform(d.caption_transform).references_coco(), family=family,
-            processor=processor,
-            prompt=d.prompt, settings=GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens,
-                                                         num_beams=cfg.eval.num_beams),
+            gen_set, gen_refs.references_coco(), family=family, processor=processor, prompt=d.prompt,
+            settings=GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams),
             metrics=cfg.eval.metrics, batch_size=cfg.eval.batch_size,
             scorer_factory=(lambda: scorer) if scorer is not None else None, base_ref=loaded.base_ref)
 
@@ -406,8 +407,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
                 "metrics": val_metrics,
                 "unavailable": {},
                 "n_images": len(gen_set) if gen_set is not None else 0,
-                "dataset": gen_set.with_caption_transform(d.caption_transform).describe() if gen_set is not None
-                else None,
+                "dataset": gen_refs.describe() if gen_refs is not None else None,
                 "loss_dataset": loss_set.describe() if loss_set is not None else None,
                 "train_dataset": train_set.describe(),
                 "model": {"id": loaded.base_ref, "revision": cfg.model.revision, "family": family.name,

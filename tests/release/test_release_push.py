@@ -268,8 +268,8 @@ def test_adapter_release_and_release_folder_pushed_again(adapters, merged, relea
     assert re.sub(r"\s+", " ", buf.getvalue()).strip() == prerelease_captions["blip"][0]
 
     first = tmp_path / "first"
-    r, text = run("push", "--repo-id", "ns/b", "--model", merged["blip"], "--eval", eval_dir(tmp_path, merged["blip"]), "--to-dir",
-                  first)
+    r, text = run("push", "--repo-id", "ns/b", "--model", merged["blip"], "--eval", eval_dir(tmp_path, merged["blip"]),
+                  "--to-dir", first)
     assert r.exit_code == 0, text
     again = tmp_path / "again"
     r, text = run("push", "--repo-id", "ns/b", "--model", first, "--to-dir", again)
