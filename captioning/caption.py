@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
+from captioning.images import MAX_PIXELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m captioning.caption", description=__doc__,
+    parser = ArgumentParser(prog="python -m captioning.caption", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--model", required=True, help="hub id or local folder")
@@ -27,13 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help=f"refuse images over this many pixels (default {MAX_PIXELS:,})")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow models that ship their own code (never on by default)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
+    argv, debug = pop_debug(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
+        return int(exc.code or 0)
+
+    def run() -> None:
         from captioning.generation import GenerationSettings, caption_images
         from captioning.images import load_image
         from captioning.loading import load_captioner
@@ -41,19 +49,23 @@ def main(argv: list[str] | None = None) -> int:
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                                       num_captions=args.num_captions, do_sample=args.sample,
                                       temperature=args.temperature, top_p=args.top_p)
-        images = [load_image(p) for p in args.images]
+        if args.max_pixels < 1:
+            raise UserError("--max-pixels must be a positive number of pixels")
+        images = [load_image(p, max_pixels=args.max_pixels) for p in args.images]
         cap = load_captioner(args.model, revision=args.revision, adapter=args.adapter, dtype=args.dtype,
                              device=args.device, trust_remote_code=args.trust_remote_code)
         results = caption_images(cap, images, args.prompt, settings, batch_size=args.batch_size)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for path, caps in zip(args.images, results):
-        for c in caps:
-            print(f"{path}\t{c}")
-    return 0
+        for path, caps in zip(args.images, results):
+            for c in caps:
+                print(f"{path}\t{printable(c)}")
+
+    return guarded(run, debug=debug)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an untrained model's BEL or
+    ESC, a tab that would break the tab-separated output) shown escaped, as Python writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

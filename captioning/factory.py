@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
+from captioning.records import check_writable
 
 SIZES = ("tiny", "real")
 
@@ -262,15 +264,20 @@ def count_parameters(model, family=None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m captioning.factory", description=__doc__,
+    parser = ArgumentParser(prog="python -m captioning.factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=sorted(BUILDERS))
     parser.add_argument("--size", default="tiny", choices=SIZES)
     parser.add_argument("--out", help="folder to save into (required unless --params-only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--params-only", action="store_true", help="build in memory and print parameter counts")
-    args = parser.parse_args(argv)
+    argv, debug = pop_debug(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
+        return int(exc.code or 0)
+
+    def run() -> None:
         from captioning.families import get_family
 
         import torch
@@ -285,15 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.params_only:
             if not args.out:
                 raise UserError("--out is required (or pass --params-only)")
-            out = Path(args.out)
+            out = check_writable(args.out, "--out")
             out.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(out)
             processor.save_pretrained(out)
             print(f"saved {args.size} {args.family} to {out}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(run, debug=debug)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ A split whose annotation file already matches the requested settings is skipped.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pathlib
@@ -30,8 +29,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import write_atomic
+from captioning.records import check_writable, write_atomic
 
 # Bump whenever any output byte could change for the same settings: it is part of
 # the "already generated?" check, so old outputs get regenerated instead of reused.
@@ -324,6 +324,7 @@ def _generate(out_dir, seed: int, counts: dict[str, int], size: int) -> tuple[pa
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a directory (it is created if missing)")
+    check_writable(out, "--out")
     try:
         (out / "annotations").mkdir(parents=True, exist_ok=True)
         for split, count in counts.items():
@@ -337,36 +338,32 @@ def _generate(out_dir, seed: int, counts: dict[str, int], size: int) -> tuple[pa
     return out, skipped
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print usage and exit; we want one line + 2
-        raise UserError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 on success, 2 on a user mistake (one line on stderr)."""
-    parser = _Parser(prog="python -m captioning.shapes",
-                     description="Write the synthetic shapes captioning dataset (COCO format).")
+    parser = ArgumentParser(prog="python -m captioning.shapes",
+                            description="Write the synthetic shapes captioning dataset (COCO format).")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     parser.add_argument("--train", type=int, default=1000, help="number of train images")
     parser.add_argument("--val", type=int, default=100, help="number of val images")
     parser.add_argument("--test", type=int, default=100, help="number of test images")
     parser.add_argument("--size", type=int, default=64, help=f"image side in pixels (>= {MIN_SIZE})")
+    argv, debug = pop_debug(argv)
     try:
         args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
+        return int(exc.code or 0)
+
+    def run() -> None:
         start = time.perf_counter()
         out, skipped = _generate(args.out, args.seed,
                                  {"train": args.train, "val": args.val, "test": args.test}, args.size)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    print(f"wrote {args.train} train, {args.val} val, {args.test} test images "
-          f"({args.size} px, seed {args.seed}, 5 captions each) to {out} "
-          f"in {time.perf_counter() - start:.1f}s"
-          + (f" (already up to date: {', '.join(skipped)})" if skipped else ""))
-    return 0
+        print(f"wrote {args.train} train, {args.val} val, {args.test} test images "
+              f"({args.size} px, seed {args.seed}, 5 captions each) to {out} "
+              f"in {time.perf_counter() - start:.1f}s"
+              + (f" (already up to date: {', '.join(skipped)})" if skipped else ""))
+
+    return guarded(run, debug=debug)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 from captioning.data import CAPTION_TRANSFORMS  # noqa: E402
+from captioning.images import MAX_PIXELS  # noqa: E402
+from captioning.cli import ArgumentParser, guarded, pop_debug  # noqa: E402
 from captioning.errors import UserError  # noqa: E402
-from captioning.records import KIND_EVAL, write_json, write_record  # noqa: E402
+from captioning.records import KIND_EVAL, check_writable, write_json, write_record  # noqa: E402
 
 PROG = "python eval/run.py"
 
@@ -63,19 +65,12 @@ def _positive_or_auto(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, at least 1, or auto") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
-
-
 # --------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     # ---- score
     p = sub.add_parser("score", help="COCO caption metrics of a predictions file",
@@ -89,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the strings as given instead of PTB-tokenizing them first")
     p.add_argument("--metrics", nargs="+", help="only these (Bleu_1..Bleu_4 or Bleu, METEOR, ROUGE_L, CIDEr, "
                                                  "SPICE); default all")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="score an empty caption as one that matches nothing (all its scores 0) instead of refusing")
     p.add_argument("--allow-missing", action="store_true",
                    help="score only the images that have a prediction (numbers then differ from full-set ones)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     # ---- generate
     p = sub.add_parser("generate", help="caption a dataset split, then score it",
@@ -124,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models that ship their own code (never on by default)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     # ---- compare
     p = sub.add_parser("compare", help="several runs' metrics in one table",
@@ -133,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_OR_METRICS", help="run folders or metrics.json files")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.add_argument("--metrics", nargs="+", help="only these columns")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -162,6 +156,12 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shuffle", action="store_true", help="a seeded random selection instead of the first N")
     g.add_argument("--seed", type=int, default=0, help="seeds --shuffle and --sample (default 0)")
     g.add_argument("--images-dir", help="images folder for COCO json datasets")
+    g.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
+                   help=f"refuse images over this many pixels (a decompression-bomb guard; default {MAX_PIXELS:,})")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="caption around images that cannot be read: each is listed with its reason in metrics.json "
+                        "and the report, and n_images counts the scored ones (default: stop at the first, naming "
+                        "it; the run resumes once it is fixed)")
     g.add_argument("--caption-transform", default="none", choices=list(CAPTION_TRANSFORMS),
                    help="score against references rewritten by this transform (a style fine-tune against "
                         "references in its style: the training's data.caption_transform); recorded in metrics.json")
@@ -189,7 +189,6 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="report.html shows this many worst and best images (default 100)")
     g.add_argument("--overwrite", action="store_true", help="discard what --out holds (journal, results)")
     g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def generate_config(args: argparse.Namespace):
@@ -206,8 +205,9 @@ def generate_config(args: argparse.Namespace):
         load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code, family=args.family,
         prompt=args.prompt, image_longest_edge=args.image_longest_edge, image_splitting=args.image_splitting,
         dataset=args.dataset, split=args.split, max_images=args.max_images, images_dir=args.images_dir,
-        caption_transform=args.caption_transform, shuffle=args.shuffle, seed=args.seed, batch_size=args.batch_size,
-        parallel_batches=args.parallel_batches,
+        caption_transform=args.caption_transform, skip_bad_images=args.skip_bad_images,
+        max_pixels=args.max_pixels, shuffle=args.shuffle,
+        seed=args.seed, batch_size=args.batch_size, parallel_batches=args.parallel_batches,
         generation=settings, metrics=_metric_list(args.metrics), tokenize=not args.no_tokenize,
         report=not args.no_report, report_rows=args.report_rows, overwrite=args.overwrite,
         progress=not args.no_progress, out=Path(args.out))
@@ -224,17 +224,22 @@ def cmd_score(args: argparse.Namespace, *, scorer: Any = None, command: str | No
     for flag, value in (("--out", args.out), ("--per-image", args.per_image)):
         if value and Path(value).is_dir():  # checked before scoring, which can take minutes
             raise UserError(f"{flag} {value} is a folder: pass a file name such as {Path(value) / 'metrics.json'}")
+        if value:
+            check_writable(Path(value).parent, flag)
     refs = scoring.load_json(args.references, "references")
     preds = scoring.load_json(args.predictions, "predictions")
     result = scoring.score(refs, preds, tokenize=not args.no_tokenize, metrics=_metric_list(args.metrics),
-                           allow_missing=args.allow_missing, scorer=scorer)
+                           allow_missing=args.allow_missing, allow_empty=args.allow_empty, scorer=scorer)
     print(scoring.format_table(result))
     if result.get("scored_subset"):
         print(f"note: --allow-missing: scored only the {result['n_images']} images that have a prediction")
+    if result["empty_captions"]:
+        print(f"note: --allow-empty: {len(result['empty_captions'])} empty caption(s) scored as matching nothing")
     if args.out:
         record = {
             "metrics": result["metrics"], "unavailable": result.get("unavailable", {}),
             "extras": result.get("extras", {}), "n_images": result["n_images"],
+            "empty_captions": result["empty_captions"],
             "dataset": {"source": str(Path(args.references).resolve()), "split": None,
                         "hash": references_hash(refs)},
             "predictions": str(Path(args.predictions).resolve()),
@@ -305,20 +310,13 @@ def main(argv: Sequence[str] | None = None, *, scorer: Any = None) -> int:
     reuse (tests and long-lived callers), so METEOR's JVM starts once."""
     from eval.provenance import command_line
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = pop_debug(argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else 2
-    try:
-        return COMMANDS[args.command](args, scorer=scorer, command=command_line(argv, PROG))
-    except UserError as e:
-        if args.debug:
-            raise
-        message = " ".join(str(e).split())  # one line, whatever the message held
-        prefix = "cannot reproduce: " if args.command == "reproduce" else ""
-        print(f"error: {prefix}{message}", file=sys.stderr)
-        return 2
+    return guarded(lambda: COMMANDS[args.command](args, scorer=scorer, command=command_line(argv, PROG)),
+                   debug=debug, prefix="cannot reproduce: " if args.command == "reproduce" else "")
 
 
 if __name__ == "__main__":

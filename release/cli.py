@@ -18,9 +18,8 @@ from pathlib import Path
 
 import click
 
-from captioning.errors import UserError
+from captioning.cli import DEBUG_FLAG, one_line, user_message
 
-DEBUG_FLAG = "--debug"
 
 
 def _quiet_libraries() -> None:
@@ -55,10 +54,13 @@ class ReleaseGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as e:
-            if ctx.meta.get("release.debug"):
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - captioning.cli decides what is a user's mistake
+            message = user_message(e)
+            if message is None or ctx.meta.get("release.debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {one_line(message)}", err=True)
             ctx.exit(2)
 
 

@@ -62,8 +62,9 @@ _make_captioning_importable()
 import gradio as gr  # noqa: E402
 import yaml  # noqa: E402
 
+from captioning.cli import ArgumentParser, guarded, pop_debug  # noqa: E402
 from captioning.errors import UserError  # noqa: E402
-from captioning.images import MAX_PIXELS, load_image  # noqa: E402
+from captioning.images import load_image  # noqa: E402
 from captioning.records import (KIND_RELEASE, LOCAL, METRICS, RELEASE, TRAIN_CONFIG, EvalRecord,  # noqa: E402
                                 TrainConfigRecord, read_record, weights_fingerprint, write_atomic)
 
@@ -88,6 +89,9 @@ DEFAULT_MAX_LOADED = 4
 #: processors shrink to <= 2048 px (SmolVLM with splitting) anyway, and a 50 MP photo
 #: would otherwise cost seconds of resizing per request
 DOWNSCALE_PIXELS = 2048 * 2048
+#: uploads over this are refused: a public server needs a tighter bomb guard than a laptop
+#: (captioning.images.MAX_PIXELS); a 48 MP phone photo (8064 x 6048) still passes
+SPACE_MAX_PIXELS = 50_000_000
 MAX_NEW_TOKENS = 128
 MAX_BEAMS = 8
 MAX_VARIATIONS = 5
@@ -621,8 +625,12 @@ def _user_error(e: Exception) -> gr.Error:
 class Limits:
     """Image limits applied to every input (uploads, webcam, paste, zip members)."""
 
-    max_pixels: int | None = MAX_PIXELS
+    max_pixels: int | None = SPACE_MAX_PIXELS
     downscale_pixels: int | None = DOWNSCALE_PIXELS
+
+    def __post_init__(self):
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UserError(f"--max-pixels must be a positive number of pixels, got {self.max_pixels}")
 
 
 class CaptionSpace:
@@ -1150,7 +1158,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
 # ----------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python space/app.py", description=__doc__,
+    parser = ArgumentParser(prog="python space/app.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated hub ids or folders (default: $CAPTION_MODELS, "
                                           "then space/models.yaml)")
@@ -1164,16 +1172,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPUs, fp32 on CPU), fp32, bf16, fp16")
     parser.add_argument("--concurrency", type=int, default=2, help="requests worked on at once")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before new ones are refused")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-pixels", type=int,
+                        default=int(os.environ.get("CAPTION_MAX_PIXELS", SPACE_MAX_PIXELS)),
+                        help=f"refuse uploads over this many pixels (default: $CAPTION_MAX_PIXELS, else "
+                             f"{SPACE_MAX_PIXELS:,}); larger-than-needed images are downscaled before captioning")
+    argv, debug = pop_debug(argv)
     try:
-        demo = build_demo(configured_models(args.models), max_loaded=args.max_loaded, device=args.device,
-                          dtype=args.dtype, concurrency_limit=args.concurrency, max_queue=args.max_queue)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
+        return int(exc.code or 0)
+    built = []
+    rc = guarded(lambda: built.append(build_demo(
+        configured_models(args.models), max_loaded=args.max_loaded, device=args.device, dtype=args.dtype,
+        limits=Limits(max_pixels=args.max_pixels), concurrency_limit=args.concurrency, max_queue=args.max_queue)),
+        debug=debug)
+    if rc:
+        return rc
+    demo = built[0]
     print(f"serving {len(demo.caption_space.infos)} model(s) on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           flush=True)
     try:

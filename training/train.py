@@ -23,9 +23,11 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord, kind_of,
-                                model_fingerprint, read_json_file, write_atomic, write_json, write_record)
+from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord,
+                                check_writable, kind_of, model_fingerprint, read_json_file, write_atomic, write_json,
+                                write_record)
 from training.config import TrainConfig, changes, help_text, load_config
 
 PREDICTIONS = "val_predictions.json"
@@ -127,6 +129,8 @@ def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """``key: old -> new`` for the settings ``cfg`` changes against the run being resumed;
     a UserError naming the first setting that cannot take effect on resume."""
     found = changes(saved, cfg.to_dict())
+    # a key the saved config lacks is a setting a newer toolkit added: it runs at its default
+    found = [(k, a, b) for k, a, b in found if _has_key(saved, k)]
     fixed = [(k, a, b) for k, a, b in found if not (k in RESUME_SAFE or k.startswith(RESUME_SAFE[-1]))]
     if fixed:
         shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in fixed)
@@ -135,6 +139,14 @@ def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
                         f"as trained, or start a new run in another --output-dir. Settings a resume can change: "
                         f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}")
     return [f"{k}: {a!r} -> {b!r}" for k, a, b in found]
+
+
+def _has_key(tree: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def finished_run(out: Path, cfg: TrainConfig) -> TrainingRecord | None:
@@ -149,6 +161,14 @@ def finished_run(out: Path, cfg: TrainConfig) -> TrainingRecord | None:
     return TrainingRecord.read(out / METRICS)
 
 
+def failed_start(out: Path) -> bool:
+    """True when ``out`` holds only what a run that failed before its first checkpoint left
+    (checkpoints/ with no checkpoint in it, TensorBoard logs): nothing worth keeping, and
+    nothing that should make the next run ask for --output.overwrite."""
+    children = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    return bool(children) and children <= {CHECKPOINTS, LOGS} and not list_checkpoints(out / CHECKPOINTS)
+
+
 def _looks_like_run(out: Path) -> bool:
     return (out / CHECKPOINTS).is_dir() or (out / TRAIN_CONFIG).is_file() or (out / METRICS).is_file()
 
@@ -161,6 +181,8 @@ def check_output(out: Path, cfg: TrainConfig, resume: bool | str) -> bool:
     if out.exists() and not out.is_dir():
         raise UserError(f"output.dir {out} is a file: pass a folder")
     if out.is_dir() and any(out.iterdir()):
+        if failed_start(out):
+            return True  # an earlier start that failed before its first checkpoint: start over
         if not cfg.output.overwrite:
             raise UserError(f"output.dir {out} already holds files: pass --resume to continue that run, "
                             "--output.overwrite to replace it, or another --output-dir")
@@ -241,6 +263,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
             "file changed; pass a larger --optim.max_steps or --optim.epochs to train on")
         return out
     clear = check_output(out, cfg, resume)  # every process checks before anything is deleted
+    check_writable(out, "output.dir")  # before the model loads
     state.wait_for_everyone()
     if clear and is_main:
         clear_output(out)
@@ -277,20 +300,27 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
         resumed.append({"from_step": step, "changes": changed})
         if changed:
             say(f"resuming at step {step} with changed settings: " + "; ".join(changed))
-    if is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(ckpt_dir / TRAIN_CONFIG, cfg.to_yaml())
 
     # ---- data
     d = cfg.data
     transform = caption_transform(d.caption_transform)
     train_set = load_captions(d.source, d.train_split, max_samples=d.max_train_samples, shuffle=d.shuffle,
-                              seed=cfg.optim.seed, images_dir=d.images_dir)
+                              seed=cfg.optim.seed, images_dir=d.images_dir).with_max_pixels(d.max_pixels)
     val_set = None
     if cfg.eval.enabled:
         # only the first images are ever used: do not read (or download) the whole split
         need = None if cfg.eval.loss_samples is None else max(cfg.eval.loss_samples, cfg.eval.generate_samples)
-        val_set = load_captions(d.source, d.val_split, max_samples=need, images_dir=d.images_dir)
+        val_set = load_captions(d.source, d.val_split, max_samples=need, images_dir=d.images_dir).with_max_pixels(
+            d.max_pixels)
+    skipped = []
+    if d.skip_bad_images:
+        train_set, skipped = train_set.without_bad_images()
+        if val_set is not None:
+            val_set, bad_val = val_set.without_bad_images()
+            skipped += bad_val
+        if skipped:
+            say(f"data.skip_bad_images: left out {len(skipped)} unreadable image(s), first: {skipped[0]['file']}: "
+                f"{skipped[0]['reason']} (all listed in metrics.json)")
     loss_set = val_set[:cfg.eval.loss_samples] if val_set is not None else None
     gen_set = val_set[:cfg.eval.generate_samples] if val_set is not None and cfg.eval.generate_samples else None
     train_cache = val_cache = None
@@ -324,7 +354,11 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
             metrics=cfg.eval.metrics, batch_size=cfg.eval.batch_size,
             scorer_factory=(lambda: scorer) if scorer is not None else None, base_ref=loaded.base_ref)
 
-    # ---- the Trainer
+    # ---- the Trainer (the output folder is written from here on: a start that failed on the
+    # model or the data above left nothing behind)
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(ckpt_dir / TRAIN_CONFIG, cfg.to_yaml())
     e, o, op = cfg.eval, cfg.output, cfg.optim
     eval_strategy = "no" if not e.enabled else ("steps" if e.every_steps else "epoch")
     if o.save_every_steps:
@@ -423,6 +457,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
                          "checkpoint": trainer.state.best_model_checkpoint} if e.enabled else None,
                 "history": history,
                 "resumed": resumed,
+                "skipped_images": skipped,
                 "versions": library_versions(),
                 "command": command,
                 "created": utc_now(),
@@ -499,21 +534,18 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     command = "python -m training.train " + shlex.join(args)
-    debug = _pop_flag(args, "--debug")
+    args, debug = pop_debug(args)
     print_only = _pop_flag(args, "--print-config")
-    try:
+
+    def run() -> None:
         resume = _pop_resume(args)
         cfg = load_config(args)
         if print_only:
             print(cfg.to_yaml().rstrip())
-            return 0
+            return
         train(cfg, resume=resume, command=command)
-    except UserError as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(run, debug=debug)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""The one place an entry point turns a user's mistake into a message.
+
+Every command (eval/run.py, training.train, release, captioning.caption, captioning.factory,
+captioning.shapes, space/app.py) runs its work through :func:`guarded`:
+
+- a :class:`~captioning.errors.UserError`, or an ``OSError`` about a path (permission denied,
+  read-only place, a file where a folder must be, no space left, a name too long) becomes
+  one line ``error: ...`` on stderr and exit code 2;
+- Ctrl-C becomes ``interrupted`` and exit code 130 (long runs keep their journal or
+  checkpoints and resume);
+- ``--debug``, anywhere on the command line of any entry point, shows the traceback instead.
+
+Anything else is a bug of the toolkit and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from captioning.errors import UserError
+
+DEBUG_FLAG = "--debug"
+
+# Importing bitsandbytes (peft and transformers do, whether or not anything is quantized) on a
+# CPU with AVX512-BF16 asks the Hub for an optional 4-bit CPU kernel; offline that fails with
+# two warnings on every command, and bitsandbytes falls back to its own kernel anyway. Every
+# entry point imports this module first; only those two loggers are raised to ERROR.
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+# peft calls a transformers method that transformers 5 deprecates: their matter, not the user's
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+_OS_REASONS = {
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "a file stands where a folder must be", errno.EISDIR: "is a folder, not a file",
+    errno.ENOENT: "no such file or folder", errno.ENAMETOOLONG: "name too long", errno.EEXIST: "already exists",
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (``error: PROG: ...``) and exit code 2 like
+    every other error, instead of the usage text plus a message."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def one_line(message: object) -> str:
+    """``message`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(str(message).split())
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The message to show for ``exc`` when a user can fix it, else None (a bug: traceback)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _OS_REASONS and (exc.filename or exc.errno == errno.ENOSPC):
+        where = f"{exc.filename}: " if exc.filename else ""
+        advice = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EACCES: "pick a place you "
+                  "can write to", errno.EPERM: "pick a place you can write to", errno.EROFS: "pick a place you can "
+                  "write to"}.get(exc.errno, "pick another path")
+        return f"{where}{_OS_REASONS[exc.errno]}; {advice}"
+    return None
+
+
+def pop_debug(argv: Sequence[str] | None) -> tuple[list[str], bool]:
+    """(``argv`` without ``--debug``, whether it was there); argv None means sys.argv[1:]."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return [a for a in args if a != DEBUG_FLAG], DEBUG_FLAG in args
+
+
+def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str = "") -> int:
+    """Run ``body`` and return its exit code (None counts as 0); a user's mistake is one line
+    on stderr and code 2, Ctrl-C code 130. ``prefix`` goes before the message."""
+    try:
+        rc = body()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - only a user's mistake is turned into a message
+        message = user_message(e)
+        if message is None or debug:
+            raise
+        print(f"error: {prefix}{one_line(message)}", file=sys.stderr)
+        return 2
+    return 0 if rc is None else int(rc)
