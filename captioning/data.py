@@ -129,6 +129,8 @@ class CaptionExample:
     image_source: Any = field(default=None, repr=False, compare=False)
     """Where the pixels are: a Path, encoded bytes, a PIL image, or a zero-argument callable
     returning one of those (hub rows are fetched from Arrow only when asked)."""
+    max_pixels: int | None = field(default=images.MAX_PIXELS, repr=False, compare=False)
+    """Refuse images larger than this (a decompression-bomb guard; see CaptionDataset.with_max_pixels)."""
 
     @property
     def image_path(self) -> Path | None:
@@ -148,6 +150,7 @@ class CaptionExample:
         if source is None:
             raise images.ImageError(f"{label}: this example has no image data")
         kw.setdefault("name", str(source) if isinstance(source, Path) else label)
+        kw.setdefault("max_pixels", self.max_pixels)
         return images.load_image(source, **kw)
 
 
@@ -228,6 +231,27 @@ class CaptionDataset(Sequence[CaptionExample]):
         return CaptionDataset([dataclasses.replace(ex, references=[fn(r) for r in ex.references])
                                for ex in self._examples], source=self.source, split=self.split,
                               caption_transform=name)
+
+    def with_max_pixels(self, max_pixels: int | None) -> CaptionDataset:
+        """The same examples, refusing images over ``max_pixels`` pixels (None: only PIL's own
+        limit) when they are decoded."""
+        if max_pixels is not None and max_pixels < 1:
+            raise UserError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+        return CaptionDataset([dataclasses.replace(ex, max_pixels=max_pixels) for ex in self._examples],
+                              source=self.source, split=self.split, caption_transform=self.caption_transform)
+
+    def without_bad_images(self) -> tuple[CaptionDataset, list[dict]]:
+        """(the examples whose image decodes, [{"image_id", "file", "reason"} for the others]):
+        every image is decoded once, so a long run can skip unreadable ones up front."""
+        good, bad = [], []
+        for ex in self._examples:
+            try:
+                ex.load_image()
+                good.append(ex)
+            except images.ImageError as e:
+                bad.append({"image_id": ex.image_id, "file": ex.file_name, "reason": " ".join(str(e).split())})
+        return CaptionDataset(good, source=self.source, split=self.split,
+                              caption_transform=self.caption_transform), bad
 
     def references_coco(self) -> dict:
         """COCO caption annotations for scoring: ``{"images": [...], "annotations": [...]}``.

@@ -25,9 +25,11 @@ from captioning.errors import UserError
 __all__ = ["MAX_PIXELS", "ImageError", "ImageSource", "load_image"]
 
 #: Default pixel limit (width * height) above which an image is refused as a likely
-#: decompression bomb: 40 MP covers every real photo (a 50 MP camera is 8688 x 5792 = 50 MP,
-#: so raise it for those) while refusing the 100k x 100k PNGs that exhaust memory.
-MAX_PIXELS = 40_000_000
+#: decompression bomb: 150 MP covers real photos (a 48 MP phone is 8064 x 6048, a 102 MP
+#: medium-format camera 11648 x 8736; 450 MB decoded) while refusing the 100k x 100k PNGs
+#: that exhaust memory. Every entry point can set it (--max-pixels, data.max_pixels); above
+#: ~179 MP Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS) refuses first.
+MAX_PIXELS = 150_000_000
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 
@@ -161,7 +163,7 @@ def _prepare(
     if max_pixels is not None and pixels > max_pixels:
         raise ImageError(
             f"{label}: image is {width}x{height} = {pixels:,} pixels, over the limit of "
-            f"{max_pixels:,} (max_pixels); shrink the image or raise max_pixels"
+            f"{max_pixels:,}; shrink the image or raise the limit (--max-pixels, or data.max_pixels in a recipe)"
         )
     target = _fit_size(width, height, downscale_pixels)
     try:
@@ -297,8 +299,8 @@ def _bomb_error(label: str, exc: BaseException, max_pixels: int | None) -> Image
     size = f"{int(match.group(1)):,} pixels" if match else "too large"
     if max_pixels is not None and (Image.MAX_IMAGE_PIXELS is None or max_pixels <= 2 * Image.MAX_IMAGE_PIXELS):
         return ImageError(
-            f"{label}: image is {size}, over the limit of {max_pixels:,} (max_pixels); "
-            "shrink the image or raise max_pixels"
+            f"{label}: image is {size}, over the limit of {max_pixels:,} pixels; "
+            "shrink the image or raise the limit (--max-pixels, or data.max_pixels in a recipe)"
         )
     return ImageError(
         f"{label}: image is {size}, over Pillow's own limit of "

@@ -38,9 +38,21 @@ def pick_device(device: str | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as e:
         raise UserError(f"--device {device!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)") from e
+    # checked here, before any loading: torch would fail later, deep inside a model's .to()
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build that finds no GPU"
+            raise UserError(f"--device {device}: no CUDA GPU here (torch {torch.__version__} is {build}); "
+                            "use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"numbered from 0")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device}: MPS (Apple GPU) is not available here; use --device cpu or auto")
+    return dev
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -154,6 +166,10 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
                                 f"--adapter {adapter_dir}")
     if not Path(base).is_dir():
         ensure_hub_reachable(base, revision=revision)
+    elif not (Path(base) / "config.json").is_file():
+        what = "" if base == model else f"the base named in {adapter_dir}/adapter_config.json, "
+        raise UserError(f"{what}{base}: no config.json there, so it is not a saved model; pass the folder that "
+                        "save_pretrained() or training/train.py wrote (or a hub id)")
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
@@ -186,7 +202,12 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     if adapter_dir is not None:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, str(adapter_dir))
+        try:
+            net = PeftModel.from_pretrained(net, str(adapter_dir))
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:  # peft's "modules not found", size mismatch
+            first = " ".join(str(e).split())[:200]
+            raise UserError(f"the adapter {adapter_dir} does not fit the base {base} ({type(e).__name__}: {first}); "
+                            "pass the base it was trained on (its adapter_config.json names it)") from e
     if not load_in_4bit:
         net = net.to(dev)
     net.eval()

@@ -111,6 +111,27 @@ def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def check_writable(folder: str | os.PathLike, flag: str) -> Path:
+    """Prove that ``folder`` can be created (or written, if it exists) before the work whose
+    results go there starts, leaving nothing behind; a UserError naming ``flag`` otherwise
+    (a file in the way, a read-only place, no permission)."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder; pick another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or e.__class__.__name__
+        raise UserError(f"{flag} {folder}: cannot write in {existing} ({reason}); pick a folder you can write "
+                        "to") from None
+    return folder
+
+
 def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
     """JSON text as every record is written (UTF-8, not ASCII-escaped, newline at the end)."""
     return json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"

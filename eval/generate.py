@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 
 from captioning.errors import UserError
 from captioning.generation import GenerationSettings, check_parallel_batches
-from captioning.records import KIND_EVAL, METRICS, EvalRecord, write_json, write_record
+from captioning.images import MAX_PIXELS
+from captioning.records import KIND_EVAL, METRICS, EvalRecord, check_writable, write_json, write_record
 
 JOURNAL = "predictions.partial.jsonl"
 JOURNAL_VERSION = 1
@@ -65,6 +66,11 @@ class GenerateConfig:
     caption_transform: str = "none"
     shuffle: bool = False
     seed: int = 0
+    #: caption around images that cannot be read (recorded with the reason, not scored);
+    #: off: the first one stops the run, naming the file (the journal keeps what was done)
+    skip_bad_images: bool = False
+    #: refuse images larger than this many pixels (a decompression-bomb guard; None: Pillow's own)
+    max_pixels: int | None = MAX_PIXELS
     batch_size: int = 8
     #: batches captioned at once ("auto": two on a CPU, one on a GPU); speed only, never captions
     parallel_batches: int | str = "auto"
@@ -300,10 +306,16 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a folder")
+    if procs.main:
+        check_writable(out, "--out")  # before the model loads and hours of captioning start
 
     dataset = load_captions(cfg.dataset, cfg.split, max_samples=cfg.max_images, shuffle=cfg.shuffle,
-                            seed=cfg.seed, images_dir=cfg.images_dir).with_caption_transform(cfg.caption_transform)
+                            seed=cfg.seed, images_dir=cfg.images_dir).with_caption_transform(
+        cfg.caption_transform).with_max_pixels(cfg.max_pixels)
     ids = [ex.image_id for ex in dataset]
+    if cfg.max_images is not None and len(ids) < cfg.max_images and procs.main:
+        log(f"note: --max-images {cfg.max_images}, but split {cfg.split!r} of {cfg.dataset} holds {len(ids)} "
+            f"images: captioning all {len(ids)} (metrics.json records n_images {len(ids)})")
     if len(set(map(repr, ids))) != len(ids):
         raise UserError(f"{cfg.dataset}: split {cfg.split!r} lists an image id twice; fix the annotations")
     device = cfg.device
@@ -360,10 +372,22 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
             # journal batch b is images b*B ..; the last ones may run as smaller pieces (plan_batches)
             pieces = plan_batches([[(b, i) for i in range(b * B, min((b + 1) * B, len(ids)))] for b in mine], lanes)
 
-            def caption_piece(piece: list[tuple[int, int]]) -> tuple[int, list[str]]:
-                images = [dataset[i].load_image() for _, i in piece]
-                return piece[0][0], [c[0] for c in caption_images(captioner, images, None, cfg.generation,
-                                                                  batch_size=len(images), parallel_batches=1)]
+            def caption_piece(piece: list[tuple[int, int]]) -> tuple[int, list[str | dict]]:
+                # a journal entry is the caption, or {"skipped": reason} for an unreadable image
+                images, slots = [], []
+                for _, i in piece:
+                    try:
+                        images.append(dataset[i].load_image())
+                        slots.append(None)
+                    except UserError as e:
+                        if not cfg.skip_bad_images:
+                            raise UserError(f"{e} (pass --skip-bad-images to caption around it; this run resumes "
+                                            "where it stopped once the file is fixed)") from None
+                        slots.append({"skipped": " ".join(str(e).split())})
+                caps = iter([c[0] for c in caption_images(captioner, images, None, cfg.generation,
+                                                          batch_size=len(images), parallel_batches=1)]
+                            if images else [])
+                return piece[0][0], [next(caps) if s is None else s for s in slots]
 
             got: list[str] = []
             try:
@@ -385,33 +409,38 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     n_new = 0 if finished is not None else len(ids) - n_resumed  # all shards together
 
     if finished is not None:
-        predictions = finished
+        predictions, skipped = finished
         log(f"generate: {out / PREDICTIONS} already holds this run's predictions; scoring them again")
     else:
         done, _ = _load_done(out, fp, settings, batches)
         missing = [b for b in range(len(batches)) if b not in done]
         if missing:  # a process died without raising; never write a partial predictions.json
             raise RuntimeError(f"batches {missing[:5]} were not captioned; run the same command again to finish")
-        predictions = [{"image_id": ex.image_id, "caption": cap}
-                       for ex, cap in zip(dataset, (c for b in range(len(batches)) for c in done[b]))]
+        entries = list(zip(dataset, (c for b in range(len(batches)) for c in done[b])))
+        predictions = [{"image_id": ex.image_id, "caption": cap} for ex, cap in entries if isinstance(cap, str)]
+        skipped = [{"image_id": ex.image_id, "file": ex.file_name, "reason": cap["skipped"]}
+                   for ex, cap in entries if isinstance(cap, dict)]
         write_json(out / PREDICTIONS, predictions)
+    if skipped:
+        log(f"note: --skip-bad-images: {len(skipped)} of {len(ids)} images could not be read and were not scored "
+            f"(listed under skipped_images in metrics.json), first: {skipped[0]['file']}: {skipped[0]['reason']}")
 
-    empty = [p["image_id"] for p in predictions if not p["caption"].strip()]
-    if empty:
-        # COCO metrics refuse empty captions (eval.scoring); say so instead of scoring a swapped text
-        raise UserError(f"{len(empty)} of {len(predictions)} generated captions are empty (image ids "
-                        f"{', '.join(map(repr, empty[:5]))}): the model ended at once; {out / PREDICTIONS} is "
-                        "written, but COCO metrics cannot score empty captions; check --prompt, --min-new-tokens "
-                        "or the model")
     t_score = time.perf_counter()
+    # an empty caption is what the model said (it stopped at once): scored as matching nothing
+    # and listed, never an abort of a long run
     result = scoring.score(dataset.references_coco(), predictions, tokenize=cfg.tokenize, metrics=cfg.metrics,
-                           scorer=scorer)
+                           allow_empty=True, allow_missing=bool(skipped), scorer=scorer)
+    if result["empty_captions"]:
+        log(f"note: {len(result['empty_captions'])} of {len(predictions)} captions are empty (the model stopped at "
+            "once); each scores 0 and is listed under empty_captions in metrics.json")
     scoring_s = time.perf_counter() - t_score
     record = {
         "metrics": result["metrics"],
         "unavailable": result.get("unavailable", {}),
         "extras": result.get("extras", {}),
         "n_images": result.get("n_images", len(predictions)),
+        "empty_captions": result["empty_captions"],
+        "skipped_images": skipped,
         "dataset": _dataset_block(cfg, dataset),
         "model": model_block,
         "generation": cfg.generation.to_dict() | {"image_longest_edge": cfg.image_longest_edge,
@@ -478,8 +507,9 @@ def _dataset_block(cfg: GenerateConfig, dataset) -> dict:
     return block
 
 
-def _finished_run(out: Path, fp: str, settings: dict, ids: Sequence) -> list[dict] | None:
-    """Predictions of a finished run in ``out`` made with the same settings (None: no run).
+def _finished_run(out: Path, fp: str, settings: dict, ids: Sequence) -> tuple[list[dict], list[dict]] | None:
+    """(predictions, skipped images) of a finished run in ``out`` made with the same settings
+    (None: no run).
 
     A finished run with other settings is refused: overwriting it silently would lose it.
     """
@@ -503,10 +533,12 @@ def _finished_run(out: Path, fp: str, settings: dict, ids: Sequence) -> list[dic
         predictions = json.loads(preds_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{preds_path}: unreadable ({e.__class__.__name__}); pass --overwrite") from None
+    skipped = (old.get("skipped_images") or []) if isinstance(old, dict) else []
+    not_scored = {json.dumps(s.get("image_id")) for s in skipped}
     got = [p.get("image_id") for p in predictions] if isinstance(predictions, list) else None
-    if got != _json_ids(list(ids)):
+    if got != [i for i in _json_ids(list(ids)) if json.dumps(i) not in not_scored]:
         raise UserError(f"{preds_path} does not match this split's images: pass --overwrite or another --out")
-    return predictions
+    return predictions, skipped
 
 
 def _recorded_fingerprint(record: Any) -> tuple[str | None, dict | None]:

@@ -85,6 +85,11 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
         ("dataset", f"{dataset.get('source')} [{dataset.get('split')}]"),
         ("references hash", (dataset.get("hash") or "")[:16]),
         ("images", record.get("n_images")),
+        ("caption transform of the references", dataset.get("caption_transform")
+         if dataset.get("caption_transform") not in (None, "none") else None),
+        ("empty captions (each scored 0)", ", ".join(map(str, record.get("empty_captions") or [])) or None),
+        ("images skipped (unreadable, not scored)", "; ".join(f"{s.get('file') or s.get('image_id')}: {s.get('reason')}"
+                                                            for s in record.get("skipped_images") or []) or None),
         ("prompt", record.get("prompt") if record.get("prompt") is not None else "(none: unconditional)"),
         ("decoding", ", ".join(f"{k}={v}" for k, v in gen.items() if v is not None)),
         ("batch size / dtype / device", f"{record.get('batch_size')} / {record.get('dtype')} / "

@@ -85,6 +85,13 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # the read below names what is wrong
+    if size > MAX_JSON_BYTES:
+        raise UserError(f"{what} file {path} is {size / 2**30:.1f} GiB: files over {MAX_JSON_BYTES / 2**30:.0f} GiB "
+                        "are refused (COCO's largest caption file is ~90 MB); check the file")
+    try:
         text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM (Windows editors)
     except FileNotFoundError:
         raise UserError(f"{what} file not found: {path}") from None
@@ -215,10 +222,27 @@ def _few(ids: list, k: int = 5) -> str:
     return shown + (f", ... ({len(ids) - k} more)" if len(ids) > k else "")
 
 
+#: the largest references / predictions file read (COCO's train captions are ~90 MB)
+MAX_JSON_BYTES = 2 * 2**30
+
+#: what an empty predicted caption is scored as (with allow_empty): one token that matches no
+#: reference, so every per-image score of that image is 0. pycocoevalcap cannot take an empty
+#: hypothesis (ROUGE-L divides by its length; METEOR's line protocol has no empty line).
+EMPTY_STANDIN = "emptycaptionzz"
+
+#: the longest caption scored, in characters. Real captions are tens of words; the METEOR JVM
+#: dies on a ~1 MB line and the tokenizer takes minutes on 50 MB, so a longer one is a broken
+#: file, refused before any JVM starts.
+MAX_CAPTION_CHARS = 10_000
+
+
 def _check_caption(caption: Any, image_id: Any, kind: str, tokenize: bool) -> str:
     if not isinstance(caption, str):
         raise UserError(f"{kind} caption for image id {image_id!r} is "
                         f"{type(caption).__name__}, not a string")
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise UserError(f"{kind} caption for image id {image_id!r} is {len(caption):,} characters long: captions "
+                        f"over {MAX_CAPTION_CHARS:,} are refused (a real caption is a sentence); check the file")
     if not caption.strip():
         raise UserError(f"{kind} caption for image id {image_id!r} is empty or whitespace-only")
     if not tokenize and _LINE_BREAKS.search(caption):
@@ -228,8 +252,9 @@ def _check_caption(caption: Any, image_id: Any, kind: str, tokenize: bool) -> st
     return caption
 
 
-def _prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: bool):
-    """Validate the COCO dicts; return (image ids in scoring order, refs, preds, subset)."""
+def _prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: bool, allow_empty: bool = False):
+    """Validate the COCO dicts; return (image ids in scoring order, refs, preds, subset,
+    ids of empty predictions scored as :data:`EMPTY_STANDIN`)."""
     if not isinstance(references, dict) or not isinstance(references.get("annotations"), list):
         raise UserError('references must be COCO caption annotations: {"images": [...], '
                         '"annotations": [{"image_id", "caption", "id"}, ...]}')
@@ -277,6 +302,7 @@ def _prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: b
 
     preds: dict = {}
     no_refs: list = []
+    empty: list = []
     for p in predictions:
         if not isinstance(p, dict) or "image_id" not in p or "caption" not in p:
             raise UserError(f'prediction without "image_id" and "caption": {p!r:.80}')
@@ -290,7 +316,11 @@ def _prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: b
             n = sum(1 for q in predictions if isinstance(q, dict) and q.get("image_id") == image_id)
             raise UserError(f"{n} predictions for image id {image_id!r}: keep exactly one "
                             "caption per image")
-        caption = _check_caption(p["caption"], image_id, "prediction", tokenize)
+        if allow_empty and isinstance(p["caption"], str) and not p["caption"].strip():
+            empty.append(image_id)
+            caption = EMPTY_STANDIN
+        else:
+            caption = _check_caption(p["caption"], image_id, "prediction", tokenize)
         if not known:
             no_refs.append(image_id)
         preds[image_id] = caption
@@ -311,7 +341,7 @@ def _prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: b
                         f"prediction ({_few(missing)}); pass --allow-missing "
                         "(allow_missing=True) to score only the predicted subset")
     ids = [i for i in with_refs if i in preds]
-    return ids, refs, preds, bool(missing)
+    return ids, refs, preds, bool(missing), empty
 
 
 # --------------------------------------------------------------------------------------------
@@ -1039,12 +1069,12 @@ class Scorer:
         self._cache_key, self._cache = None, {}
 
     def score(self, references: dict, predictions: list, *, tokenize: bool = True,
-              metrics: Iterable[str] | None = None, allow_missing: bool = False) -> dict:
+              metrics: Iterable[str] | None = None, allow_missing: bool = False, allow_empty: bool = False) -> dict:
         """Like :func:`score`, reusing this Scorer's warm METEOR JVMs."""
         with self._lock, _gc_paused():
             try:
                 return self._score(references, predictions, tokenize=tokenize,
-                                   metrics=metrics, allow_missing=allow_missing)
+                                   metrics=metrics, allow_missing=allow_missing, allow_empty=allow_empty)
             except UserError:
                 raise
             except BaseException:
@@ -1061,9 +1091,9 @@ class Scorer:
             self._cache_key, self._cache = key, {}
         return self._cache
 
-    def _score(self, references, predictions, *, tokenize, metrics, allow_missing) -> dict:
+    def _score(self, references, predictions, *, tokenize, metrics, allow_missing, allow_empty=False) -> dict:
         want = _resolve_metrics(metrics)
-        ids, refs, preds, subset = _prepare(references, predictions, allow_missing, tokenize)
+        ids, refs, preds, subset, empty = _prepare(references, predictions, allow_missing, tokenize, allow_empty)
         if tokenize or "METEOR" in want:
             _java()
         if "METEOR" in want:
@@ -1158,6 +1188,7 @@ class Scorer:
             "n_images": len(ids),
             "tokenized": bool(tokenize),
             "scored_subset": subset,
+            "empty_captions": empty,
         }
 
     @staticmethod
@@ -1225,7 +1256,7 @@ def _spice(gts: dict, res: dict, keys: list) -> tuple[float, list[float]]:
 
 
 def score(references: dict, predictions: list, *, tokenize: bool = True,
-          metrics: Iterable[str] | None = None, allow_missing: bool = False,
+          metrics: Iterable[str] | None = None, allow_missing: bool = False, allow_empty: bool = False,
           scorer: Scorer | None = None) -> dict:
     """COCO caption metrics of ``predictions`` against ``references``.
 
@@ -1235,6 +1266,9 @@ def score(references: dict, predictions: list, *, tokenize: bool = True,
     ``metrics`` limits the metrics (names from :data:`METRICS`, or "Bleu").
     ``allow_missing=True`` scores only the images that have a prediction (CIDEr-D's idf then
     comes from that subset, so numbers are not comparable with full-set ones).
+    ``allow_empty=True`` scores an empty predicted caption (a model that stopped at once) as
+    :data:`EMPTY_STANDIN`, a caption matching nothing: all its per-image scores are 0, and the
+    result lists such images under ``empty_captions``; otherwise an empty caption is refused.
     ``scorer``: a warm :class:`Scorer` to reuse (otherwise one is started and closed here).
 
     Returns ``{"metrics": {name: float | None}, "unavailable": {name: reason}, "extras":
@@ -1244,9 +1278,9 @@ def score(references: dict, predictions: list, *, tokenize: bool = True,
     """
     if scorer is not None:
         return scorer.score(references, predictions, tokenize=tokenize, metrics=metrics,
-                            allow_missing=allow_missing)
+                            allow_missing=allow_missing, allow_empty=allow_empty)
     # Nothing cached: what a one-shot run builds is freed as it goes, before the garbage
     # collector is back on (a cache alive then costs a full traversal: ~1.5 s at 25k).
     with Scorer(_one_shot=True, cache_references=False) as fresh:
         return fresh.score(references, predictions, tokenize=tokenize, metrics=metrics,
-                           allow_missing=allow_missing)
+                           allow_missing=allow_missing, allow_empty=allow_empty)

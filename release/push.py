@@ -30,7 +30,7 @@ from typing import Any, Callable
 from captioning.errors import UserError
 from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE,
                                 TRAIN_CONFIG, EvalRecord, TrainConfigRecord, kind_of, local_paths_in,
-                                model_fingerprint, read_json_file, read_record, replace_folder, scrub_paths, short,
+                                model_fingerprint, check_writable, read_json_file, read_record, replace_folder, scrub_paths, short,
                                 weights_fingerprint, write_atomic, write_json, write_record)
 from release import card as card_mod
 from release import hub
@@ -90,7 +90,9 @@ class PushOptions:
         for name in ("adapter", "model", "eval_dir", "to_dir", "logs"):
             v = getattr(self, name)
             if v is not None:
-                setattr(self, name, Path(v))
+                setattr(self, name, Path(v).expanduser())
+        if self.to_dir is not None:
+            self.to_dir = self.to_dir.resolve()  # "." or "sub/.." have no name to put a folder beside
 
 
 @dataclass
@@ -470,6 +472,7 @@ class PushResult:
 def push(opts: PushOptions, log: Callable[[str], None] = print) -> PushResult:
     """Assemble the release and publish it (Hub), write it (--to-dir) or only describe it (--dry-run)."""
     if opts.to_dir is not None and not opts.dry_run:
+        check_writable(opts.to_dir, "--to-dir")
         # fail before any merge work when the destination would be refused anyway
         if opts.to_dir.is_dir() and any(opts.to_dir.iterdir()) and not opts.force:
             raise UserError(f"--to-dir {opts.to_dir} is not empty: pass --force to replace it, or choose a new folder")

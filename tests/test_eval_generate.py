@@ -338,7 +338,11 @@ def test_reproduce_from_a_hub_repo(hub, release_once, tmp_path, capsys):
     assert "no such model repo" in _error_line(capsys.readouterr().err)
 
 
-def test_empty_generated_captions_are_reported_not_scored(tmp_path, tiny_models, shapes_dir, monkeypatch, capsys):
+def test_empty_generated_captions_are_scored_and_listed_not_an_abort(tmp_path, tiny_models, shapes_dir, monkeypatch,
+                                                                     capsys):
+    """An empty caption is what the model said: scored as matching nothing (0 for that image),
+    listed in metrics.json, never the end of a long run. score on a user's file still refuses
+    one unless --allow-empty."""
     import captioning.generation as generation
 
     real = generation.caption_images
@@ -351,10 +355,21 @@ def test_empty_generated_captions_are_reported_not_scored(tmp_path, tiny_models,
     out = tmp_path / "run"
     assert main(["generate", "--model", str(tiny_models["blip"]), "--dataset", str(shapes_dir), "--split", "test",
                  "--max-images", "4", "--batch-size", "2", "--max-new-tokens", "4", "--no-progress",
-                 "--out", str(out)]) == 2
-    err = _error_line(capsys.readouterr().err)
-    assert "2 of 4 generated captions are empty (image ids 20000001, 20000003)" in err
-    assert (out / "predictions.json").is_file() and not (out / "metrics.json").exists()
+                 "--metrics", *METRICS, "--out", str(out)]) == 0
+    assert "2 of 4 captions are empty" in capsys.readouterr().err
+    record = _load(out / "metrics.json")
+    assert record["empty_captions"] == [20000001, 20000003] and record["n_images"] == 4
+    preds = _load(out / "predictions.json")
+    assert [p["caption"] for p in preds][::2] == ["", ""]
+    refs = str(shapes_dir / "annotations" / "captions_test.json")
+    assert main(["score", "--references", refs, "--predictions", str(out / "predictions.json"),
+                 "--allow-missing", "--metrics", "CIDEr"]) == 2
+    assert "is empty or whitespace-only" in _error_line(capsys.readouterr().err)
+    assert main(["score", "--references", refs, "--predictions", str(out / "predictions.json"),
+                 "--allow-missing", "--allow-empty", "--metrics", "CIDEr", "Bleu", "ROUGE_L",
+                 "--per-image", str(tmp_path / "per.json")]) == 0
+    per = {r["image_id"]: r for r in _load(tmp_path / "per.json")}
+    assert per[20000001]["CIDEr"] == 0 and per[20000001]["ROUGE_L"] == 0 and per[20000001]["Bleu_1"] < 1e-6
 
 
 def test_styled_references_are_recorded_compared_apart_and_reproduced(tiny_models, shapes_dir, tmp_path, capsys):
@@ -378,3 +393,41 @@ def test_styled_references_are_recorded_compared_apart_and_reproduced(tiny_model
     shutil.copy(tmp_path / "styled" / "metrics.json", folder / "metrics.json")
     assert main(["reproduce", str(folder), "--no-progress"]) == 0
     assert "reproduced: all 6 metrics agree" in capsys.readouterr().out
+
+
+def test_unreadable_images_stop_the_run_or_are_skipped_by_choice(tiny_models, shapes_dir, tmp_path, capsys):
+    """Strict by default: the first unreadable image stops the run, naming it, and the run
+    resumes once it is fixed. With --skip-bad-images the run finishes: every skipped image is
+    listed with its reason (metrics.json, report), n_images counts the scored ones."""
+    data = tmp_path / "shapes"
+    shutil.copytree(shapes_dir, data)
+    files = sorted((data / "images" / "test").glob("*.png"))[:8]
+    originals = {f: f.read_bytes() for f in files}
+    for f in (files[3], files[4], files[6]):
+        f.write_bytes(originals[f][:40])  # a truncated PNG
+    args = ["generate", "--model", str(tiny_models["blip"]), "--dataset", str(data), "--split", "test",
+            "--max-images", "8", "--batch-size", "2", "--max-new-tokens", "4", "--no-progress", "--metrics",
+            *METRICS, "--parallel-batches", "1"]
+    strict = tmp_path / "strict"
+    assert main([*args, "--out", str(strict)]) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert files[3].name in err and "--skip-bad-images" in err
+    assert not (strict / "metrics.json").exists() and (strict / gen.JOURNAL).is_file()  # batch 0 was kept
+    for f in files:
+        f.write_bytes(originals[f])
+    assert main([*args, "--out", str(strict)]) == 0
+    assert "resuming, 2/8 images already captioned" in capsys.readouterr().err
+    assert _load(strict / "metrics.json")["n_images"] == 8
+
+    for f in (files[3], files[4], files[6]):
+        f.write_bytes(originals[f][:40])
+    skip = tmp_path / "skip"
+    assert main([*args, "--skip-bad-images", "--out", str(skip)]) == 0
+    record = _load(skip / "metrics.json")
+    assert record["n_images"] == 5 and len(_load(skip / "predictions.json")) == 5
+    assert [s["file"] for s in record["skipped_images"]] == [f"test/{f.name}" for f in (files[3], files[4], files[6])]
+    assert all(f.name in s["reason"] for s, f in zip(record["skipped_images"], (files[3], files[4], files[6])))
+    assert files[4].name in (skip / "report.html").read_text()
+    # the finished run, asked again, scores its predictions again with the same skipped images
+    assert main([*args, "--skip-bad-images", "--out", str(skip)]) == 0
+    assert _load(skip / "metrics.json")["skipped_images"] == record["skipped_images"]

@@ -94,7 +94,8 @@ def test_truncated_image(tmp_path, fmt):
 def test_bomb_header_rejected_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header_only(50_000, 50_000))  # 2.5 GP claimed, ~100 bytes on disk
-    with pytest.raises(ImageError, match=r"bomb\.png: image is 2,500,000,000 pixels, over the limit of 40,000,000 \(max_pixels\)"):
+    with pytest.raises(ImageError, match=r"bomb\.png: image is 2,500,000,000 pixels, over the limit of 150,000,000 "
+                                         r"pixels; .* raise the limit \(--max-pixels"):
         load_image(path)
 
 
@@ -110,8 +111,8 @@ def test_bomb_beyond_pil_limit_never_leaks_pil_errors(tmp_path):
         # 100 MP sits in PIL's "warning" band: our limit answers, PIL's warning stays silent.
         warn_path = tmp_path / "warn.png"
         warn_path.write_bytes(_png_header_only(10_000, 10_000))
-        with pytest.raises(ImageError, match=r"warn\.png.*max_pixels"):
-            load_image(warn_path)
+        with pytest.raises(ImageError, match=r"warn\.png.*--max-pixels"):
+            load_image(warn_path, max_pixels=50_000_000)
     assert Image.MAX_IMAGE_PIXELS == pil_limit  # PIL's global setting is left alone
 
 
@@ -403,3 +404,13 @@ def test_thread_safe_with_different_limits(tmp_path):
         t.join()
     assert not errors
     assert sizes == [(50, 50)] * 8
+
+
+def test_a_48_megapixel_phone_photo_is_within_the_default_limit(tmp_path):
+    """8064 x 6048 (48.8 MP) was refused by the old 40 MP cap; the header-only file fails as
+    truncated, not as too large."""
+    path = tmp_path / "phone.png"
+    path.write_bytes(_png_header_only(8064, 6048))
+    with pytest.raises(ImageError) as err:
+        load_image(path)
+    assert "limit" not in str(err.value)

@@ -243,7 +243,7 @@ def test_meteor_corpus_sum_equals_full_eval(scorer, reference_runs):
     # The corpus METEOR is computed from stats summed here; compare with the jar's own EVAL
     # over every line, on subsets that include perfect matches and paraphrase matches.
     refs, preds, _ = reference_runs["tok"]
-    ids, r, p, _ = scoring._prepare(refs, preds, False, True)
+    ids, r, p, _, _ = scoring._prepare(refs, preds, False, True)
     gts, res = scoring._ptb_tokenize([{k: r[k] for k in ids}, {k: [p[k]] for k in ids}])
     pool = scorer._meteor
     pool.start()
@@ -308,6 +308,11 @@ def _small():
     (lambda r, p: r["annotations"][0].__setitem__("caption", None),
      r"reference caption for image id 1 is NoneType"),
     (lambda r, p: p.clear(), r"predictions are empty"),
+    # a 1 MB caption killed the METEOR JVM and a 52 MB one hung the tokenizer: refused up front
+    (lambda r, p: p[1].__setitem__("caption", "cat " * 250_000),
+     r"prediction caption for image id 2 is 1,000,000 characters long: captions over 10,000 are refused"),
+    (lambda r, p: r["annotations"][0].__setitem__("caption", "x" * 10_001), r"reference caption for image id 1 is "
+                                                                               r"10,001 characters long"),
     (lambda r, p: p[0].pop("caption"), r'prediction without "image_id" and "caption"'),
     (lambda r, p: r["annotations"].append({"image_id": 7, "id": 9, "caption": "x"}),
      r'image_id 7 that is not in references\["images"\]'),
@@ -397,3 +402,11 @@ def test_close_stops_jvms_and_is_idempotent():
     s.close()
     s.close()
     assert procs and all(p.poll() is not None for p in procs)
+
+
+def test_oversized_json_files_are_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "preds.json"
+    path.write_text(json.dumps([{"image_id": 1, "caption": "a cat"}] * 100))
+    monkeypatch.setattr(scoring, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(UserError, match=r"predictions file .*preds\.json is 0\.0 GiB: files over 0 GiB are refused"):
+        scoring.load_json(path, "predictions")

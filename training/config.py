@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from captioning.errors import UserError
+from captioning.images import MAX_PIXELS
 
 # Named caption transforms live in training.data; listed here so validation needs no torch import.
 CAPTION_TRANSFORMS = ("none", "linguistic_errors")
@@ -131,6 +132,11 @@ class DataConfig:
                             "its own example", default="sample")
     image_longest_edge: int | None = _help("resize images so the longest edge is this (null: processor default)",
                                            default=None)
+    skip_bad_images: bool = _help("decode every image once at the start and leave out the unreadable ones "
+                                  "(listed in metrics.json); off: the first one stops the run, naming it",
+                                  default=False)
+    max_pixels: int | None = _help("refuse images over this many pixels (a decompression-bomb guard; null: "
+                                   "Pillow's own limit)", default=MAX_PIXELS)
     image_splitting: bool | None = _help(
         "SmolVLM: cut images into 512 px crops + a global view (~17x the vision compute of one crop); "
         "null: processor default", default=None)
@@ -141,6 +147,8 @@ class DataConfig:
         "model.freeze_vision and no model.train_connector)", default=False)
 
     def __post_init__(self):
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UserError("data.max_pixels must be a positive number of pixels (or null)")
         if self.references not in REFERENCE_MODES:
             raise UserError(f"data.references {self.references!r}: choose sample or all")
         if self.caption_transform not in CAPTION_TRANSFORMS:
@@ -458,11 +466,35 @@ def _flatten_yaml(data: dict, prefix: str, leaves: dict[str, Any], origin: str) 
     return out
 
 
-def _suggest(key: str, leaves) -> str:
+#: transformers TrainingArguments names (what a user coming from the Trainer types) -> our keys
+KNOWN_NAMES = {"learning_rate": "optim.lr", "num_train_epochs": "optim.epochs",
+               "per_device_train_batch_size": "optim.batch_size", "train_batch_size": "optim.batch_size",
+               "gradient_accumulation_steps": "optim.grad_accum", "lr_scheduler_type": "optim.scheduler",
+               "lr_scheduler": "optim.scheduler", "optim": "optim.optimizer", "num_epochs": "optim.epochs",
+               "epochs": "optim.epochs", "per_device_eval_batch_size": "eval.batch_size",
+               "eval_steps": "eval.every_steps", "save_steps": "output.save_every_steps",
+               "logging_steps": "output.logging_steps", "output_dir": "output.dir", "model_name_or_path":
+               "model.name_or_path", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout"}
+
+
+def _suggest(key: str, leaves, flag: bool = False) -> str:
+    """" (did you mean KEY?)" for an unknown key (``--KEY`` for a flag): a Trainer name we
+    spell otherwise, else the closest key name within the same section, else the closest
+    anywhere (by name, not path)."""
     import difflib
 
+    dash = "--" if flag else ""
+    section, _, name = key.rpartition(".")
+    if name in KNOWN_NAMES and KNOWN_NAMES[name] in leaves:
+        return f" (did you mean {dash}{KNOWN_NAMES[name]}?)"
+    pools = [[k for k in leaves if k.rpartition(".")[0] == section], list(leaves)] if section else [list(leaves)]
+    for pool in pools:
+        by_name = {k.rpartition(".")[2]: k for k in pool}
+        close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {dash}{by_name[close[0]]}?)"
     close = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return f" (did you mean {dash}{close[0]}?)" if close else ""
 
 
 def _flat_names(leaves: dict[str, Any]) -> dict[str, list[str]]:
@@ -483,7 +515,7 @@ def _resolve_flag(name: str, leaves: dict[str, Any]) -> str:
         return owners[0]
     if len(owners) > 1:
         raise UserError(f"--{name} is ambiguous: use one of {', '.join('--' + o for o in owners)}")
-    raise UserError(f"unknown option --{name}{_suggest(name, leaves)}; see --help for every key")
+    raise UserError(f"unknown option --{name}{_suggest(name, leaves, flag=True)}; see --help for every key")
 
 
 def _is_bool(tp) -> bool:
@@ -582,6 +614,16 @@ def build_config(recipe: dict | None = None, overrides: dict[str, Any] | None = 
             flat.update(_flatten_yaml(value, key + ".", leaves, f"--{key}"))
         else:
             raise UserError(f"--{key}: expected null or a mapping like {{size: tiny}}, got {value!r}")
+    # type-check every value here, where its source is known: a recipe's mistake names the file
+    yaml_keys = set(_flatten_yaml(recipe, "", leaves, origin)) if recipe else set()
+    for key, value in flat.items():
+        if key in leaves and value is not None:
+            try:
+                _coerce(key, value, leaves[key])
+            except UserError as e:
+                if key in yaml_keys and key not in (overrides or {}):
+                    raise UserError(f"{origin}: {e}") from None
+                raise UserError(f"--{str(e)}") from None
     tree: dict[str, Any] = {}
     for key, value in flat.items():
         if value is None and key not in leaves:  # a nested optional section set to null

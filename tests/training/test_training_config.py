@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from captioning.data import linguistic_errors
 from captioning.errors import UserError
 from training.config import all_keys, build_config, load_config, load_recipe, parse_overrides
-from captioning.data import linguistic_errors
 from training.data import CaptionTrainDataset
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
@@ -107,7 +108,7 @@ def test_factory_section_from_flags():
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--optim.lrr", "1"], r"unknown option --optim\.lrr \(did you mean optim\.lr\?\)"),
+    (["--optim.lrr", "1"], r"unknown option --optim\.lrr \(did you mean --optim\.lr\?\)"),
     (["--bogus", "1"], "unknown option --bogus"),
     (["--optim.lr", "fast"], r"optim\.lr: expected a number"),
     (["--optim.batch_size", "2.5"], r"optim\.batch_size: expected an integer"),
@@ -182,3 +183,21 @@ def test_sampled_references_depend_on_seed_and_epoch_only(shapes_dir):
     every = CaptionTrainDataset(ds, None, None, None, references="all")
     assert len(every) == sum(len(ex.references) for ex in ds)
     assert every.caption(1) == ds[0].references[1]
+
+
+@pytest.mark.parametrize("key, suggestion", [
+    ("optim.learning_rate", "optim.lr"), ("num_train_epochs", "optim.epochs"), ("optim.lrr", "optim.lr"),
+    ("data.sorce", "data.source"), ("lora.rank", "lora.r"), ("per_device_train_batch_size", "optim.batch_size")])
+def test_unknown_keys_suggest_the_key_meant(key, suggestion):
+    with pytest.raises(UserError, match=rf"unknown key {re.escape(key)} \(did you mean {re.escape(suggestion)}\?\)"):
+        build_config({"model": {"name_or_path": "m"}, "data": {"source": "s"}}, {key: 1})
+
+
+def test_a_type_error_names_where_the_value_came_from(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\noptim: {lr: fast}\n")
+    with pytest.raises(UserError, match=r"^.*r\.yaml: optim\.lr: expected a number, got 'fast'$"):
+        load_config(["--config", str(recipe)])
+    recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\n")
+    with pytest.raises(UserError, match=r"^--optim\.lr: expected a number, got 'fast'$"):
+        load_config(["--config", str(recipe), "--optim.lr", "fast"])

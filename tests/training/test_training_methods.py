@@ -265,3 +265,36 @@ def test_early_stopping_with_patience(tiny_models, shapes_dir, tmp_path):
     assert metrics["train"]["global_step"] == 2
     assert metrics["best"]["metric"] == "loss" and metrics["best"]["step"] == 1
     assert set(metrics["metrics"]) == {"loss", "perplexity"}
+
+
+def test_a_failed_start_does_not_block_the_next_run(tiny_models, shapes_dir, tmp_path):
+    """A run that fails before its first checkpoint (here: the dataset is missing) leaves
+    nothing that makes the next run in the same folder ask for --output.overwrite."""
+    out = tmp_path / "o"
+    bad = tiny_recipe(tiny_models["idefics3"], tmp_path / "no-such-data", out, output={"tensorboard": False})
+    with pytest.raises(UserError):
+        train(config(bad), log=lambda *_: None)
+    good = tiny_recipe(tiny_models["idefics3"], shapes_dir, out, output={"tensorboard": False})
+    assert train(config(good), log=lambda *_: None) == out
+    assert (out / "metrics.json").is_file()
+    # a finished run is not a failed start: it still needs --resume or --output.overwrite
+    with pytest.raises(UserError, match="already holds files"):
+        train(config(good), log=lambda *_: None)
+
+
+def test_skip_bad_images_leaves_unreadable_training_images_out(tiny_models, shapes_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "shapes"
+    shutil.copytree(shapes_dir, data)
+    bad = sorted((data / "images" / "train").glob("*.png"))[2]
+    bad.write_bytes(bad.read_bytes()[:40])
+    strict = tiny_recipe(tiny_models["idefics3"], data, tmp_path / "strict", output={"tensorboard": False})
+    with pytest.raises(UserError, match=bad.name):
+        train(config(strict), log=lambda *_: None)
+    skip = tiny_recipe(tiny_models["idefics3"], data, tmp_path / "skip", data={"skip_bad_images": True},
+                       output={"tensorboard": False})
+    out = train(config(skip), log=lambda *_: None)
+    record = json.loads((out / "metrics.json").read_text())
+    assert [s["file"] for s in record["skipped_images"]] == [f"train/{bad.name}"]
+    assert record["train_dataset"]["n_images"] == 15  # max_train_samples 16, one left out

@@ -170,3 +170,17 @@ def test_resume_refuses_what_cannot_apply_records_what_can_and_leaves_a_finished
     assert metrics["resumed"] == [{"from_step": 4, "changes": ["optim.max_steps: 4 -> 6"]}]
     saved = yaml.safe_load((out / "train_config.yaml").read_text())
     assert saved["optim"]["max_steps"] == 6 and saved["optim"]["lr"] == 3e-3
+
+
+def test_resume_takes_settings_a_newer_toolkit_added_at_their_defaults():
+    """A run saved before a setting existed resumes: the new key is not a change."""
+    from training.config import build_config
+    from training.train import resume_changes
+
+    cfg = build_config({"model": {"name_or_path": "m"}, "data": {"source": "s"}})
+    saved = cfg.to_dict()
+    del saved["data"]["max_pixels"]
+    assert resume_changes(saved, cfg) == []
+    saved["optim"]["lr"] = 1.0
+    with pytest.raises(Exception, match="optim.lr 1.0 -> 0.0001: cannot take effect"):
+        resume_changes(saved, cfg)
