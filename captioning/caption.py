@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from captioning.cli import ArgumentParser, guarded, pop_debug
+from captioning.cli import ArgumentParser, guarded, pop_debug, printable
 from captioning.errors import UserError
 from captioning.images import MAX_PIXELS
 
@@ -60,12 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}\t{printable(c)}")
 
     return guarded(run, debug=debug)
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters (an untrained model's BEL or
-    ESC, a tab that would break the tab-separated output) shown escaped, as Python writes them."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an untrained model's BEL or
+    ESC, a tab that would break the tab-separated output) shown escaped, as Python writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(message: object) -> str:
     """``message`` with every run of whitespace (newlines included) as one space."""
     return " ".join(str(message).split())

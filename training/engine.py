@@ -11,14 +11,15 @@ rotation, resume, logging, multi-process) is the stock Trainer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import math
 
 from transformers import Trainer, TrainerCallback
 
+from captioning.cli import printable
 from captioning.families.base import IGNORE_INDEX
 from training.data import features_to_model_inputs
 from training.evaluation import CaptionEvaluator, perplexity
@@ -76,7 +77,7 @@ class CaptionTrainer(Trainer):
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if v is not None)
                 self.log_fn(f"[validation @ step {step}] loss {loss:.4f}, {shown}")
                 for line in self.caption_evaluator.samples(step):
-                    self.log_fn(f"    {line}")
+                    self.log_fn(f"    {printable(line)}")
         return output
 
 

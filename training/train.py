@@ -521,6 +521,13 @@ def _pop_resume(args: list[str]) -> bool | str:
     return False
 
 
+def _say(message: str) -> None:
+    """print, above the progress bars rather than through them (tqdm clears and redraws)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.train``: 0 on success, 2 on a user mistake (one line on stderr)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -543,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         if print_only:
             print(cfg.to_yaml().rstrip())
             return
-        train(cfg, resume=resume, command=command)
+        train(cfg, resume=resume, command=command, log=_say)
 
     return guarded(run, debug=debug)
 
