@@ -66,7 +66,7 @@ from captioning.cli import ArgumentParser, guarded, pop_debug  # noqa: E402
 from captioning.errors import UserError  # noqa: E402
 from captioning.images import load_image  # noqa: E402
 from captioning.records import (KIND_RELEASE, LOCAL, METRICS, RELEASE, TRAIN_CONFIG, EvalRecord,  # noqa: E402
-                                TrainConfigRecord, read_record, weights_fingerprint, write_atomic)
+                                TrainConfigRecord, not_comparable, read_record, weights_fingerprint, write_atomic)
 
 try:  # Hugging Face ZeroGPU hardware: generation must run inside a @spaces.GPU function
     import spaces  # type: ignore[import-not-found]
@@ -760,10 +760,12 @@ class CaptionSpace:
         settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed)
         img = self._image(image)
         results = []
+        first = next((i for i in infos if i.metrics), None)
         for info in infos:
             row: dict[str, Any] = {"model": info.key, "name": info.label, "family": info.family, "caption": None,
                                    "seconds": None, "load_seconds": None, "error": None,
-                                   "card_metrics": info.card_metrics() or None}
+                                   "card_metrics": info.card_metrics() or None,
+                                   "card_not_comparable": card_not_comparable(first, info)}
             try:
                 out, _, load_s, gen_s = self._run(info.key, [img], None, settings)
                 row.update(caption=out[0][0], seconds=round(gen_s, 4), load_seconds=round(load_s, 4))
@@ -955,6 +957,17 @@ def card_line(info: ModelInfo) -> str:
     return " · ".join(bits)
 
 
+def card_not_comparable(first: ModelInfo | None, info: ModelInfo) -> str | None:
+    """Why ``info``'s card numbers cannot stand beside ``first``'s (captioning.records: other
+    references, split, caption transform, image count, tokenization, scale), with ``first``
+    named; None when they can, or when either has no numbers."""
+    if first is None or info is first or not info.metrics:
+        return None
+    why = not_comparable(EvalRecord(path=Path(METRICS), doc=first.metrics), EvalRecord(path=Path(METRICS),
+                                                                                        doc=info.metrics))
+    return f"not comparable with {first.label}'s: {', '.join(why)}" if why else None
+
+
 def compare_html(results: list[dict]) -> str:
     """Side-by-side cards; every value escaped (captions and names are untrusted text)."""
     cards = []
@@ -976,6 +989,9 @@ def compare_html(results: list[dict]) -> str:
                                           f"{m['split']} split" if m.get("split") else "") if x)
             card = (f'<div class="cmp-metrics" style="margin-top:.4em;font-size:.9em">card: {html.escape(scores)}'
                     + (f" <span style='opacity:.7'>({html.escape(where)})</span>" if where else "") + "</div>")
+            if r.get("card_not_comparable"):
+                card += (f'<div class="cmp-warn" style="margin-top:.2em;font-size:.85em;color:#b45309">'
+                         f'{html.escape(r["card_not_comparable"])}</div>')
         else:
             card = '<div class="cmp-metrics" style="margin-top:.4em;font-size:.9em;opacity:.6">no card metrics</div>'
         cards.append(

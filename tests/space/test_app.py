@@ -393,6 +393,27 @@ def test_compare_cards_escape_text(space_app):
     assert "failed to load: &lt;oops&gt;" in html and html.count('class="cmp-card"') == 2
 
 
+def test_compare_flags_card_numbers_that_are_not_comparable(space_app):
+    """Side by side, a card number measured on other references (or split, caption transform,
+    image count) is flagged, naming the model it is compared with and why."""
+    def info(label, **ds):
+        doc = {"metrics": {"CIDEr": 0.5}, "n_images": 16,
+               "dataset": {"source": "shapes", "split": "test", "hash": "a" * 64, **ds}}
+        return space_app.ModelInfo(entry=space_app.ModelEntry(label), label=label, metrics=doc)
+
+    base, same, styled = info("base"), info("same"), info("style", hash="b" * 64, caption_transform="linguistic_errors")
+    assert space_app.card_not_comparable(base, base) is None
+    assert space_app.card_not_comparable(base, same) is None
+    assert space_app.card_not_comparable(base, styled) == \
+        "not comparable with base's: other references, caption transform linguistic_errors vs none"
+    html = space_app.compare_html([
+        {"name": "base", "family": "x", "caption": "c", "seconds": 0.1, "error": None,
+         "card_metrics": base.card_metrics(), "card_not_comparable": None},
+        {"name": "style", "family": "x", "caption": "c", "seconds": 0.1, "error": None,
+         "card_metrics": styled.card_metrics(), "card_not_comparable": space_app.card_not_comparable(base, styled)}])
+    assert html.count('class="cmp-warn"') == 1 and "not comparable with base&#x27;s" in html
+
+
 def test_deployed_space_serves_and_stops_on_ctrl_c(space_models, tmp_path):
     """A Space folder (app.py with captioning/ beside it, what `release space` ships) runs
     `python app.py --models ...`: it uses the captioning next to it, prints its URL,
