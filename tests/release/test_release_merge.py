@@ -131,3 +131,11 @@ def test_merging_into_another_base_is_refused_unless_acknowledged(adapters, rele
     assert check["merged_fingerprint"] == weights_fingerprint(res.out)
     text, _ = render_card(collect_inputs(res.out, repo_id="me/x"))
     assert "Merged into another base than the adapter was trained on" in text
+
+
+def test_an_adapter_of_another_family_is_one_line_not_a_peft_traceback(adapters, release_bases, tmp_path):
+    with pytest.raises(UserError, match=r"the adapter .* does not fit the base .*; pass the base it was trained on"):
+        merge_adapter(MergeOptions(adapter=adapters["blip"], out=tmp_path / "x", base=str(release_bases["idefics3"]),
+                                   allow_other_base=True, probes=PROBES, max_new_tokens=NEW_TOKENS),
+                      log=lambda m: None)
+    assert not (tmp_path / "x").exists()
