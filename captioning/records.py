@@ -62,7 +62,15 @@ _KIND_SOURCES = {KIND_TRAINING: "the output folder of training/train.py",
 
 # ---------------------------------------------------------------------------- writing
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask. Read from /proc where it can be: os.umask() can only be read by
+    setting it, and for that moment a file another thread creates would get mode 0666."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -230,7 +238,10 @@ def read_record(path: str | os.PathLike, kind: str, *, what: str | None = None) 
     usual file name) as a dict; a UserError naming the file otherwise."""
     default = {KIND_MERGE_CHECK: MERGE_CHECK, KIND_RELEASE: RELEASE}.get(kind, METRICS)
     path = _resolve(path, default)
-    doc = read_json_file(path, what)
+    return _checked(path, read_json_file(path, what), kind)
+
+
+def _checked(path: Path, doc: Any, kind: str) -> dict[str, Any]:
     got = kind_of(doc)
     if got != kind:
         found = _KIND_NAMES.get(got, "not a record this toolkit writes")
@@ -258,6 +269,17 @@ class _JsonRecord:
     def read(cls, path: str | os.PathLike, *, what: str | None = None):
         path = _resolve(path, METRICS)
         return cls(path=path, doc=read_record(path, cls.KIND, what=what))
+
+    @classmethod
+    def find(cls, folder: str | os.PathLike):
+        """The record of this kind in ``folder``'s metrics.json, or None when there is no
+        metrics.json or it is of another kind (a training output's, seen by eval, say).
+        The file is read once."""
+        path = Path(folder) / METRICS
+        if not path.is_file():
+            return None
+        doc = read_json_file(path)
+        return cls(path=path, doc=_checked(path, doc, cls.KIND)) if kind_of(doc) == cls.KIND else None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -306,11 +328,12 @@ class EvalRecord(_JsonRecord):
         """What must agree for two numbers to stand side by side: the references (the
         dataset hash covers the image ids and every reference caption), the split, a caption
         transform applied to the references, the number of images (CIDEr-D's idf comes from
-        the evaluated set), the tokenization and the scale."""
+        the evaluated set) and the tokenization. (The scale is one by contract: every value
+        on the 0-1 scale pycocoevalcap returns.)"""
         d = self.dataset
         return {"references": d.get("hash"), "split": d.get("split"),
                 "caption transform": d.get("caption_transform") or "none", "n_images": self.n_images,
-                "tokenized": self.tokenized, "scale": self.doc.get("scale", "0-1")}
+                "tokenized": self.tokenized}
 
 
 def not_comparable(a: EvalRecord, b: EvalRecord) -> list[str]:
@@ -442,6 +465,19 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
         return None
+    # a push hashes the base, the adapter and the release more than once (identity check,
+    # merge check, manifest): the same files, unchanged, are hashed once per process
+    stats = [f.stat() for f in files]
+    key = tuple((str(f.resolve()), s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for f, s in zip(files, stats))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _hash_tensors(files)
+    return _FINGERPRINTS[key]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _hash_tensors(files: list[Path]) -> str:
     entries = []
     for f in files:
         try:
@@ -452,13 +488,13 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
                 header = json.loads(fh.read(n))
                 if not isinstance(header, dict):
                     raise ValueError("header is not a JSON object")
-        except (OSError, struct.error, ValueError) as e:
+            for name, info in header.items():
+                if name != "__metadata__":
+                    (begin, end), dtype, shape = info["data_offsets"], info["dtype"], info["shape"]
+                    entries.append((name, dtype, shape, f, 8 + n + begin, end - begin))
+        except (OSError, struct.error, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{f}: not a readable safetensors file ({e.__class__.__name__}); "
                             "re-save the model with save_pretrained()") from None
-        for name, info in header.items():
-            if name != "__metadata__":
-                entries.append((name, info["dtype"], info["shape"], f, 8 + n + info["data_offsets"][0],
-                                info["data_offsets"][1] - info["data_offsets"][0]))
     total = hashlib.sha256()
     for name, dtype, shape, f, start, size in sorted(entries, key=lambda e: e[0]):
         h = hashlib.sha256()

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE, EvalRecord,
-                                TrainConfigRecord, kind_of, read_json_file, read_record)
+from captioning.records import (KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, RELEASE, EvalRecord,
+                                TrainConfigRecord, read_record)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
@@ -80,15 +80,6 @@ class CardInputs:
 
 
 # ------------------------------------------------------------------ reading
-def eval_record_in(folder: Path) -> dict[str, Any] | None:
-    """The eval record in ``folder`` (metrics.json of eval/run.py generate, as a release folder
-    holds it), or None: no metrics.json, or a training output's (validation during training)."""
-    path = folder / METRICS
-    if not path.is_file() or kind_of(read_json_file(path, METRICS)) != KIND_EVAL:
-        return None
-    return EvalRecord.read(path).doc
-
-
 def looks_like_hub_id(name: str | None) -> bool:
     """``org/name`` that is not a local path."""
     if not name:
@@ -218,7 +209,8 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
         raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a model folder")
     tc_record = TrainConfigRecord.read(train_config) if train_config else TrainConfigRecord.find(model_dir)
     tc = tc_record.doc if tc_record else None
-    mt = EvalRecord.read(metrics, what="--metrics").doc if metrics else eval_record_in(model_dir)
+    found = EvalRecord.find(model_dir)  # a release folder's; a training output's metrics.json is not one
+    mt = EvalRecord.read(metrics, what="--metrics").doc if metrics else (found.doc if found else None)
     merge_check = read_record(model_dir, KIND_MERGE_CHECK) if (model_dir / MERGE_CHECK).is_file() else None
 
     model_cfg = (tc or {}).get("model") if isinstance((tc or {}).get("model"), dict) else {}

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
-from captioning.records import (KIND_MERGE_CHECK, KIND_TRAINING, MERGE_CHECK, METRICS, TRAIN_CONFIG,
-                                TrainConfigRecord, TrainingRecord, kind_of, model_fingerprint, read_json_file,
-                                replace_folder, short, weights_fingerprint, write_record)
+from captioning.records import (KIND_MERGE_CHECK, MERGE_CHECK, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord,
+                                model_fingerprint, read_json_file, replace_folder, short, weights_fingerprint,
+                                write_record)
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -117,10 +117,8 @@ def recorded_base(adapter: Path) -> tuple[str | None, str | None, str]:
 def trained_on_fingerprint(adapter: Path) -> str | None:
     """The fingerprint of the base ``adapter`` was trained on, from its training record
     (None when the run recorded none: written before fingerprints, or no metrics.json)."""
-    path = adapter / METRICS
-    if not path.is_file() or kind_of(read_json_file(path, METRICS)) != KIND_TRAINING:
-        return None
-    return TrainingRecord.read(path).model.get("base_fingerprint")
+    record = TrainingRecord.find(adapter)
+    return record.model.get("base_fingerprint") if record else None
 
 
 def check_base(adapter: Path, base: str, revision: str | None, origin: str, *, allow_other: bool) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioning.errors import UserError
-from captioning.records import (KIND_EVAL, KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE,
-                                TRAIN_CONFIG, EvalRecord, TrainConfigRecord, kind_of, local_paths_in,
-                                model_fingerprint, check_writable, read_json_file, read_record, replace_folder, scrub_paths, short,
-                                weights_fingerprint, write_atomic, write_json, write_record)
+from captioning.records import (KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE, TRAIN_CONFIG,
+                                EvalRecord, TrainConfigRecord, check_writable, local_paths_in, model_fingerprint,
+                                read_json_file, read_record, replace_folder, scrub_paths, short, weights_fingerprint,
+                                write_atomic, write_json, write_record)
 from release import card as card_mod
 from release import hub
 from release.compat import make_portable
@@ -201,8 +201,9 @@ def assemble(opts: PushOptions, dest: Path, log: Callable[[str], None] = print) 
             raise UserError(f"--model {model}: weights are not safetensors; load and save_pretrained() it first")
         _copy_files(release_files(model), dest)
         if record is None and (model / METRICS).is_file():
-            if kind_of(read_json_file(model / METRICS, METRICS)) == KIND_EVAL:
-                record, where = EvalRecord.read(model), f"--model {model}"
+            record = EvalRecord.find(model)
+            if record is not None:
+                where = f"--model {model}"
                 log(f"using the eval record in {model} (metrics.json)")
             else:
                 log(f"{model / METRICS} holds validation metrics from training, not an eval record: pass --eval DIR "

@@ -26,8 +26,7 @@ from typing import Any, Callable
 from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
 from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord,
-                                check_writable, kind_of, model_fingerprint, read_json_file, write_atomic, write_json,
-                                write_record)
+                                check_writable, model_fingerprint, write_atomic, write_json, write_record)
 from training.config import TrainConfig, changes, help_text, load_config
 
 PREDICTIONS = "val_predictions.json"
@@ -152,13 +151,14 @@ def _has_key(tree: dict, dotted: str) -> bool:
 def finished_run(out: Path, cfg: TrainConfig) -> TrainingRecord | None:
     """The training record of a finished run in ``out`` that ``cfg`` would not train further
     (same step budget), else None."""
-    if not (out / METRICS).is_file() or kind_of(read_json_file(out / METRICS)) != KIND_TRAINING:
+    record = TrainingRecord.find(out)
+    if record is None:
         return None
     saved = TrainConfigRecord.find(out / CHECKPOINTS) or TrainConfigRecord.find(out)
     optim = saved.section("optim") if saved else {}
     if (optim.get("max_steps"), optim.get("epochs")) != (cfg.optim.max_steps, cfg.optim.epochs):
         return None
-    return TrainingRecord.read(out / METRICS)
+    return record
 
 
 def failed_start(out: Path) -> bool:
@@ -295,8 +295,9 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     if saved is not None:
         changed = resume_changes(saved.doc, cfg)  # every process refuses before anything is written
         step = int(resume_from.name.rsplit("-", 1)[-1]) if resume_from.name.startswith("checkpoint-") else None
-        if (out / METRICS).is_file() and kind_of(read_json_file(out / METRICS)) == KIND_TRAINING:
-            resumed = list(TrainingRecord.read(out / METRICS).doc.get("resumed") or [])
+        finished = TrainingRecord.find(out)  # a finished run trained further
+        if finished is not None:
+            resumed = list(finished.doc.get("resumed") or [])
         resumed.append({"from_step": step, "changes": changed})
         if changed:
             say(f"resuming at step {step} with changed settings: " + "; ".join(changed))
