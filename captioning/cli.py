@@ -26,14 +26,6 @@ from captioning.errors import UserError
 
 DEBUG_FLAG = "--debug"
 
-# Importing bitsandbytes (peft and transformers do, whether or not anything is quantized) on a
-# CPU with AVX512-BF16 asks the Hub for an optional 4-bit CPU kernel; offline that fails with
-# two warnings on every command, and bitsandbytes falls back to its own kernel anyway. Every
-# entry point imports this module first; only those two loggers are raised to ERROR.
-for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
-# peft calls a transformers method that transformers 5 deprecates: their matter, not the user's
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _OS_REASONS = {
     errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
@@ -81,9 +73,25 @@ def pop_debug(argv: Sequence[str] | None) -> tuple[list[str], bool]:
     return [a for a in args if a != DEBUG_FLAG], DEBUG_FLAG in args
 
 
+def quiet_third_party() -> None:
+    """Keep library noise that says nothing a user can act on off the terminal:
+
+    - importing bitsandbytes (peft and transformers do, whether or not anything is quantized)
+      on a CPU with AVX512-BF16 asks the Hub for an optional 4-bit CPU kernel; offline that
+      fails with two warnings on every command, and bitsandbytes falls back to its own kernel;
+    - peft calls a transformers method that transformers 5 deprecates.
+
+    Only those two loggers and that one warning; called by :func:`guarded`, so importing this
+    module changes nothing."""
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str = "") -> int:
     """Run ``body`` and return its exit code (None counts as 0); a user's mistake is one line
     on stderr and code 2, Ctrl-C code 130. ``prefix`` goes before the message."""
+    quiet_third_party()
     try:
         rc = body()
     except KeyboardInterrupt:

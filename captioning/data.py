@@ -210,8 +210,7 @@ class CaptionDataset(Sequence[CaptionExample]):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return CaptionDataset(self._examples[index], source=self.source, split=self.split,
-                                  caption_transform=self.caption_transform)
+            return self._with(self._examples[index])
         return self._examples[index]
 
     def __iter__(self) -> Iterator[CaptionExample]:
@@ -228,17 +227,15 @@ class CaptionDataset(Sequence[CaptionExample]):
             return self
         if self.caption_transform != "none":
             raise UserError(f"references already rewritten with {self.caption_transform}; cannot also apply {name}")
-        return CaptionDataset([dataclasses.replace(ex, references=[fn(r) for r in ex.references])
-                               for ex in self._examples], source=self.source, split=self.split,
-                              caption_transform=name)
+        return self._with([dataclasses.replace(ex, references=[fn(r) for r in ex.references])
+                           for ex in self._examples], caption_transform=name)
 
     def with_max_pixels(self, max_pixels: int | None) -> CaptionDataset:
         """The same examples, refusing images over ``max_pixels`` pixels (None: only PIL's own
         limit) when they are decoded."""
         if max_pixels is not None and max_pixels < 1:
             raise UserError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
-        return CaptionDataset([dataclasses.replace(ex, max_pixels=max_pixels) for ex in self._examples],
-                              source=self.source, split=self.split, caption_transform=self.caption_transform)
+        return self._with([dataclasses.replace(ex, max_pixels=max_pixels) for ex in self._examples])
 
     def without_bad_images(self) -> tuple[CaptionDataset, list[dict]]:
         """(the examples whose image decodes, [{"image_id", "file", "reason"} for the others]):
@@ -250,8 +247,12 @@ class CaptionDataset(Sequence[CaptionExample]):
                 good.append(ex)
             except images.ImageError as e:
                 bad.append({"image_id": ex.image_id, "file": ex.file_name, "reason": " ".join(str(e).split())})
-        return CaptionDataset(good, source=self.source, split=self.split,
-                              caption_transform=self.caption_transform), bad
+        return self._with(good), bad
+
+    def _with(self, examples: list[CaptionExample], caption_transform: str | None = None) -> CaptionDataset:
+        """Other examples of the same source and split (and reference transform, unless given)."""
+        return CaptionDataset(examples, source=self.source, split=self.split,
+                              caption_transform=caption_transform or self.caption_transform)
 
     def references_coco(self) -> dict:
         """COCO caption annotations for scoring: ``{"images": [...], "annotations": [...]}``.

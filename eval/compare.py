@@ -3,10 +3,10 @@
     python eval/run.py compare runs/base runs/lora-r8 release/metrics.json [--markdown]
 
 Runs are comparable only when they scored the same references (same content hash: image ids
-and captions) of the same split, with the same caption transform, number of images,
-tokenization and scale: CIDEr-D takes its idf from the evaluated set, so a different image
-set changes every CIDEr even for identical captions. Runs that differ from the first run in
-any of these are marked and the reason is printed.
+and captions) of the same split, with the same caption transform, number of images and
+tokenization (every value is on the 0-1 scale): CIDEr-D takes its idf from the evaluated
+set, so a different image set changes every CIDEr even for identical captions. Runs that
+differ from the first run in any of these are marked and the reason is printed.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def load_run(path: str | Path) -> Run:
 def comparability(runs: Sequence[Run]) -> list[str | None]:
     """For each run, None when it is comparable with the first run, else why not
     (captioning.records.not_comparable: references, split, caption transform, image count,
-    tokenization, scale)."""
+    tokenization)."""
     return [None] + [", ".join(not_comparable(runs[0].eval, run.eval)) or None for run in runs[1:]] if runs else []
 
 

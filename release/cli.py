@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from captioning.cli import DEBUG_FLAG, one_line, user_message
+from captioning.cli import DEBUG_FLAG, guarded
 
 
 
@@ -52,16 +52,13 @@ class ReleaseGroup(click.Group):
         return super().parse_args(ctx, [a for a in args if a != DEBUG_FLAG])
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as e:  # noqa: BLE001 - captioning.cli decides what is a user's mistake
-            message = user_message(e)
-            if message is None or ctx.meta.get("release.debug"):
-                raise
-            click.echo(f"error: {one_line(message)}", err=True)
-            ctx.exit(2)
+        # click's own exits and usage errors are not user_message()s: guarded re-raises them
+        result = []
+        rc = guarded(lambda: result.append(super(ReleaseGroup, self).invoke(ctx)),
+                     debug=ctx.meta.get("release.debug", False))
+        if rc:
+            ctx.exit(rc)
+        return result[0] if result else None
 
 
 def _log(msg: str) -> None:

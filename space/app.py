@@ -377,17 +377,11 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
     manifest = _read_record(_fetch_file(entry, RELEASE, notes), notes,
                             lambda p: SimpleNamespace(doc=read_record(p, KIND_RELEASE))) or {}
     base_fp = (manifest.get("base") or {}).get("fingerprint")
-    fingerprint = manifest.get("weights_fingerprint")
-    if fingerprint is None and entry.local:
-        try:
-            fingerprint = weights_fingerprint(Path(entry.id).expanduser())
-        except UserError as e:
-            notes.append(str(e))
     if base and same_model(base, entry.id):
         base = None
     return ModelInfo(entry=entry, label=label, family=fam.name if fam else None, prompt=prompt,
                      takes_prompt=fam is None or fam.default_prompt is not None, metrics=metrics, base=base,
-                     fingerprint=fingerprint, base_fingerprint=base_fp,
+                     fingerprint=manifest.get("weights_fingerprint"), base_fingerprint=base_fp,
                      url=None if entry.local else f"{HUB_URL}/{entry.id}", notes=notes)
 
 
@@ -398,6 +392,17 @@ def _unique_labels(infos: list[ModelInfo]) -> None:
         seen[info.label] = n
         if n > 1:
             info.label = f"{info.label} ({n})"
+
+
+def _fingerprint(info: ModelInfo) -> str | None:
+    """The weights fingerprint of a served model: recorded in its release.json, else hashed
+    from a local folder, only when a release asks for its base this way."""
+    if info.fingerprint is None and info.entry.local:
+        try:
+            info.fingerprint = weights_fingerprint(Path(info.entry.id).expanduser())
+        except UserError as e:
+            info.notes.append(str(e))
+    return info.fingerprint
 
 
 def base_pairs(infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, ModelInfo]]:
@@ -411,7 +416,7 @@ def base_pairs(infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, ModelInfo]]:
             if base is ft:
                 continue
             if (ft.base and same_model(ft.base, base.entry.id)) or (
-                    ft.base_fingerprint and ft.base_fingerprint == base.fingerprint):
+                    ft.base_fingerprint and ft.base_fingerprint == _fingerprint(base)):
                 pairs.append((base, ft))
                 break
     return pairs
@@ -959,7 +964,7 @@ def card_line(info: ModelInfo) -> str:
 
 def card_not_comparable(first: ModelInfo | None, info: ModelInfo) -> str | None:
     """Why ``info``'s card numbers cannot stand beside ``first``'s (captioning.records: other
-    references, split, caption transform, image count, tokenization, scale), with ``first``
+    references, split, caption transform, image count, tokenization), with ``first``
     named; None when they can, or when either has no numbers."""
     if first is None or info is first or not info.metrics:
         return None

@@ -129,15 +129,19 @@ def bridge_few_steps(work: Path, *, seed: int = 0, threads: int = 1, scorer=None
     from captioning.families import get_family
     from captioning.images import load_image
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model, processor = build_model("bridge", "tiny", seed=seed)
-    open_gates(model, seed=seed + 1)
-    model.train()
-    family = get_family("bridge")
-    shapes = shapes_data(work / "data", seed, 0, 0, n_test=len(FEW_STEP_CAPTIONS)) / "images" / "test"
-    images = [load_image(f) for f in sorted(shapes.glob("*.png"))]
-    losses = bridge_steps(model, family, processor, images, family.default_prompt)
+    try:
+        torch.manual_seed(seed)
+        model, processor = build_model("bridge", "tiny", seed=seed)
+        open_gates(model, seed=seed + 1)
+        model.train()
+        family = get_family("bridge")
+        shapes = shapes_data(work / "data", seed, 0, 0, n_test=len(FEW_STEP_CAPTIONS)) / "images" / "test"
+        images = [load_image(f) for f in sorted(shapes.glob("*.png"))]
+        losses = bridge_steps(model, family, processor, images, family.default_prompt)
+    finally:
+        torch.set_num_threads(before)
     return {"loss_first": losses[0], "loss_last": losses[-1]}
 
 

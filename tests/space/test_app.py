@@ -145,7 +145,7 @@ def test_model_cards_read_once(tiny_space, space_models):
     assert space_app_metrics_line(tiny_space) == "CIDEr 0.876 · BLEU-4 0.321 (16 images, test split)"
     # the release names its local base portably ("<local>/NAME") and by weights fingerprint, which pairs them
     assert ft.base == "<local>/tiny-smolvlm" and base.base is None
-    assert ft.base_fingerprint == base.fingerprint is not None
+    assert ft.base_fingerprint is not None and ft.base_fingerprint == base.fingerprint  # hashed to pair them
     assert [(b.label, f.label) for b, f in app.pairs] == [("tiny-smolvlm", "tiny-smolvlm-ft")]
     assert infos["broken-model"].card_metrics() == {}
     assert app.registry.load_count == 0  # nothing loaded just to describe the models
