@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 LOCK   := requirements.lock
 
-.PHONY: install lock demo test bench clean java chromium
+.PHONY: install lock lint demo test bench clean java chromium
 
 # The venv is exactly requirements.lock: torch first, from the CPU wheel pinned in
 # constraints.txt, so nothing pulls a CUDA build; then every pin of the lock with --no-deps
@@ -34,8 +34,11 @@ install: $(STAMP)
 # Regenerate the lock from requirements*.txt's ranges (pip-tools resolves with pip, so it
 # sees the machine's CPU torch wheel and writes torch==X+cpu with no CUDA packages).
 # `make lock` keeps existing pins where the ranges allow; `make lock UPGRADE=1` takes the
-# newest releases. Then `make install` brings the venv to the new lock.
-lock: $(STAMP)
+# newest releases. Then `make install` brings the venv to the new lock. It needs only
+# pip-compile, not an up-to-date venv: a venv built from the old lock cannot pass `pip check`
+# once requirements.txt names a package the old lock lacks.
+lock:
+	test -x $(VENV)/bin/pip-compile || $(MAKE) $(STAMP)
 	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe \
 	  --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
 	  -c constraints.txt -o $(LOCK) requirements.txt requirements-dev.txt
@@ -51,7 +54,11 @@ chromium:
 demo: install java
 	SERVE=$(SERVE) DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash scripts/demo.sh
 
-test: install java chromium
+# ruff's rules and the few justified exceptions are in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint java chromium
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
 
 bench: install java

@@ -373,10 +373,9 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
                 gemm_sizes, log_dir: Path, variants=VARIANTS, vision_batch_size: int | None = None,
                 log=print) -> dict[str, Any]:
     """Run the variants on one model in alternating rounds; return its JSON section."""
-    from transformers import AutoConfig
-
     from caption_flops import caption_flops
     from gemm_peak import gemm_peak
+    from transformers import AutoConfig
 
     from captioning.generation import PARALLEL_BATCHES
 
@@ -394,7 +393,7 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
         for v in variants:
             log(f"[{name}] loading {v} ...")
             workers[v] = Worker({**base, "variant": v}, log_dir)
-        for v, w in workers.items():
+        for w in workers.values():
             w.ask(cmd="run", warmup=True)
         peaks = [gemm_peak(gemm_sizes, threads=threads)]
         results: dict[str, list[dict]] = {v: [] for v in variants}

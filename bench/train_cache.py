@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.data import load_captions
     from captioning.factory import build_model
     from captioning.families import get_family
-    from captioning.shapes import generate
     from captioning.records import write_json
+    from captioning.shapes import generate
     from training import data as tdata
     from training.config import build_config
     from training.engine import CaptionTrainer, caption_loss

@@ -20,7 +20,7 @@ import errno
 import logging
 import sys
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from captioning.errors import UserError
 
@@ -99,7 +99,7 @@ def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str 
             raise
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - only a user's mistake is turned into a message
+    except Exception as e:
         message = user_message(e)
         if message is None or debug:
             raise

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
@@ -104,8 +105,12 @@ def build_wordpiece_tokenizer(folder: Path):
 
 # --------------------------------------------------------------------- idefics3
 def _idefics3(size: str, folder: Path):
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor)
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
 
     tok = build_bpe_tokenizer()
     if size == "tiny":
@@ -278,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
 
     def run() -> None:
-        from captioning.families import get_family
-
         import torch
+
+        from captioning.families import get_family
 
         if args.params_only:  # meta tensors: real-size counts in a second, no memory
             with torch.device("meta"):

@@ -15,7 +15,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,7 +31,7 @@ __all__ = ["MAX_PIXELS", "ImageError", "ImageSource", "load_image"]
 #: ~179 MP Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS) refuses first.
 MAX_PIXELS = 150_000_000
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image
 
 
 class ImageError(UserError):
@@ -84,7 +84,7 @@ def load_image(
             raise ImageError(
                 f"{label}: not an image file (or a format Pillow cannot read)"
             ) from None
-        except Exception as e:  # noqa: BLE001 - any header parse failure is a bad file
+        except Exception as e:
             raise ImageError(f"{label}: cannot read the image header ({_describe(e)})") from None
         with im:
             return _prepare(im, label, max_pixels, downscale_pixels, is_input=False)
@@ -178,7 +178,7 @@ def _prepare(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _bomb_error(label, e, max_pixels) from None
-    except Exception as e:  # noqa: BLE001 - decoder errors come in many types
+    except Exception as e:
         raise ImageError(
             f"{label}: image data is truncated or corrupt ({_describe(e)})"
         ) from None

@@ -21,7 +21,6 @@ from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
 from captioning.records import TrainConfigRecord
 
-
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -112,7 +111,7 @@ def resolve_revision(repo_id: str, revision: str | None) -> str | None:
         from huggingface_hub import HfApi
 
         return HfApi().model_info(repo_id, revision=revision).sha
-    except Exception:  # noqa: BLE001 - the sha is recorded when known; loading already succeeded
+    except Exception:
         return None
 
 
@@ -180,7 +179,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             raise UserError(f"{base} ships its own model code: pass --trust-remote-code if you trust it") from e
         raise UserError(f"{base}: cannot read its config ({e})") from e
     except OSError as e:
-        raise UserError(f"{base}: no loadable config.json ({e.__class__.__name__}); pass a model folder or hub id") from e
+        raise UserError(f"{base}: no loadable config.json ({e.__class__.__name__}); "
+                        "pass a model folder or hub id") from e
 
     if family is None and record:
         family = record.family

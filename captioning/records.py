@@ -34,9 +34,10 @@ import os
 import re
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from captioning.errors import UserError
 
@@ -385,7 +386,7 @@ class TrainConfigRecord:
     doc: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "TrainConfigRecord":
+    def read(cls, path: str | os.PathLike) -> TrainConfigRecord:
         import yaml
 
         path = _resolve(path, TRAIN_CONFIG)
@@ -406,7 +407,7 @@ class TrainConfigRecord:
         return cls(path=path, doc=doc)
 
     @classmethod
-    def find(cls, folder: str | os.PathLike | None) -> "TrainConfigRecord | None":
+    def find(cls, folder: str | os.PathLike | None) -> TrainConfigRecord | None:
         """The train_config.yaml in ``folder``, or None when there is none."""
         if folder is None or not (Path(folder) / TRAIN_CONFIG).is_file():
             return None
@@ -528,6 +529,6 @@ def model_fingerprint(source: str | os.PathLike | None, revision: str | None = N
 
         folder = snapshot_download(str(source), revision=revision, local_files_only=True,
                                    allow_patterns=["*.safetensors", "*.json"])
-    except Exception:  # noqa: BLE001 - not cached (or not a hub id): the fingerprint is unknown
+    except Exception:
         return None
     return weights_fingerprint(folder)

@@ -11,9 +11,9 @@ differ from the first run in any of these are marked and the reason is printed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from captioning.errors import UserError
 from captioning.records import METRICS, EvalRecord, not_comparable

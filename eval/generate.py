@@ -24,9 +24,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from captioning.errors import UserError
 from captioning.generation import GenerationSettings, check_parallel_batches

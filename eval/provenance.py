@@ -10,8 +10,9 @@ import importlib.metadata
 import platform
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: Top-level files of a model folder that decide its outputs. Cards, metrics, predictions,
 #: logs and checkpoints do not, and metrics.json must not change the hash it records.
@@ -96,7 +97,7 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except Exception:  # noqa: BLE001 - the sha is recorded when known
+    except Exception:
         return None
     if isinstance(cached, str) and "/snapshots/" in cached.replace("\\", "/"):
         return Path(cached).parent.name

@@ -13,8 +13,9 @@ import base64
 import html
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from captioning.records import write_atomic
 
@@ -165,7 +166,7 @@ def write_report(path: str | os.PathLike, record: dict, dataset, predictions: Se
     for row in visible:
         try:
             row["thumb"] = thumbnail_data_uri(row["example"].load_image())
-        except Exception:  # noqa: BLE001 - a report without one thumbnail beats no report
+        except Exception:
             row["thumb"] = None
     text = render_report(record, ordered, shown=rows)
     return write_atomic(path, text)

@@ -19,14 +19,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import METRICS, EvalRecord
 from captioning.generation import GenerationSettings
+from captioning.records import METRICS, EvalRecord
 
 DEFAULT_TOLERANCE = 0.005
 
@@ -102,12 +103,12 @@ def _fetch_hub(repo_id: str, revision: str | None) -> Recorded:
     except RepositoryNotFoundError:
         raise CannotReproduce(f"{repo_id}: no such model repo on the Hub (or it is private: log in with "
                               "`hf auth login`)") from None
-    except Exception as e:  # noqa: BLE001 - network errors come in many classes; one line each
+    except Exception as e:
         raise CannotReproduce(f"cannot fetch {repo_id}/metrics.json: {type(e).__name__}: {e}") from None
     try:
         preds_file = hf_hub_download(repo_id, "predictions.json", revision=revision)
         predictions = load_json(preds_file, "predictions")
-    except Exception:  # noqa: BLE001 - predictions.json is optional in a release
+    except Exception:
         predictions = None
     return Recorded(repo_id, None, EvalRecord.read(metrics_file).doc, predictions)
 

@@ -26,15 +26,16 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
 
-from captioning.data import CAPTION_TRANSFORMS  # noqa: E402
-from captioning.images import MAX_PIXELS  # noqa: E402
-from captioning.cli import ArgumentParser, guarded, pop_debug  # noqa: E402
-from captioning.errors import UserError  # noqa: E402
-from captioning.records import KIND_EVAL, check_writable, write_json, write_record  # noqa: E402
+from captioning.cli import ArgumentParser, guarded, pop_debug
+from captioning.data import CAPTION_TRANSFORMS
+from captioning.errors import UserError
+from captioning.images import MAX_PIXELS
+from captioning.records import KIND_EVAL, check_writable, write_json, write_record
 
 PROG = "python eval/run.py"
 

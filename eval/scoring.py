@@ -46,9 +46,10 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -945,7 +946,7 @@ def _gc_paused():
             gc.enable()
 
 
-_LIVE: "weakref.WeakSet[Scorer]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Scorer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -1045,7 +1046,7 @@ class Scorer:
                 self._meteor.n = _auto_jvms(_SECOND_JVM_IDLE_ONE_SHOT)
         self._meteor.start()
 
-    def __enter__(self) -> "Scorer":
+    def __enter__(self) -> Scorer:
         return self
 
     def __exit__(self, *exc) -> None:

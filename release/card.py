@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import (KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, RELEASE, EvalRecord,
-                                TrainConfigRecord, read_record)
+from captioning.records import (
+    KIND_MERGE_CHECK,
+    KIND_RELEASE,
+    MERGE_CHECK,
+    RELEASE,
+    EvalRecord,
+    TrainConfigRecord,
+    read_record,
+)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"

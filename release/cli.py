@@ -21,7 +21,6 @@ import click
 from captioning.cli import DEBUG_FLAG, guarded
 
 
-
 def _quiet_libraries() -> None:
     """Progress bars and info logs of transformers/huggingface_hub would bury our own lines."""
     import warnings
@@ -182,7 +181,8 @@ def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, comm
     Pushing an unchanged release again makes no new commit; an interrupted push
     finishes when the same command is run again.
     """
-    from release.push import PushOptions, push as do_push
+    from release.push import PushOptions
+    from release.push import push as do_push
 
     do_push(PushOptions(repo_id=repo_id, adapter=adapter, model=model, merge=merge_, eval_dir=eval_dir,
                         private=private, revision=revision, tag=tag, commit_message=commit_message, dry_run=dry_run,

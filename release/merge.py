@@ -20,14 +20,25 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import (KIND_MERGE_CHECK, MERGE_CHECK, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord,
-                                model_fingerprint, read_json_file, replace_folder, short, weights_fingerprint,
-                                write_record)
+from captioning.records import (
+    KIND_MERGE_CHECK,
+    MERGE_CHECK,
+    TRAIN_CONFIG,
+    TrainConfigRecord,
+    TrainingRecord,
+    model_fingerprint,
+    read_json_file,
+    replace_folder,
+    short,
+    weights_fingerprint,
+    write_record,
+)
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}

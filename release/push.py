@@ -23,15 +23,34 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import (KIND_MERGE_CHECK, KIND_RELEASE, MERGE_CHECK, METRICS, RELEASE, TRAIN_CONFIG,
-                                EvalRecord, TrainConfigRecord, check_writable, local_paths_in, model_fingerprint,
-                                read_json_file, read_record, replace_folder, scrub_paths, short, weights_fingerprint,
-                                write_atomic, write_json, write_record)
+from captioning.records import (
+    KIND_MERGE_CHECK,
+    KIND_RELEASE,
+    MERGE_CHECK,
+    METRICS,
+    RELEASE,
+    TRAIN_CONFIG,
+    EvalRecord,
+    TrainConfigRecord,
+    check_writable,
+    local_paths_in,
+    model_fingerprint,
+    read_json_file,
+    read_record,
+    replace_folder,
+    scrub_paths,
+    short,
+    weights_fingerprint,
+    write_atomic,
+    write_json,
+    write_record,
+)
 from release import card as card_mod
 from release import hub
 from release.compat import make_portable
@@ -135,7 +154,7 @@ def _eval_files(record: EvalRecord) -> list[Path]:
     return [record.path.parent / n for n in EVAL_FILES if (record.path.parent / n).is_file()]
 
 
-def released_identity(dest: Path, opts: "PushOptions") -> dict[str, str | None]:
+def released_identity(dest: Path, opts: PushOptions) -> dict[str, str | None]:
     """Fingerprints of what the release in ``dest`` holds: ``weights`` (the model, or the
     adapter for an adapter release) and, for a merged or adapter release, the ``base`` and
     ``adapter`` it is made of."""
@@ -403,7 +422,7 @@ def publish_folder(folder: Path, repo_id: str, *, repo_type: str = "model", toke
                 403: "the token cannot write to this namespace",
                 409: "someone pushed meanwhile: run the same command again"}.get(status, "run the same command again")
         raise UserError(f"the Hub refused the push to {url} ({first}); {hint}") from e
-    except Exception as e:  # noqa: BLE001 - only network failures become a one-line message
+    except Exception as e:
         if _network_error(e):
             raise UserError(f"push to {url} interrupted ({type(e).__name__}): nothing was committed; run the same "
                             f"command again to finish (files the server already has are not sent twice)") from e

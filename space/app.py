@@ -22,27 +22,28 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import binascii  # noqa: E402
-import csv  # noqa: E402
-import gc  # noqa: E402
-import html  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import weakref  # noqa: E402
-import zipfile  # noqa: E402
-from abc import ABCMeta  # noqa: E402
-from collections import OrderedDict  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path, PurePosixPath  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+import argparse
+import base64
+import binascii
+import csv
+import gc
+import html
+import io
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+import weakref
+import zipfile
+from abc import ABCMeta
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,8 +66,19 @@ import yaml  # noqa: E402
 from captioning.cli import ArgumentParser, guarded, pop_debug  # noqa: E402
 from captioning.errors import UserError  # noqa: E402
 from captioning.images import load_image  # noqa: E402
-from captioning.records import (KIND_RELEASE, LOCAL, METRICS, RELEASE, TRAIN_CONFIG, EvalRecord,  # noqa: E402
-                                TrainConfigRecord, not_comparable, read_record, weights_fingerprint, write_atomic)
+from captioning.records import (  # noqa: E402
+    KIND_RELEASE,
+    LOCAL,
+    METRICS,
+    RELEASE,
+    TRAIN_CONFIG,
+    EvalRecord,
+    TrainConfigRecord,
+    not_comparable,
+    read_record,
+    weights_fingerprint,
+    write_atomic,
+)
 
 try:  # Hugging Face ZeroGPU hardware: generation must run inside a @spaces.GPU function
     import spaces  # type: ignore[import-not-found]
@@ -280,7 +292,7 @@ def _fetch_file(entry: ModelEntry, filename: str, notes: list[str]) -> Path | No
         if not isinstance(e, errors.LocalEntryNotFoundError):
             return None
         notes.append(f"{filename}: not readable (offline and not cached)")
-    except Exception as e:  # noqa: BLE001 - gated, missing repo, network: the card is just incomplete
+    except Exception as e:
         notes.append(f"{filename}: not readable ({e.__class__.__name__})")
     return None
 
@@ -478,7 +490,7 @@ class ModelRegistry:
             start = time.perf_counter()
             try:
                 captioner = self._load(info.entry)
-            except Exception as e:  # noqa: BLE001 - any failure is this model's alone
+            except Exception as e:
                 msg = str(e) if isinstance(e, UserError) else f"{e.__class__.__name__}: {e}"
                 if not isinstance(e, UserError):
                     log.exception("loading %s failed", key)
@@ -722,7 +734,7 @@ class CaptionSpace:
             raise
         except UserError as e:
             raise _user_error(e) from None
-        except Exception as e:  # noqa: BLE001 - one model's failure must not take the page (or a comparison) down
+        except Exception as e:
             log.exception("generation with %s failed", key)
             raise gr.Error(_esc(f"{self.registry.info(key).label}: generation failed ({e.__class__.__name__}: {e})"),
                            print_exception=False) from None

@@ -116,7 +116,7 @@ class Store:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args):  # quiet: tests read their own output
         pass
@@ -409,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    hub: "HubServer"
+    hub: HubServer
 
 
 class HubServer:
@@ -433,7 +433,7 @@ class HubServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         if self._stopper is not None:  # a stop_soon() still closing the old socket
             self._stopper.join(timeout=10)
             self._stopper = None

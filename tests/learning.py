@@ -21,8 +21,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "training" / "recipes"
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cpu_flags() -> list[str]:
     try:
-        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags")).split()
     except (OSError, StopIteration):
         return []
     return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"})

@@ -149,7 +149,7 @@ def test_padding_is_masked_in_attention_and_loss(cap, shapes_images):
         assert torch.allclose(padded, alone, atol=1e-5)
         losses = [cap.model(**e).loss for e in exs]
         n = [(e["labels"][0, 1:] != IGNORE_INDEX).sum() for e in exs]
-        mean = sum(l * k for l, k in zip(losses, n)) / sum(n)
+        mean = sum(loss * k for loss, k in zip(losses, n)) / sum(n)
         assert torch.allclose(cap.model(**batch).loss, mean, atol=1e-5)
 
 
@@ -285,7 +285,7 @@ def test_concurrent_forwards_read_their_own_images(cap, shapes_images):
         try:
             with torch.inference_mode():
                 results[i] = [torch.equal(cap.model(**inputs[i % 2]).logits, expected[i % 2]) for _ in range(5)]
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
@@ -357,7 +357,7 @@ def test_space_captions_with_a_bridge_model_only_when_trusted(bridge_dir, cap, s
 
 def test_compose_from_pretrained_backbone_and_lm(tmp_path, shapes_images):
     """compose: pretrained weights carried over untouched, a zero-gated bridge on top."""
-    from transformers import (BitImageProcessorPil, Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM)
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
 
     from captioning.bridge.compose import main as compose_main
     from captioning.factory import build_bpe_tokenizer

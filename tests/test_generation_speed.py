@@ -71,7 +71,7 @@ def test_concurrent_callers_share_and_remove_the_wrapper(captioners, shapes_imag
     def work(k, chunk):
         try:
             out[k] = caption_images(cap, shapes_images[:4], None, settings, batch_size=4, vision_batch_size=chunk)
-        except Exception as e:  # noqa: BLE001 - surfaced by the assertion below
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(k, c)) for k, c in enumerate([1, 3, None, 2])]

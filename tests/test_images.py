@@ -394,7 +394,7 @@ def test_thread_safe_with_different_limits(tmp_path):
                     load_image(path, max_pixels=100)
             else:
                 sizes.append(load_image(path, downscale_pixels=2_500).size)
-        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]

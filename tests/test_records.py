@@ -8,8 +8,17 @@ import shutil
 import pytest
 
 from captioning.errors import UserError
-from captioning.records import (KIND_EVAL, KIND_TRAINING, EvalRecord, TrainConfigRecord, TrainingRecord,
-                                not_comparable, weights_fingerprint, write_atomic, write_record)
+from captioning.records import (
+    KIND_EVAL,
+    KIND_TRAINING,
+    EvalRecord,
+    TrainConfigRecord,
+    TrainingRecord,
+    not_comparable,
+    weights_fingerprint,
+    write_atomic,
+    write_record,
+)
 
 EVAL_DOC = {"metrics": {"CIDEr": 0.5, "Bleu_4": 0.1}, "n_images": 16,
             "dataset": {"source": "data/shapes", "split": "test", "hash": "a" * 64},

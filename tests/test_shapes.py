@@ -10,7 +10,7 @@ from PIL import Image
 from captioning import shapes
 
 SPLITS = ("train", "val", "test")
-NP_RE = re.compile(r"\ban? (?:(small|large) )?(%s) (%s)\b" % ("|".join(shapes.COLORS), "|".join(shapes.SHAPES)))
+NP_RE = re.compile(rf"\ban? (?:(small|large) )?({'|'.join(shapes.COLORS)}) ({'|'.join(shapes.SHAPES)})\b")
 REL_RE = re.compile(r" (above|below|left of|right of) ")
 COUNT = {"one": 1, "two": 2, "three": 3}
 

@@ -9,13 +9,14 @@ image goes into each step, and where the image features come from.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
 from captioning.families.base import IGNORE_INDEX
+
 
 def _pick(seed: int, epoch: int, image_id, n: int) -> int:
     # A hash of (seed, epoch, image) instead of a stateful RNG: the caption an example gets

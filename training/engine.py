@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from transformers import Trainer, TrainerCallback
 
 from captioning.cli import printable

@@ -9,7 +9,8 @@ images (CIDEr-D takes idf from the scored set: numbers depend on the subset size
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

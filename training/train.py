@@ -20,13 +20,24 @@ import shutil
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import (KIND_TRAINING, METRICS, TRAIN_CONFIG, TrainConfigRecord, TrainingRecord,
-                                check_writable, model_fingerprint, write_atomic, write_json, write_record)
+from captioning.records import (
+    KIND_TRAINING,
+    METRICS,
+    TRAIN_CONFIG,
+    TrainConfigRecord,
+    TrainingRecord,
+    check_writable,
+    model_fingerprint,
+    write_atomic,
+    write_json,
+    write_record,
+)
 from training.config import TrainConfig, changes, help_text, load_config
 
 PREDICTIONS = "val_predictions.json"
@@ -63,7 +74,7 @@ def checkpoint_problem(path: Path) -> str | None:
 
                 with safe_open(str(w), framework="pt") as f:
                     list(f.keys())
-            except Exception as e:  # noqa: BLE001 - any read failure means unusable
+            except Exception as e:
                 return f"corrupt {w.name} ({type(e).__name__})"
     for name in ("optimizer.pt", "scheduler.pt"):
         f = path / name
@@ -104,7 +115,7 @@ def select_checkpoint(out: Path, resume: bool | str, *, is_main: bool, log: Call
         raise UserError(f"--resume: {out / CHECKPOINTS} holds no checkpoint (the run stopped before its first "
                         "save, or this is another folder): start again without --resume")
     problems = []
-    for step, path in reversed(ckpts):
+    for _step, path in reversed(ckpts):
         problem = checkpoint_problem(path)
         if problem is None:
             for note in problems:
@@ -243,8 +254,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     from training import data as tdata
     from training.engine import CaptionTrainer, EpochSync, caption_loss, trainer_metrics
     from training.evaluation import CaptionEvaluator
-    from training.modeling import (load_base, parameter_report, resolve_precision, setup_trainable,
-                                   training_device_type)
+    from training.modeling import load_base, parameter_report, resolve_precision, setup_trainable, training_device_type
 
     started = time.time()
     # cpu=True where there is no GPU: that is what makes several processes use gloo

@@ -155,7 +155,7 @@ class _CrossAttentionHook:
     and the hook must run that copy.
     """
 
-    def __init__(self, owner: "BridgeForConditionalGeneration", index: int):
+    def __init__(self, owner: BridgeForConditionalGeneration, index: int):
         self.owner, self.index = owner, index
 
     def __call__(self, module, args, kwargs):
@@ -315,7 +315,7 @@ class BridgeForConditionalGeneration(BridgePreTrainedModel, GenerationMixin):
     # ---------------------------------------------------------------- building
     @classmethod
     def from_vision_text_pretrained(cls, vision_model_name_or_path: str, text_model_name_or_path: str, *,
-                                    dtype=None, revision=None, **bridge_kwargs) -> "BridgeForConditionalGeneration":
+                                    dtype=None, revision=None, **bridge_kwargs) -> BridgeForConditionalGeneration:
         """A new bridge (random, zero-gated) over pretrained backbone + LM weights.
 
         ``bridge_kwargs`` are BridgeConfig options (bridge_depth, cross_attention_layers, ...).

@@ -122,7 +122,7 @@ class BridgeProcessor(ProcessorMixin):
     # ---------------------------------------------------------------- building
     @classmethod
     def from_vision_text_pretrained(cls, vision_model_name_or_path: str, text_model_name_or_path: str, *,
-                                    revision=None, **kwargs) -> "BridgeProcessor":
+                                    revision=None, **kwargs) -> BridgeProcessor:
         """The backbone's image processor + the LM's tokenizer (``kwargs``: prompt_template, default_prompt)."""
         from transformers import AutoImageProcessor, AutoTokenizer
 

@@ -9,7 +9,8 @@ vision tower, the connector, and the default LoRA targets.
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 

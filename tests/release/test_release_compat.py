@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 
-
 from release.card import usage_snippet
 from release.compat import make_portable, portability_problems
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from release.cli import cli
 from release.card import usage_snippet
+from release.cli import cli
 
 from .conftest import NEW_TOKENS, TOKEN
 

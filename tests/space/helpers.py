@@ -62,7 +62,7 @@ class NetworkGuard:
             self.violations.append(f"{what} {address!r}")
             raise OSError(f"network guard: {what} to {address!r} is outside loopback")
 
-    def install(self) -> "NetworkGuard":
+    def install(self) -> NetworkGuard:
         guard = self
         orig_connect, orig_connect_ex = socket.socket.connect, socket.socket.connect_ex
         orig_getaddrinfo = socket.getaddrinfo
@@ -100,7 +100,7 @@ class PeakRSS:
     """The resident memory of this process before and at its peak while the block runs,
     sampled every 50 ms in a thread (the Space serves in-process)."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import threading
 
         import psutil

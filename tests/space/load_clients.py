@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from tests.space.helpers import NetworkGuard  # noqa: E402
+from tests.space.helpers import NetworkGuard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             # gradio_client's own HTTP timeout (20 s for uploads) is shorter than a busy machine needs
             client = Client(args.url, analytics_enabled=False, verbose=False,
                             httpx_kwargs={"timeout": args.request_timeout})
-        except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+        except Exception as e:
             with lock:
                 failures.extend([f"client {i}: {e!r}"] * args.requests)
             start_line.abort()
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError(f"empty caption {text!r}")
                 if args.expect is not None and text != args.expect[image]:
                     raise ValueError(f"caption {text!r} for {Path(image).name}, expected {args.expect[image]!r}")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 with lock:
                     failures.append(f"client {i} request {j}: {e!r}")
                 continue

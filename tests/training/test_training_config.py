@@ -91,7 +91,7 @@ def test_every_bool_can_be_switched_off_from_the_command_line():
         on = build_config(base, parse_overrides([f"--{key}"]))
         off = build_config(base, parse_overrides([f"--no-{key}"]))
         off2 = build_config(base, parse_overrides([f"--{key}", "false"]))
-        get = lambda c: typing.cast(bool, eval("c." + key, {"c": c}))  # noqa: E731
+        get = lambda c, key=key: typing.cast(bool, eval("c." + key, {"c": c}))  # noqa: E731
         if key == "data.feature_cache" or key.startswith("quantization.load_in"):
             continue  # need other settings to be valid when on; off is checked below
         assert get(on) is True and get(off) is False and get(off2) is False, key

@@ -125,9 +125,8 @@ def test_train_connector_is_refused_for_blip(tiny_models, shapes_dir, tmp_path):
 
 
 def test_feature_cache_gives_the_same_loss(tiny_models, shapes_dir):
-    from captioning.data import load_captions
+    from captioning.data import linguistic_errors, load_captions
     from captioning.loading import load_captioner
-    from captioning.data import linguistic_errors
     from training import data as tdata
     from training.engine import caption_loss
 
