@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import ipaddress
 import socket
@@ -10,12 +12,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 APP_PATH = REPO / "space" / "app.py"
+#: the package beside app.py holding the Space's parts
+PARTS = "caption_space"
+
+
+def _space_importable() -> None:
+    # app.py imports its parts from its own folder, where `python app.py` finds them; the
+    # end of sys.path, so nothing else is shadowed by space/'s files
+    if str(APP_PATH.parent) not in sys.path:
+        sys.path.append(str(APP_PATH.parent))
 
 
 def load_app_module(name: str = "space_app"):
     """Import space/app.py as a module (space/ is a Space folder, not a package)."""
     if name in sys.modules:
         return sys.modules[name]
+    _space_importable()
     spec = importlib.util.spec_from_file_location(name, APP_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is built
@@ -25,6 +37,30 @@ def load_app_module(name: str = "space_app"):
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def space_part(name: str):
+    """A module of the Space's parts (``space_part("handlers")``: caption_space/handlers.py)."""
+    _space_importable()
+    return importlib.import_module(f"{PARTS}.{name}")
+
+
+@contextlib.contextmanager
+def fresh_app_module(name: str):
+    """app.py and its parts imported anew (as a new process would), as module ``name``;
+    afterwards the modules imported before are back in place, so other tests keep theirs."""
+    def ours(mod: str) -> bool:
+        return mod == name or mod == PARTS or mod.startswith(PARTS + ".")
+
+    saved = {k: v for k, v in sys.modules.items() if ours(k)}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        yield load_app_module(name)
+    finally:
+        for k in [k for k in sys.modules if ours(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 # ------------------------------------------------------------------------ network guard

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.space.helpers import APP_PATH, REPO, load_app_module
+from tests.space.helpers import APP_PATH, REPO, fresh_app_module, space_part
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +45,54 @@ def test_import_has_no_side_effects():
         return sorted(p for p in APP_PATH.parent.rglob("*") if "__pycache__" not in p.parts)
 
     before, threads = files(), threading.active_count()
-    module = load_app_module("space_app_fresh_import")
-    try:
+    with fresh_app_module("space_app_fresh_import") as module:
         assert threading.active_count() == threads  # no server, no queue workers
-        assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
         assert callable(module.build_demo) and not hasattr(module, "demo")
         module.build_demo(["org/not-cached"], loader=lambda entry: None)
         assert files() == before  # nothing written next to app.py (e.g. Gradio's .pyi stubs)
         assert threading.active_count() == threads
-    finally:
-        sys.modules.pop("space_app_fresh_import", None)
+
+
+def test_import_changes_no_environment_or_path():
+    """Importing the app (gradio and the core with it) in a fresh process leaves os.environ
+    and sys.path as they were: Gradio's and the Hub's telemetry switches are main()'s job."""
+    probe = (
+        "import importlib.util, os, sys\n"
+        "env, path = dict(os.environ), list(sys.path)\n"
+        f"spec = importlib.util.spec_from_file_location('space_app', {str(APP_PATH)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['space_app'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "assert callable(module.main)\n"
+        "changed = sorted(k for k in env.keys() | os.environ.keys() if env.get(k) != os.environ.get(k))\n"
+        "assert not changed, changed\n"
+        "assert sys.path == path, (path, sys.path)\n")
+    quiet = ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(APP_PATH.parent)])
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_main_turns_telemetry_off_unless_asked(space_app, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    assert space_app.main(["--help"]) == 0
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY is True
 
 
 def test_zero_gpu_wraps_generation_when_spaces_imports(monkeypatch):
     wrapped = []
     fake = SimpleNamespace(GPU=lambda fn: wrapped.append(fn) or fn)
     monkeypatch.setitem(sys.modules, "spaces", fake)
-    module = load_app_module("space_app_zerogpu")
-    try:
-        assert [f.__name__ for f in wrapped] == ["_generate"]
-        assert module.spaces is fake
-    finally:
-        sys.modules.pop("space_app_zerogpu", None)
+    with fresh_app_module("space_app_zerogpu"):
+        registry = space_part("registry")
+        assert [f.__name__ for f in wrapped] == ["generate"]
+        assert registry.spaces is fake
 
 
 def test_space_files(space_app):
@@ -210,7 +236,7 @@ def test_registry_is_lazy_lru_and_isolates_failures(space_app, monkeypatch):
     with pytest.raises(space_app.ModelLoadError):
         reg.get("org/bad")
     assert calls.count("org/bad") == 1  # the failure is remembered for a while...
-    monkeypatch.setattr(space_app, "FAILED_RETRY_S", 0.0)
+    monkeypatch.setattr(space_part("registry"), "FAILED_RETRY_S", 0.0)
     with pytest.raises(space_app.ModelLoadError):
         reg.get("org/bad")
     assert calls.count("org/bad") == 2  # ...then retried
@@ -347,21 +373,22 @@ def test_zip_members_guarded(space_app, tmp_path, monkeypatch):
     z = _zip(tmp_path / "in.zip", {"a/one.png": _png_bytes(), "../../two.png": _png_bytes("red"),
                                    "__MACOSX/a/._one.png": b"junk", "a/.hidden.png": b"x", "readme.txt": b"t",
                                    "/abs/three.jpg": _png_bytes("green")})
-    members = space_app._zip_members(z)
+    handlers = space_part("handlers")
+    members = handlers.zip_members(z)
     assert [n for n, _ in members] == ["in.zip/a/one.png", "in.zip/two.png", "in.zip/abs/three.jpg"]
     assert not (tmp_path.parent / "two.png").exists()  # nothing is ever extracted
-    bomb = _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (space_app.MAX_MEMBER_BYTES + 1)})
+    bomb = _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (handlers.MAX_MEMBER_BYTES + 1)})
     assert bomb.stat().st_size < 100_000
     with pytest.raises(space_app.gr.Error, match="big.png: .*over the"):
-        space_app._zip_members(bomb)
-    monkeypatch.setattr(space_app, "MAX_BATCH_IMAGES", 3)
+        handlers.zip_members(bomb)
+    monkeypatch.setattr(handlers, "MAX_BATCH_IMAGES", 3)
     many = _zip(tmp_path / "many.zip", {f"{i}.png": _png_bytes() for i in range(4)})
     with pytest.raises(space_app.gr.Error, match="At most 3 images"):
-        space_app._zip_members(many)
+        handlers.zip_members(many)
     notzip = tmp_path / "fake.zip"
     notzip.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(space_app.gr.Error, match="fake.zip: not a readable zip"):
-        space_app._zip_members(notzip)
+        handlers.zip_members(notzip)
 
 
 def test_batch_files_table_and_downloads(tiny_space, space_app, png, tmp_path):

@@ -1,0 +1,10 @@
+"""The Space's parts, split by job; ``app.py`` next to this folder lays out the UI and runs it.
+
+- :mod:`.models`: the configured model list and what each model's files say about it
+- :mod:`.registry`: loading models on first use, keeping the most recently used in memory
+- :mod:`.components`: the few Gradio component overrides (raw uploads, no URL fetching)
+- :mod:`.handlers`: what each button does (:class:`~.handlers.CaptionSpace`)
+- :mod:`.views`: HTML and Markdown shown in the UI
+
+A deployed Space ships this folder next to ``app.py`` (``release space`` copies space/).
+"""

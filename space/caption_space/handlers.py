@@ -1,0 +1,355 @@
+"""What each button of the Space does: :class:`CaptionSpace` holds the handlers (plain
+methods, so tests call them directly), with the limits every input is held to."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import gradio as gr
+
+from captioning.errors import UserError
+from captioning.images import load_image
+from captioning.records import write_atomic
+
+from .components import user_error
+from .models import ModelInfo, base_pairs
+from .registry import ModelLoadError, ModelRegistry, generate, register
+from .views import card_line, card_not_comparable, compare_html, esc, fmt
+
+log = logging.getLogger("space")
+
+#: larger uploads are resized to this many pixels before the processor sees them: the
+#: processors shrink to <= 2048 px (SmolVLM with splitting) anyway, and a 50 MP photo
+#: would otherwise cost seconds of resizing per request
+DOWNSCALE_PIXELS = 2048 * 2048
+#: uploads over this are refused: a public server needs a tighter bomb guard than a laptop
+#: (captioning.images.MAX_PIXELS); a 48 MP phone photo (8064 x 6048) still passes
+SPACE_MAX_PIXELS = 50_000_000
+MAX_NEW_TOKENS = 128
+MAX_BEAMS = 8
+MAX_VARIATIONS = 5
+MAX_COMPARE = 4
+MAX_PROMPT_CHARS = 500
+#: batch limits: images per request, bytes per zip member, uncompressed bytes per zip
+MAX_BATCH_IMAGES = 64
+MAX_MEMBER_BYTES = 32 * 2**20
+MAX_ZIP_BYTES = 256 * 2**20
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+BATCH_COLUMNS = ["file", "caption", "model", "error"]
+MODELS_COLUMNS = ["model", "name", "family", "CIDEr", "BLEU-4", "n_images", "split", "status"]
+
+
+@dataclass
+class Limits:
+    """Image limits applied to every input (uploads, webcam, paste, zip members)."""
+
+    max_pixels: int | None = SPACE_MAX_PIXELS
+    downscale_pixels: int | None = DOWNSCALE_PIXELS
+
+    def __post_init__(self):
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UserError(f"--max-pixels must be a positive number of pixels, got {self.max_pixels}")
+
+
+class CaptionSpace:
+    """Handlers behind the UI (plain methods, so tests call them directly)."""
+
+    def __init__(self, infos: Sequence[ModelInfo], registry: ModelRegistry, limits: Limits):
+        self.infos = list(infos)
+        self.registry = registry
+        self.limits = limits
+        self.token = register(registry)
+        self._out_dir: Path | None = None
+        self.pairs = base_pairs(self.infos)
+
+    @property
+    def out_dir(self) -> Path:
+        """Where batch CSV/JSON files are written (made on first use; Gradio serves
+        returned files from the system temp dir)."""
+        if self._out_dir is None:
+            self._out_dir = Path(tempfile.mkdtemp(prefix="caption-space-"))
+        return self._out_dir
+
+    # ---------------------------------------------------------------- helpers
+    def _image(self, value, what: str = "image"):
+        if value is None:
+            raise gr.Error(f"Upload an {what} first (or pick an example).", print_exception=False)
+        if isinstance(value, tuple):
+            source, name = value
+        else:  # a plain path (gradio_client with another front end, tests)
+            source, name = value, Path(str(value)).name
+        return self._load(source, name)
+
+    def _load(self, source, name: str):
+        try:
+            return load_image(source, name=name, max_pixels=self.limits.max_pixels,
+                              downscale_pixels=self.limits.downscale_pixels)
+        except UserError as e:
+            raise user_error(e) from None
+
+    @staticmethod
+    def settings(max_new_tokens, num_beams, temperature, top_p, seed, num_captions: int = 1):
+        """UI values -> GenerationSettings (temperature 0: greedy or beam search)."""
+        from captioning.generation import GenerationSettings
+
+        try:
+            max_new_tokens, num_beams, num_captions = int(max_new_tokens), int(num_beams), int(num_captions)
+            temperature, top_p = float(temperature), float(top_p)
+            seed = None if seed is None or int(seed) < 0 else int(seed)
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error("settings must be numbers", print_exception=False) from None
+        checks = [(1 <= max_new_tokens <= MAX_NEW_TOKENS, f"max new tokens must be 1-{MAX_NEW_TOKENS}"),
+                  (1 <= num_beams <= MAX_BEAMS, f"beams must be 1-{MAX_BEAMS}"),
+                  (1 <= num_captions <= MAX_VARIATIONS, f"variations must be 1-{MAX_VARIATIONS}"),
+                  (0 <= temperature <= 2, "temperature must be 0-2 (0: no sampling)"),
+                  (0 < top_p <= 1, "top-p must be in (0, 1]")]
+        for ok, msg in checks:
+            if not ok:
+                raise gr.Error(msg, print_exception=False)
+        sample = temperature > 0
+        try:
+            return GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
+                                      temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
+                                      num_captions=num_captions, seed=seed)
+        except UserError as e:
+            raise user_error(e) from None
+
+    def _prompt_for(self, info: ModelInfo, prompt: str | None) -> str | None:
+        prompt = (prompt or "").strip()
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise gr.Error(f"the prompt is longer than {MAX_PROMPT_CHARS} characters", print_exception=False)
+        if prompt and not info.takes_prompt:
+            raise gr.Error(f"{esc(info.label)} ({info.family}) captions without a prompt: leave it empty",
+                           print_exception=False)
+        return prompt or None
+
+    def _run(self, key: str, images: list, prompt: str | None, settings):
+        """(captions, captioner, load seconds, generation seconds); a model that cannot
+        load raises ModelLoadError, bad settings for this model gr.Error."""
+        captioner, load_s = self.registry.get(key)
+        start = time.perf_counter()
+        try:
+            out = generate(self.token, key, images, prompt, settings)
+        except ModelLoadError:
+            raise
+        except UserError as e:
+            raise user_error(e) from None
+        except Exception as e:
+            log.exception("generation with %s failed", key)
+            raise gr.Error(esc(f"{self.registry.info(key).label}: generation failed ({e.__class__.__name__}: {e})"),
+                           print_exception=False) from None
+        return out, captioner, load_s, time.perf_counter() - start
+
+    def _info(self, key) -> ModelInfo:
+        if not key:
+            raise gr.Error("Choose a model.", print_exception=False)
+        try:
+            return self.registry.info(str(key))
+        except UserError as e:
+            raise user_error(e) from None
+
+    # --------------------------------------------------------------- handlers
+    def caption(self, image, model, prompt, max_new_tokens, num_beams, temperature, top_p, variations, seed):
+        """One image, one model -> captions (one per line) and the time it took."""
+        info = self._info(model)
+        settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed, variations)
+        img = self._image(image)
+        prompt = self._prompt_for(info, prompt)
+        try:
+            out, cap, load_s, gen_s = self._run(info.key, [img], prompt, settings)
+        except ModelLoadError as e:
+            raise user_error(e) from None
+        timing = f"**{load_s + gen_s:.2f} s** · generation {gen_s:.2f} s"
+        if load_s:
+            timing += f" · model load {load_s:.2f} s"
+        timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')}"
+        return "\n".join(out[0]), timing
+
+    def compare(self, image, models, max_new_tokens, num_beams, temperature, top_p, seed):
+        """One image, 2-4 models, the same settings -> cards (HTML) and the raw results."""
+        models = [models] if isinstance(models, str) else list(models or [])
+        if not 2 <= len(models) <= MAX_COMPARE:
+            raise gr.Error(f"Pick 2 to {MAX_COMPARE} models to compare (got {len(models)}).",
+                           print_exception=False)
+        if len(set(models)) != len(models):
+            raise gr.Error("Each model can be picked once.", print_exception=False)
+        infos = [self._info(m) for m in models]
+        settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed)
+        img = self._image(image)
+        results = []
+        first = next((i for i in infos if i.metrics), None)
+        for info in infos:
+            row: dict[str, Any] = {"model": info.key, "name": info.label, "family": info.family, "caption": None,
+                                   "seconds": None, "load_seconds": None, "error": None,
+                                   "card_metrics": info.card_metrics() or None,
+                                   "card_not_comparable": card_not_comparable(first, info)}
+            try:
+                out, _, load_s, gen_s = self._run(info.key, [img], None, settings)
+                row.update(caption=out[0][0], seconds=round(gen_s, 4), load_seconds=round(load_s, 4))
+            except gr.Error as e:
+                row["error"] = e.message
+            except ModelLoadError as e:
+                row["error"] = str(e)
+            results.append(row)
+        return compare_html(results), results
+
+    def batch(self, files, model, max_new_tokens, num_beams, temperature, top_p, seed,
+              progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress tracker
+        """Several images (or zips of images) -> table + CSV + JSON downloads."""
+        info = self._info(model)
+        settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed)
+        paths = [files] if isinstance(files, str) else list(files or [])
+        if not paths:
+            raise gr.Error("Upload images (or a .zip of images) first.", print_exception=False)
+        progress(0, desc="reading images")
+        items = self._batch_items(paths)
+        rows: list[dict[str, str]] = []
+        good: list[tuple[int, Any]] = []
+        for name, source in items:
+            rows.append({"file": name, "caption": "", "model": info.label, "error": ""})
+            try:
+                good.append((len(rows) - 1, self._load(source, name)))
+            except gr.Error as e:
+                rows[-1]["error"] = html.unescape(e.message)
+        if good:
+            progress(0, desc=f"loading {info.label}")
+            try:
+                self.registry.get(info.key)
+            except ModelLoadError as e:
+                raise user_error(e) from None
+            done = 0
+            progress((0, len(good)), desc="captioning", unit="images")
+            for start in range(0, len(good), 8):
+                chunk = good[start:start + 8]
+                try:
+                    out = self._run(info.key, [img for _, img in chunk], None, settings)[0]
+                except ModelLoadError as e:  # evicted by another request and now failing
+                    raise user_error(e) from None
+                for (row, _), caps in zip(chunk, out, strict=True):
+                    rows[row]["caption"] = caps[0]
+                done += len(chunk)
+                progress((done, len(good)), desc="captioning", unit="images")
+        csv_path, json_path = self._write_batch(rows)
+        n_err = sum(1 for r in rows if r["error"])
+        summary = f"{len(rows) - n_err} of {len(rows)} images captioned with **{esc(info.label)}**"
+        if n_err:
+            summary += f"; {n_err} could not be read (see the error column)"
+        table = [[r[c] for c in BATCH_COLUMNS] for r in rows]
+        return table, str(csv_path), str(json_path), summary
+
+    def _batch_items(self, paths: list) -> list[tuple[str, Any]]:
+        items: list[tuple[str, Any]] = []
+        for p in paths:
+            p = Path(str(p))
+            if p.suffix.lower() == ".zip":
+                items.extend(zip_members(p))
+            else:
+                items.append((p.name, p))
+            if len(items) > MAX_BATCH_IMAGES:
+                raise gr.Error(f"At most {MAX_BATCH_IMAGES} images per batch.", print_exception=False)
+        if not items:
+            raise gr.Error("No images found in the upload (png, jpg, webp, bmp, gif, tif).",
+                           print_exception=False)
+        return items
+
+    def _write_batch(self, rows: list[dict]) -> tuple[Path, Path]:
+        _prune(self.out_dir, max_age_s=3600)
+        stem = f"captions-{time.strftime('%Y%m%d-%H%M%S')}-{threading.get_ident() % 10000:04d}"
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=BATCH_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        csv_path = write_atomic(self.out_dir / f"{stem}.csv", buf.getvalue())
+        json_path = write_atomic(self.out_dir / f"{stem}.json", json.dumps(rows, indent=2, ensure_ascii=False))
+        return csv_path, json_path
+
+    def model_info(self, model):
+        """Model picked in the Caption tab -> prompt box state and a one-line card."""
+        info = self._info(model)
+        if info.takes_prompt:
+            prompt = gr.Textbox(interactive=True, placeholder=f"default: {info.prompt or '(none)'}")
+        else:
+            prompt = gr.Textbox(value="", interactive=False,
+                                placeholder=f"{info.family or 'this model'} captions without a prompt")
+        return prompt, card_line(info)
+
+    def models_table(self):
+        """Every configured model: key, name, family, card metrics, whether it is in memory."""
+        loaded = set(self.registry.loaded())
+        rows = []
+        for info in self.infos:
+            m = info.card_metrics()
+            failure = self.registry.failure(info.key)
+            state = "in memory" if info.key in loaded else ("failed: " + failure if failure else "not loaded")
+            rows.append([info.key, info.label, info.family or "?", fmt(m.get("CIDEr")), fmt(m.get("Bleu_4")),
+                         m.get("n_images") or "", m.get("split") or "", state])
+        return rows
+
+    def preset(self, index: int):
+        """The Compare tab's models for the ``index``-th base vs fine-tuned button."""
+        base, ft = self.pairs[index]
+        return [base.key, ft.key]
+
+
+def zip_members(path: Path) -> list[tuple[str, bytes]]:
+    """Image members of an uploaded zip, read into memory with size caps.
+
+    Nothing is extracted to disk (so member paths cannot escape anywhere) and each
+    read is capped by bytes actually read, not by the header's claim, so a zip bomb
+    stops at the limit.
+    """
+    out: list[tuple[str, bytes]] = []
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for zi in zf.infolist():
+                name = zi.filename
+                parts = PurePosixPath(name.replace("\\", "/")).parts
+                if zi.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+                    continue
+                if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                label = f"{path.name}/{'/'.join(p for p in parts if p not in ('..', '/'))}"
+                if len(out) >= MAX_BATCH_IMAGES:
+                    raise gr.Error(f"At most {MAX_BATCH_IMAGES} images per batch.", print_exception=False)
+                if zi.flag_bits & 0x1:
+                    raise gr.Error(f"{esc(label)}: encrypted zip members are not supported", print_exception=False)
+                if zi.file_size > MAX_MEMBER_BYTES:
+                    raise gr.Error(f"{esc(label)}: {zi.file_size:,} bytes uncompressed, over the "
+                                   f"{MAX_MEMBER_BYTES:,}-byte limit per image", print_exception=False)
+                with zf.open(zi) as fh:
+                    data = fh.read(MAX_MEMBER_BYTES + 1)
+                if len(data) > MAX_MEMBER_BYTES:
+                    raise gr.Error(f"{esc(label)}: over the {MAX_MEMBER_BYTES:,}-byte limit per image",
+                                   print_exception=False)
+                total += len(data)
+                if total > MAX_ZIP_BYTES:
+                    raise gr.Error(f"{esc(path.name)}: over {MAX_ZIP_BYTES:,} bytes uncompressed in all",
+                                   print_exception=False)
+                out.append((label, data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+        raise gr.Error(f"{esc(path.name)}: not a readable zip ({e.__class__.__name__})",
+                       print_exception=False) from None
+    return out
+
+
+def _prune(folder: Path, max_age_s: float) -> None:
+    now = time.time()
+    for p in folder.glob("captions-*"):
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,340 @@
+"""The models a Space serves: the configured list, and what each model's files say about it
+(name, family, prompt, card metrics, the base it was fine-tuned from), read without loading
+weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from captioning.errors import UserError
+from captioning.records import (
+    KIND_RELEASE,
+    METRICS,
+    RELEASE,
+    TRAIN_CONFIG,
+    EvalRecord,
+    TrainConfigRecord,
+    read_json_file,
+    read_record,
+    weights_fingerprint,
+)
+
+SPACE_DIR = Path(__file__).resolve().parent.parent
+MODELS_YAML = SPACE_DIR / "models.yaml"
+ENV_MODELS = "CAPTION_MODELS"
+HUB_URL = "https://huggingface.co"
+
+
+# --------------------------------------------------------------------------- model list
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the Space serves, as configured (hub id or local folder)."""
+
+    id: str
+    name: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not self.id or not self.id.strip():
+            raise UserError("a model entry has an empty id: give a hub id (org/name) or a model folder")
+
+    @property
+    def key(self) -> str:
+        """The value the UI and the API use to name this model."""
+        return f"{self.id}@{self.revision}" if self.revision else self.id
+
+    @property
+    def local(self) -> bool:
+        """Whether the id is a local folder rather than a hub id."""
+        from captioning.loading import looks_local
+
+        return looks_local(self.id)
+
+
+_ENTRY_KEYS = ("id", "name", "revision", "trust_remote_code")
+
+
+def _bool_option(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise UserError(f"{where}: trust_remote_code must be true or false, got {value!r}")
+
+
+def _entry_from_mapping(data: dict, where: str) -> ModelEntry:
+    unknown = sorted(set(data) - set(_ENTRY_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_ENTRY_KEYS)}")
+    if not data.get("id"):
+        raise UserError(f"{where}: needs an id (a hub id or a model folder)")
+    return ModelEntry(id=str(data["id"]).strip(), name=data.get("name") or None,
+                      revision=str(data["revision"]) if data.get("revision") else None,
+                      trust_remote_code=_bool_option(data.get("trust_remote_code", False), where))
+
+
+def parse_models(spec: str, *, where: str = "--models") -> list[ModelEntry]:
+    """``"ID[;key=value...],ID2,..."`` (commas or newlines between models) -> entries."""
+    entries = []
+    for chunk in spec.replace("\n", ",").split(","):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        head, *opts = [part.strip() for part in chunk.split(";")]
+        data: dict[str, Any] = {"id": head}
+        for opt in opts:
+            if not opt:
+                continue
+            if "=" not in opt:
+                raise UserError(f"{where}: option {opt!r} of {head!r} is not key=value "
+                                "(e.g. trust_remote_code=true)")
+            k, v = (s.strip() for s in opt.split("=", 1))
+            data[k] = v
+        entries.append(_entry_from_mapping(data, f"{where} entry {head!r}"))
+    return entries
+
+
+def read_models_yaml(path: str | Path) -> list[ModelEntry]:
+    """Entries from a models.yaml: a list (or ``models:`` list) of ids or mappings."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); fix the file") from e
+    if isinstance(data, dict):
+        data = data.get("models")
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a list of models (ids or mappings with an id)")
+    entries = []
+    for i, item in enumerate(data):
+        where = f"{path} item {i + 1}"
+        if isinstance(item, str):
+            entries.extend(parse_models(item, where=where))
+        elif isinstance(item, dict):
+            entries.append(_entry_from_mapping(item, where))
+        else:
+            raise UserError(f"{where}: expected an id or a mapping, got {type(item).__name__}")
+    return entries
+
+
+def configured_models(cli: str | None = None, *, env: dict[str, str] | None = None,
+                      yaml_path: str | Path = MODELS_YAML) -> list[ModelEntry]:
+    """The models to serve: ``--models``, else ``$CAPTION_MODELS``, else models.yaml."""
+    env = os.environ if env is None else env
+    if cli:
+        return parse_models(cli)
+    if env.get(ENV_MODELS, "").strip():
+        return parse_models(env[ENV_MODELS], where=ENV_MODELS)
+    return read_models_yaml(yaml_path)
+
+
+def dedupe(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """``entries`` as they are, or a UserError naming the first model listed twice."""
+    seen: set[str] = set()
+    out = []
+    for e in entries:
+        if e.key in seen:
+            raise UserError(f"model {e.key!r} is listed twice: list each model once")
+        seen.add(e.key)
+        out.append(e)
+    return out
+
+
+# ------------------------------------------------------------------------ model cards
+
+@dataclass
+class ModelInfo:
+    """What the Space shows about a model before loading it, read once at start."""
+
+    entry: ModelEntry
+    label: str
+    family: str | None = None
+    #: the prompt it captions with when the user gives none (None: unconditional)
+    prompt: str | None = None
+    #: False for families that caption without an instruction (BLIP)
+    takes_prompt: bool = True
+    metrics: dict | None = None
+    base: str | None = None
+    #: weights fingerprints (captioning.records) of this model and of the base it names: a
+    #: release of a local base names it by fingerprint alone, and pairs with it that way
+    fingerprint: str | None = None
+    base_fingerprint: str | None = None
+    url: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The entry's key (what the UI and the API name the model by)."""
+        return self.entry.key
+
+    def card_metrics(self) -> dict[str, Any]:
+        """CIDEr and BLEU-4 with the set they were measured on (empty when unknown)."""
+        m = self.metrics or {}
+        scores = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
+        ds = m.get("dataset") if isinstance(m.get("dataset"), dict) else {}
+        out = {"CIDEr": scores.get("CIDEr"), "Bleu_4": scores.get("Bleu_4"), "n_images": m.get("n_images"),
+               "split": ds.get("split"), "dataset": ds.get("source") or ds.get("id") or ds.get("path"),
+               "caption_transform": ds.get("caption_transform") or "none"}
+        return out if any(out[k] is not None for k in ("CIDEr", "Bleu_4")) else {}
+
+
+def _fetch_file(entry: ModelEntry, filename: str, notes: list[str]) -> Path | None:
+    """A file of the model's folder or hub repo, or None when it has none."""
+    if entry.local:
+        path = Path(entry.id).expanduser() / filename
+        return path if path.is_file() else None
+    from huggingface_hub import errors, hf_hub_download
+
+    # the repo simply has no such file (LocalEntryNotFoundError, "offline and not cached",
+    # is also an EntryNotFoundError: that one is worth a note)
+    absent = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
+    try:
+        return Path(hf_hub_download(entry.id, filename, revision=entry.revision))
+    except absent as e:
+        if not isinstance(e, errors.LocalEntryNotFoundError):
+            return None
+        notes.append(f"{filename}: not readable (offline and not cached)")
+    except Exception as e:
+        notes.append(f"{filename}: not readable ({e.__class__.__name__})")
+    return None
+
+
+def _read(path: Path | None, notes: list[str], read: Callable[[Path], Any]) -> Any:
+    """What ``read`` makes of the file, or None with a note when it cannot be used: a model
+    with an unreadable file is still served, with less said about it."""
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except UserError as e:
+        notes.append(f"{path.name}: not used ({e})")
+        return None
+
+
+def _card_data(path: Path) -> dict:
+    """The card's front matter (empty when it has none)."""
+    from huggingface_hub import ModelCard
+
+    try:
+        # a Path, so a missing file is an error here, never a download; metadata the Hub
+        # would reject (a malformed model-index) is no reason to ignore base_model
+        return ModelCard.load(path, ignore_metadata_errors=True).data.to_dict()
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"front matter unreadable ({e.__class__.__name__})") from None
+
+
+def _json_object(path: Path) -> dict | None:
+    data = read_json_file(path)
+    return data if isinstance(data, dict) else None
+
+
+def _base_named(card: dict, train_cfg: dict | None, metrics: dict | None) -> str | None:
+    """The base model a release names: card ``base_model``, the training config's model,
+    or metrics.json's model when it was measured through an adapter."""
+    base = card.get("base_model")
+    if isinstance(base, list):
+        base = base[0] if base else None
+    if not base and train_cfg and isinstance(train_cfg.get("model"), dict):
+        base = train_cfg["model"].get("name_or_path")
+    if not base and metrics and isinstance(metrics.get("model"), dict):
+        mm = metrics["model"]
+        base = mm.get("base") or (mm.get("id") if mm.get("adapter") else None)
+    return str(base) if base else None
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two ids name the same model (local paths compared after resolving)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.strip("/").lower() == b.strip("/").lower()
+
+
+def read_model_info(entry: ModelEntry) -> ModelInfo:
+    """Display name, family, prompt, card metrics and base model, without loading weights."""
+    from captioning.families import family_for_config, get_family
+
+    notes: list[str] = []
+    metrics = _read(_fetch_file(entry, METRICS, notes), notes, lambda p: EvalRecord.read(p).doc)
+    train_cfg = _read(_fetch_file(entry, TRAIN_CONFIG, notes), notes, lambda p: TrainConfigRecord.read(p).doc)
+    card = _read(_fetch_file(entry, "README.md", notes), notes, _card_data) or {}
+    config = _read(_fetch_file(entry, "config.json", notes), notes, _json_object)
+
+    family = None
+    if train_cfg and isinstance(train_cfg.get("model"), dict):
+        family = train_cfg["model"].get("family")
+    try:
+        fam = get_family(family) if family and family != "auto" else (
+            family_for_config(SimpleNamespace(model_type=config.get("model_type"))) if config else None)
+    except UserError as e:
+        notes.append(str(e))
+        fam = None
+    prompt = fam.default_prompt if fam else None
+    if train_cfg and isinstance(train_cfg.get("data"), dict) and "prompt" in train_cfg["data"]:
+        prompt = train_cfg["data"]["prompt"] or None
+    label = entry.name or (Path(entry.id).name if entry.local else entry.id)
+    if entry.revision and not entry.name:
+        label = f"{label}@{entry.revision}"
+    base = _base_named(card, train_cfg, metrics)
+    manifest = _read(_fetch_file(entry, RELEASE, notes), notes, lambda p: read_record(p, KIND_RELEASE)) or {}
+    base_fp = (manifest.get("base") or {}).get("fingerprint")
+    if base and same_model(base, entry.id):
+        base = None
+    return ModelInfo(entry=entry, label=label, family=fam.name if fam else None, prompt=prompt,
+                     takes_prompt=fam is None or fam.default_prompt is not None, metrics=metrics, base=base,
+                     fingerprint=manifest.get("weights_fingerprint"), base_fingerprint=base_fp,
+                     url=None if entry.local else f"{HUB_URL}/{entry.id}", notes=notes)
+
+
+def unique_labels(infos: list[ModelInfo]) -> None:
+    """Number repeated display names (``name (2)``) so every model can be told apart."""
+    seen: dict[str, int] = {}
+    for info in infos:
+        n = seen.get(info.label, 0) + 1
+        seen[info.label] = n
+        if n > 1:
+            info.label = f"{info.label} ({n})"
+
+
+def _fingerprint(info: ModelInfo) -> str | None:
+    """The weights fingerprint of a served model: recorded in its release.json, else hashed
+    from a local folder, only when a release asks for its base this way."""
+    if info.fingerprint is None and info.entry.local:
+        try:
+            info.fingerprint = weights_fingerprint(Path(info.entry.id).expanduser())
+        except UserError as e:
+            info.notes.append(str(e))
+    return info.fingerprint
+
+
+def base_pairs(infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, ModelInfo]]:
+    """(base, fine-tune) pairs where a model names its base (by id, or by the weights
+    fingerprint a release records) and the base is served too."""
+    pairs = []
+    for ft in infos:
+        if not ft.base and not ft.base_fingerprint:
+            continue
+        for base in infos:
+            if base is ft:
+                continue
+            if (ft.base and same_model(ft.base, base.entry.id)) or (
+                    ft.base_fingerprint and ft.base_fingerprint == _fingerprint(base)):
+                pairs.append((base, ft))
+                break
+    return pairs
