@@ -158,26 +158,39 @@ def write_record(path: str | os.PathLike, kind: str, doc: Mapping[str, Any]) -> 
 
 
 # ---------------------------------------------------------------------------- reading
+#: the largest JSON file read. COCO's largest caption file is well under this: a bigger one
+#: is the wrong file, refused before it is read into memory whole.
+MAX_JSON_BYTES = 2 * 2**30
+
+
 def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
-    """Parse a JSON file; every way it can be unreadable is a one-line UserError naming it
-    (and ``what`` it was given as: a flag, say)."""
+    """Parse a JSON file; every way it can be unreadable (missing, a folder, not UTF-8, not
+    JSON, over :data:`MAX_JSON_BYTES`) is a one-line UserError naming it (and ``what`` it
+    was given as: a flag, say). A UTF-8 BOM is tolerated (Windows editors write one)."""
     path = Path(path)
-    what = f"{what} " if what else ""
+    label = f"{what} " if what else ""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # the read below names what is wrong
+    if size > MAX_JSON_BYTES:
+        raise UserError(f"{label}{path} is {size / 2**30:.1f} GiB: files over {MAX_JSON_BYTES / 2**30:.0f} GiB "
+                        "are refused (COCO's largest caption file is ~90 MB); check the file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise UserError(f"{what}{path}: no such file") from None
+        raise UserError(f"{what} not found: {path} (no such file)" if what else f"{path}: no such file") from None
     except IsADirectoryError:
-        raise UserError(f"{what}{path} is a folder, not a file") from None
+        raise UserError(f"{label}{path} is a folder, not a file") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{what}{path} is not UTF-8 text (byte {e.start})") from None
+        raise UserError(f"{label}{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except OSError as e:
-        raise UserError(f"cannot read {what}{path}: {e.strerror}") from None
+        raise UserError(f"cannot read {label}{path}: {e.strerror}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{what}{path} is not valid JSON ({e.msg} at line {e.lineno}); "
-                        "regenerate it with the command that wrote it") from None
+        raise UserError(f"{label}{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
+                        "fix it, or regenerate it with the command that wrote it") from None
 
 
 def kind_of(doc: Any) -> str | None:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from captioning import records
 from captioning.errors import UserError
 from captioning.records import write_json
 from eval import scoring
+from eval.scoring import inputs, ngram, ptb
 
 REPO = Path(__file__).resolve().parents[1]
 ALL = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -243,8 +245,8 @@ def test_meteor_corpus_sum_equals_full_eval(scorer, reference_runs):
     # The corpus METEOR is computed from stats summed here; compare with the jar's own EVAL
     # over every line, on subsets that include perfect matches and paraphrase matches.
     refs, preds, _ = reference_runs["tok"]
-    ids, r, p, _, _ = scoring._prepare(refs, preds, False, True)
-    gts, res = scoring._ptb_tokenize([{k: r[k] for k in ids}, {k: [p[k]] for k in ids}])
+    ids, r, p, _, _ = inputs.prepare(refs, preds, False, True)
+    gts, res = ptb.ptb_tokenize([{k: r[k] for k in ids}, {k: [p[k]] for k in ids}])
     pool = scorer._meteor
     pool.start()
     lines = [" ||| ".join(("SCORE", " ||| ".join(gts[k]), res[k][0].replace("|||", "")
@@ -274,12 +276,12 @@ def test_fast_cider_rouge_and_bleu_are_bit_identical():
     gts[0], res[0] = ["a a a a"], ["a a a a"]  # repeated n-grams: term_freq > 1
     gts[1], res[1] = ["x  y"], [""]             # double space and empty hypothesis
     keys = list(gts)
-    for ours, theirs in ((scoring._cider_d, Cider()), (scoring._rouge_l, Rouge())):
+    for ours, theirs in ((ngram.cider_d, Cider()), (ngram.rouge_l, Rouge())):
         score, scores = ours(gts, res, keys)
         ref_score, ref_scores = theirs.compute_score(gts, res)
         assert score == ref_score
         assert scores.tolist() == ref_scores.tolist()
-    score, scores = scoring._bleu(gts, res, keys)
+    score, scores = ngram.bleu(gts, res, keys)
     ref_score, ref_scores = Bleu(4).compute_score(gts, res, verbose=0)
     assert score == ref_score and scores == ref_scores
 
@@ -338,7 +340,7 @@ def test_bad_arguments():
 
 def test_missing_java_is_a_user_error(monkeypatch):
     refs, preds = _small()
-    monkeypatch.setattr(scoring.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     scoring._java.cache_clear()
     try:
         with pytest.raises(UserError, match=r"apt-get install default-jre-headless"):
@@ -350,7 +352,7 @@ def test_missing_java_is_a_user_error(monkeypatch):
 
 def test_no_java_needed_without_tokenizer_and_meteor(monkeypatch):
     refs, preds = _small()
-    monkeypatch.setattr(scoring.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     scoring._java.cache_clear()
     try:
         out = scoring.score(refs, preds, tokenize=False, metrics=["Bleu", "ROUGE_L", "CIDEr"])
@@ -407,6 +409,6 @@ def test_close_stops_jvms_and_is_idempotent():
 def test_oversized_json_files_are_refused_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "preds.json"
     path.write_text(json.dumps([{"image_id": 1, "caption": "a cat"}] * 100))
-    monkeypatch.setattr(scoring, "MAX_JSON_BYTES", 1000)
+    monkeypatch.setattr(records, "MAX_JSON_BYTES", 1000)
     with pytest.raises(UserError, match=r"predictions file .*preds\.json is 0\.0 GiB: files over 0 GiB are refused"):
         scoring.load_json(path, "predictions")
