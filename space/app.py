@@ -97,7 +97,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
     reachable as ``demo.caption_space`` (a :class:`CaptionSpace`).
     """
     entries = dedupe([e for m in models
-                       for e in ([m] if isinstance(m, ModelEntry) else parse_models(str(m), where="models"))])
+                      for e in ([m] if isinstance(m, ModelEntry) else parse_models(str(m), where="models"))])
     if not entries:
         raise UserError("no models to serve: pass --models ID_OR_FOLDER[,...], set CAPTION_MODELS, "
                         "or list them in space/models.yaml")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the Space (``python space/app.py --help``); returns the exit code."""
     quiet_telemetry()
     parser = ArgumentParser(prog="python space/app.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated hub ids or folders (default: $CAPTION_MODELS, "
                                           "then space/models.yaml)")
     # A Space sets GRADIO_SERVER_NAME=0.0.0.0; locally the default stays on loopback.

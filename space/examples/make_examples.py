@@ -12,13 +12,14 @@ import random
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a script: the captioning package is two levels up
+    sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
 from PIL import Image, ImageDraw
 
+from captioning import shapes
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
-
-from captioning import shapes  # noqa: E402
-
 SHAPES_SIZE = 128
 
 
