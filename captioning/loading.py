@@ -8,7 +8,6 @@ how to point at a local copy, instead of transformers' long retry loop.
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
-from captioning.records import TrainConfigRecord
+from captioning.records import TrainConfigRecord, read_json_file
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -130,6 +129,15 @@ class Captioner:
     train_config: dict[str, Any] | None = None
     prompt: str | None = None
 
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model a LoRA adapter folder names (adapter_config.json's
+    ``base_model_name_or_path``), or None when it names none; a one-line UserError when the
+    file is missing or unreadable. Every stage reads an adapter's base through this."""
+    doc = read_json_file(Path(folder) / "adapter_config.json")
+    base = doc.get("base_model_name_or_path") if isinstance(doc, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
 def load_captioner(model: str | Path, *, revision: str | None = None, adapter: str | Path | None = None,
                    dtype: str | torch.dtype | None = "auto", device: str | None = "auto",
                    load_in_4bit: bool = False, trust_remote_code: bool = False, family: str | None = None,
@@ -159,7 +167,7 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             raise UserError(f"--adapter {adapter_dir}: no adapter_config.json there; pass the folder written by "
                             "training/train.py")
         if adapter_dir == Path(model):
-            base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            base = adapter_base(adapter_dir)
             if not base:
                 raise UserError(f"{adapter_dir}/adapter_config.json names no base model: pass --model BASE "
                                 f"--adapter {adapter_dir}")

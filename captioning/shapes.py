@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import check_writable, write_atomic
+from captioning.records import check_writable, read_json_file, write_atomic
 
 # Bump whenever any output byte could change for the same settings: it is part of
 # the "already generated?" check, so old outputs get regenerated instead of reused.
@@ -258,10 +258,10 @@ def _info(split: str, seed: int, size: int, count: int) -> dict:
 
 def _up_to_date(ann_path: pathlib.Path, images_dir: pathlib.Path, info: dict) -> bool:
     try:
-        data = json.loads(ann_path.read_text())
-    except (OSError, ValueError):
+        data = read_json_file(ann_path)
+    except UserError:  # unreadable: written again
         return False
-    if data.get("info") != info or len(data.get("images", ())) != info["count"]:
+    if not isinstance(data, dict) or data.get("info") != info or len(data.get("images", ())) != info["count"]:
         return False
     return all((images_dir / im["file_name"]).is_file() for im in data["images"])
 

@@ -17,20 +17,22 @@ from captioning.data import (
     HUB_DATASETS,
     CaptionDataset,
     CaptionExample,
-    _from_hf_dataset,
-    _from_hf_stream,
     load_captions,
 )
+from captioning.data.hub import from_hf_dataset, from_hf_stream
 from captioning.errors import UserError
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"):
-        monkeypatch.delenv(var, raising=False)
+    """Offline, with empty caches: the libraries read these settings once, at import."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_home" / "datasets")
 
 
 def _png(value: int) -> bytes:
@@ -144,7 +146,7 @@ def test_coco_errors(tmp_path):
         load_captions(str(root), "test")
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [\n  {"id": 1,, }\n]}')
-    with pytest.raises(UserError, match=r"bad\.json: invalid JSON at line 2 column 12"):
+    with pytest.raises(UserError, match=r"bad\.json is not valid JSON: .* at line 2 column 12"):
         load_captions(str(bad), "val")
     preds = tmp_path / "preds.json"
     preds.write_text(json.dumps([{"image_id": 1, "caption": "x"}]))
@@ -392,16 +394,16 @@ def test_jxie_rows_grouped_by_cocoid():
             rows["caption"].append(f"img {cocoid} cap {k}")
     ds = _hf(rows, {"image": _img_feature(), "filename": _value("string"),
                     "cocoid": _value("int64"), "caption": _value("string")})
-    out = _from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "validation",
+    out = from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "validation",
                            source="jxie/coco_captions")
     assert [e.image_id for e in out] == [10, 20, 30]
     assert [len(e.references) for e in out] == [5, 3, 5]
     assert out[1].references[0] == "img 20 cap 0"
     assert out[1].file_name == "COCO_val2014_000000000020.jpg"
     assert _pixel(out[1]) == (20, 0, 7)  # decoded lazily from the Arrow row
-    sub = _from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "validation",
+    sub = from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "validation",
                            source="jxie/coco_captions", shuffle=True, seed=1, max_samples=2)
-    again = _from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "validation",
+    again = from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "validation",
                              source="jxie/coco_captions", shuffle=True, seed=1, max_samples=2)
     assert len(sub) == 2 and [e.image_id for e in sub] == [e.image_id for e in again]
 
@@ -420,14 +422,14 @@ def test_karpathy_needs_images_dir_and_resolves_paths(tmp_path):
                              ("train2014", "COCO_train2014_000000000009.jpg", 9)):
         (coco / sub).mkdir(parents=True)
         (coco / sub / name).write_bytes(_png(value))
-    out = _from_hf_dataset(ds, spec, "test", source="yerevann/coco-karpathy", images_dir=coco)
+    out = from_hf_dataset(ds, spec, "test", source="yerevann/coco-karpathy", images_dir=coco)
     assert [(e.image_id, e.references) for e in out] == [
         (42, ["a dog.", "a brown dog."]), (9, ["a cat."])]
     assert out[0].file_name == "val2014/COCO_val2014_000000000042.jpg"
     assert _pixel(out[0]) == (42, 0, 7)
     (coco / "train2014" / "COCO_train2014_000000000009.jpg").unlink()
     with pytest.raises(UserError, match="COCO_train2014_000000000009.jpg' not found"):
-        _from_hf_dataset(ds, spec, "test", source="yerevann/coco-karpathy", images_dir=coco)
+        from_hf_dataset(ds, spec, "test", source="yerevann/coco-karpathy", images_dir=coco)
     # Through the public entry point the missing images_dir is caught before any network.
     with pytest.raises(UserError, match="image URLs.*--images-dir"):
         load_captions("yerevann/coco-karpathy", "test")
@@ -445,7 +447,7 @@ def _flickr_like(n_images: int, caps_per_image: int = 2):
 def test_flickr8k_split_by_image_90_5_5_without_overlap():
     spec = HUB_DATASETS["ariG23498/flickr8k"]
     ds = _flickr_like(200)
-    parts = {s: _from_hf_dataset(ds, spec, s, source="ariG23498/flickr8k")
+    parts = {s: from_hf_dataset(ds, spec, s, source="ariG23498/flickr8k")
              for s in ("train", "validation", "test")}
     assert {s: len(p) for s, p in parts.items()} == {"train": 180, "validation": 10, "test": 10}
     ids = {s: {e.image_id for e in p} for s, p in parts.items()}
@@ -459,19 +461,19 @@ def test_flickr8k_split_by_image_90_5_5_without_overlap():
         assert ex.references == [f"photo {number} caption 0", f"photo {number} caption 1"]
         assert _pixel(ex) == (number % 256, number // 256, 7)
     # Deterministic: the same cut every time.
-    again = _from_hf_dataset(ds, spec, "test", source="ariG23498/flickr8k")
+    again = from_hf_dataset(ds, spec, "test", source="ariG23498/flickr8k")
     assert [e.image_id for e in again] == [e.image_id for e in parts["test"]]
 
 
 def test_hub_columns_mismatch_is_clear():
     ds = _hf({"img": [1], "sentence": ["x"]})
     with pytest.raises(UserError, match="expected columns caption, image.*has img, sentence"):
-        _from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "train", source="jxie/coco_captions")
+        from_hf_dataset(ds, HUB_DATASETS["jxie/coco_captions"], "train", source="jxie/coco_captions")
 
 
 def test_streaming_reads_first_images_only():
     ds = _flickr_like(6, caps_per_image=3).to_iterable_dataset()
-    out = _from_hf_stream(ds, HUB_DATASETS["ariG23498/flickr8k"], "train",
+    out = from_hf_stream(ds, HUB_DATASETS["ariG23498/flickr8k"], "train",
                           source="ariG23498/flickr8k", max_samples=2)
     assert len(out) == 2
     assert out[0].references == [f"photo 0 caption {k}" for k in range(3)]
@@ -522,3 +524,16 @@ def test_example_without_image_raises_image_error():
     ex = CaptionExample(2, ["b"], "mem", Image.fromarray(np.zeros((2, 3, 3), np.uint8)))
     assert ex.load_image().size == (3, 2)
     assert data_mod.CaptionExample is CaptionExample
+
+
+def test_offline_cache_check_reads_the_libraries_cache_locations(tmp_path):
+    """The fixture points the hub and datasets caches into tmp_path: a repo folder in the hub
+    cache, or a prepared copy in the datasets cache, counts as cached; nothing else does."""
+    from captioning.data import hub
+
+    assert not hub._cached("jxie/coco_captions")
+    (tmp_path / "hf_home" / "hub" / "datasets--jxie--coco_captions").mkdir(parents=True)
+    assert hub._cached("jxie/coco_captions")
+    assert not hub._cached("ariG23498/flickr8k")
+    (tmp_path / "hf_home" / "datasets" / "ariG23498___flickr8k").mkdir(parents=True)
+    assert hub._cached("ariG23498/flickr8k")
