@@ -30,6 +30,7 @@ if __name__ == "__main__" and not (Path(__file__).resolve().parent / "captioning
     sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import gradio as gr
+
 from caption_space.components import FilesInput, image_input
 from caption_space.handlers import (
     BATCH_COLUMNS,
@@ -57,7 +58,6 @@ from caption_space.models import (
 )
 from caption_space.registry import DEFAULT_MAX_LOADED, ModelLoadError, ModelRegistry
 from caption_space.views import about_markdown, card_line, card_not_comparable, compare_html, metrics_line
-
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
 
