@@ -152,7 +152,7 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--revision", help="branch to push to (created if missing; default main)")
 @click.option("--tag", help="tag the pushed commit")
-@click.option("--commit-message", help="commit message (default: a summary of the changed files)")
+@click.option("--commit-message", help="commit message (default: 'Release: upload folder')")
 @click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
 @click.option("--to-dir", type=click.Path(path_type=Path), help="write the repo layout to this folder instead of "
                                                                 "the Hub (offline)")

@@ -9,24 +9,20 @@ config, processor/tokenizer files, chat template, generation_config.json,
 train_config.yaml, merge_check.json (after --merge), README.md (the card, with its
 badges and loss curve) and, from ``--eval``, metrics.json and predictions.json.
 
-Publishing compares the folder with the remote revision first (git blob / LFS
-sha256 of every file): an unchanged folder makes no commit; otherwise one commit
-adds what changed and deletes what the release no longer holds. Uploads that are
-interrupted leave no commit behind; the same command run again finishes, and LFS
-objects the server already has are not sent again.
+Publishing is release/publish.py (``HfApi.upload_folder``): an unchanged folder makes
+no commit; otherwise a commit adds what changed and deletes what the release no
+longer holds. An interrupted push finishes when the same command is run again.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from captioning.errors import UserError
 from captioning.records import (
@@ -43,7 +39,6 @@ from captioning.records import (
     model_fingerprint,
     read_json_file,
     read_record,
-    replace_folder,
     scrub_paths,
     short,
     weights_fingerprint,
@@ -55,6 +50,7 @@ from release import card as card_mod
 from release import hub
 from release.compat import make_portable
 from release.merge import MergeOptions, check_adapter_folder, has_full_weights, merge_adapter, recorded_base
+from release.publish import PublishResult, describe_folder, local_tree, publish_folder, write_to_dir
 
 #: files a release takes from a model or adapter folder (training leftovers stay behind)
 MODEL_FILES = (
@@ -65,7 +61,6 @@ MODEL_FILES = (
     "adapter_config.json", "train_config.yaml", "merge_check.json", "release.json",
 )
 EVAL_FILES = ("metrics.json", "predictions.json")
-GITATTRIBUTES = ".gitattributes"
 
 
 @dataclass
@@ -112,18 +107,6 @@ class PushOptions:
                 setattr(self, name, Path(v).expanduser())
         if self.to_dir is not None:
             self.to_dir = self.to_dir.resolve()  # "." or "sub/.." have no name to put a folder beside
-
-
-@dataclass
-class PublishResult:
-    """Where a folder went: the repo URL, the commit it is at, and whether a commit was made."""
-
-    url: str
-    commit: str | None
-    committed: bool
-    changed: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    tag: str | None = None
 
 
 # ---------------------------------------------------------------- assembling
@@ -318,166 +301,6 @@ def make_release_portable(dest: Path, opts: PushOptions, inputs: card_mod.CardIn
         "license": inputs.license, "license_source": inputs.license_source, "lineage": inputs.lineage,
         "loss": loss, "loss_source": inputs.loss_source})
     return inputs
-
-
-# ---------------------------------------------------------------- comparing
-def git_blob_sha(data: bytes) -> str:
-    """The git object id of a file's content (what the Hub reports for regular files)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def local_tree(folder: Path) -> dict[str, Path]:
-    """{repo path: file} for everything under ``folder``."""
-    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _same(local: Path, remote) -> bool:
-    if remote.size != local.stat().st_size:
-        return False
-    if remote.lfs is not None:
-        return remote.lfs.sha256 == _sha256(local)
-    return remote.blob_id == git_blob_sha(local.read_bytes())
-
-
-def plan_changes(folder: Path, remote_files: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(paths to upload, paths to delete) to make the remote tree equal ``folder``."""
-    local = local_tree(folder)
-    changed = [p for p, f in local.items() if p not in remote_files or not _same(f, remote_files[p])]
-    deleted = [p for p in remote_files if p not in local and p != GITATTRIBUTES]
-    return changed, deleted
-
-
-def _remote_state(api, repo_id: str, repo_type: str, revision: str | None) -> tuple[str | None, dict[str, Any]]:
-    """(head commit, {path: RepoFile}) of a revision; (None, {}) when the branch does not exist yet."""
-    from huggingface_hub.errors import RevisionNotFoundError
-    from huggingface_hub.hf_api import RepoFile
-
-    try:
-        info = api.repo_info(repo_id, repo_type=repo_type, revision=revision)
-    except RevisionNotFoundError:
-        return None, {}
-    files = {f.path: f for f in api.list_repo_tree(repo_id, repo_type=repo_type, revision=info.sha, recursive=True)
-             if isinstance(f, RepoFile)}
-    return info.sha, files
-
-
-def _network_error(e: BaseException | None) -> bool:
-    """True when ``e`` or what caused it is a failed connection (huggingface_hub wraps LFS
-    upload errors in a RuntimeError)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        modules = {c.__module__.split(".")[0] for c in type(e).__mro__}
-        if isinstance(e, (ConnectionError, TimeoutError)) or modules & {"httpx", "httpx2", "httpcore", "requests",
-                                                                         "urllib3"}:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def publish_folder(folder: Path, repo_id: str, *, repo_type: str = "model", token: str | None = None,
-                   private: bool = False, revision: str | None = None, tag: str | None = None,
-                   commit_message: str | None = None, space_sdk: str | None = None,
-                   space_hardware: str | None = None, space_variables: dict[str, str] | None = None,
-                   log: Callable[[str], None] = print) -> PublishResult:
-    """Make ``repo_id`` (at ``revision``) hold exactly ``folder``; one commit, or none when unchanged."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import HfHubHTTPError
-
-    api = hub.get_api(token)
-    url = hub.repo_url(repo_id, repo_type)
-    try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
-                        **({"space_sdk": space_sdk} if repo_type == "space" else {}))
-        if space_hardware:
-            api.request_space_hardware(repo_id, space_hardware)
-        for key, value in (space_variables or {}).items():
-            api.add_space_variable(repo_id, key, value)
-        if revision:
-            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
-        head, remote = _remote_state(api, repo_id, repo_type, revision)
-        changed, deleted = plan_changes(folder, remote)
-        committed = False
-        if changed or deleted:
-            local = local_tree(folder)
-            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(local[p])) for p in changed]
-            ops += [CommitOperationDelete(path_in_repo=p) for p in deleted]
-            info = api.create_commit(repo_id, ops, repo_type=repo_type, revision=revision, parent_commit=head,
-                                     commit_message=commit_message or _default_message(changed, deleted))
-            head, committed = info.oid, True
-        if tag:
-            _tag(api, repo_id, repo_type, tag, head)
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        hint = {401: "check the token (--token, HF_TOKEN or `hf auth login`)",
-                403: "the token cannot write to this namespace",
-                409: "someone pushed meanwhile: run the same command again"}.get(status, "run the same command again")
-        raise UserError(f"the Hub refused the push to {url} ({first}); {hint}") from e
-    except Exception as e:
-        if _network_error(e):
-            raise UserError(f"push to {url} interrupted ({type(e).__name__}): nothing was committed; run the same "
-                            f"command again to finish (files the server already has are not sent twice)") from e
-        raise
-    return PublishResult(url=url, commit=head, committed=committed, changed=changed, deleted=deleted, tag=tag)
-
-
-def _default_message(changed: list[str], deleted: list[str]) -> str:
-    parts = []
-    if changed:
-        parts.append(f"{len(changed)} file(s) updated")
-    if deleted:
-        parts.append(f"{len(deleted)} removed")
-    return "Release: " + ", ".join(parts)
-
-
-def _tag(api, repo_id: str, repo_type: str, tag: str, commit: str | None) -> None:
-    refs = api.list_repo_refs(repo_id, repo_type=repo_type)
-    existing = {t.name: t.target_commit for t in refs.tags}
-    if tag in existing:
-        if existing[tag] != commit:
-            raise UserError(f"--tag {tag} already names commit {existing[tag][:10]} of {repo_id}, not this release "
-                            f"({(commit or '')[:10]}): choose a new tag")
-        return
-    api.create_tag(repo_id, tag=tag, revision=commit, repo_type=repo_type)
-
-
-# ---------------------------------------------------------------- local folder
-def write_to_dir(folder: Path, to_dir: Path, force: bool) -> None:
-    """Put the assembled folder at ``to_dir`` (replacing a non-empty one only with --force)."""
-    if to_dir.exists() and not to_dir.is_dir():
-        raise UserError(f"--to-dir {to_dir} is a file: pass a folder")
-    if to_dir.is_dir() and any(to_dir.iterdir()) and not force:
-        raise UserError(f"--to-dir {to_dir} is not empty: pass --force to replace it, or choose a new folder")
-    replace_folder(folder, to_dir)  # assembled beside it (push), so one rename puts it in place
-
-
-def describe_folder(folder: Path) -> list[str]:
-    """One line per file: size and path (what a dry run prints)."""
-    lines = []
-    total = 0
-    for rel, p in local_tree(folder).items():
-        size = p.stat().st_size
-        total += size
-        lines.append(f"  {_human(size):>9}  {rel}")
-    lines.append(f"  {_human(total):>9}  total, {len(lines)} files")
-    return lines
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from captioning.errors import UserError
 from release import hub
 from release.card import TEMPLATES_DIR, looks_like_hub_id
-from release.push import PublishResult, describe_folder, publish_folder, write_to_dir
+from release.publish import PublishResult, describe_folder, publish_folder, write_to_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "space"

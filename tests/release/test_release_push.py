@@ -123,6 +123,30 @@ def test_tag_conflict_revision_and_missing_token(hub, merged, adapters, tmp_path
     assert_no_token(tmp_path, out)
 
 
+def test_push_deletes_what_the_release_no_longer_holds(hub, merged, tmp_path, caplog):
+    """A release pushed again without --eval: one commit adds the new card and deletes the eval
+    files and badges the repo held, and the summary counts exactly that; pushed once more, no
+    commit and no library warning beside our own line."""
+    args = ["push", "--repo-id", "ns/del", "--model", merged["blip"], "--token", TOKEN]
+    r, out = run(*args, "--eval", eval_dir(tmp_path, merged["blip"]))
+    assert r.exit_code == 0, out
+    before = hub.files("ns/del")
+    assert {"metrics.json", "predictions.json", "badges/CIDEr.svg"} <= set(before)
+    n = len(hub.commits)
+    r, out = run(*args)
+    assert r.exit_code == 0, out
+    after = hub.files("ns/del")
+    assert len(hub.commits) == n + 1 and not {"metrics.json", "predictions.json", "badges/CIDEr.svg"} & set(after)
+    changed = [p for p in after if before.get(p) != after[p]]
+    assert f"pushed {len(changed)} changed file(s), removed {len(set(before) - set(after))}\n" in out
+    repo = hub.repo("ns/del")
+    assert repo["commits"][repo["branches"]["main"]]["message"] == "Release: upload folder"
+    caplog.clear()
+    r, out = run(*args)
+    assert r.exit_code == 0 and "unchanged: the repo already holds this release" in out and len(hub.commits) == n + 1
+    assert not [rec for rec in caplog.records if "modified since last commit" in rec.getMessage()]
+
+
 def test_interrupted_push_finishes_when_run_again(hub, merged, adapters, tmp_path, monkeypatch):
     import huggingface_hub.lfs as lfs
     from huggingface_hub.utils import http_backoff
