@@ -2,379 +2,32 @@
 
     release card --model releases/style --metrics runs/eval/metrics.json --out releases/style/README.md
 
-:func:`collect_inputs` reads what a card is made of (the model folder's config,
-train_config.yaml, metrics.json from ``eval/run.py generate``, merge_check.json,
-the training logs); :func:`render_card` is pure: inputs in, README text and the
-files it links (metric badges as SVG, the loss curve as PNG) out; :func:`write_card`
-writes them. Front matter (license, base_model, datasets, pipeline_tag,
-library_name, tags, model-index) goes through huggingface_hub's ModelCardData, and
-the badges, the metrics table and model-index are all printed from the same
-rounded numbers. What is missing is shown as "not measured", never guessed.
+:func:`collect_inputs` (release/card_inputs.py) reads what a card is made of;
+:func:`render_card` is pure: inputs in, README text and the files it links (metric
+badges as SVG and the loss curve as PNG, drawn by release/card_images.py) out;
+:func:`write_card` writes them. Front matter (license, base_model, datasets,
+pipeline_tag, library_name, tags, model-index) goes through huggingface_hub's
+ModelCardData, and the badges, the metrics table and model-index are all printed from
+the same rounded numbers. What is missing is shown as "not measured", never guessed.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import (
-    KIND_MERGE_CHECK,
-    KIND_RELEASE,
-    MERGE_CHECK,
-    RELEASE,
-    EvalRecord,
-    TrainConfigRecord,
-    read_record,
-)
+
+# the card's inputs and images live beside this module; their names stay importable from here
+from release.card_images import DIGITS, LOSS_CURVE, fmt, loss_curve_png, make_badges, metric_items
+from release.card_inputs import FACTORY, CardInputs, collect_inputs, looks_like_hub_id
+
+__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES_DIR", "CardInputs", "card_data", "collect_inputs", "looks_like_hub_id",
+           "render_card", "usage_snippet", "write_card"]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
-BADGES_DIR = "badges"
-LOSS_CURVE = "loss_curve.png"
-#: metrics shown as badges, in this order, when recorded
-BADGE_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "SPICE")
-METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-DIGITS = 4  # every printed metric (table, badge, model-index) is rounded to this many decimals
-
-#: licences of well-known base models, used only when the base's own card cannot be read
-KNOWN_LICENSES = {
-    "HuggingFaceTB/SmolVLM-256M-Instruct": "apache-2.0",
-    "HuggingFaceTB/SmolVLM-500M-Instruct": "apache-2.0",
-    "HuggingFaceTB/SmolVLM-Instruct": "apache-2.0",
-    "HuggingFaceTB/SmolVLM-256M-Base": "apache-2.0",
-    "HuggingFaceTB/SmolVLM-500M-Base": "apache-2.0",
-    "Salesforce/blip-image-captioning-base": "bsd-3-clause",
-    "Salesforce/blip-image-captioning-large": "bsd-3-clause",
-}
-#: the licence of weights this toolkit's random-model factory made (the project's own)
-FACTORY_LICENSE = "apache-2.0"
-
-
-@dataclass
-class CardInputs:
-    """Everything a card is rendered from (plain data; :func:`collect_inputs` fills it)."""
-
-    repo_id: str
-    family: str | None = None
-    is_adapter: bool = False
-    base_model: str | None = None
-    base_revision: str | None = None
-    license: str | None = None
-    license_source: str | None = None
-    metrics: dict[str, Any] | None = None
-    train_config: dict[str, Any] | None = None
-    merge_check: dict[str, Any] | None = None
-    #: {"train": [(step, loss)], "eval": [(step, loss)]}
-    loss: dict[str, list[tuple[float, float]]] | None = None
-    #: base, its base, ... (see base_lineage); ends with "captioning.factory" for random weights
-    lineage: list[str] = field(default_factory=list)
-    loss_source: str | None = None
-    n_params: int | None = None
-    dtype: str | None = None
-    language: list[str] = field(default_factory=lambda: ["en"])
-    #: the checkpoint ships its own model code (config.json auto_map): snippets need trust_remote_code
-    remote_code: bool = False
-    #: weights fingerprint of the base (captioning.records); the card names a local base by it
-    base_fingerprint: str | None = None
-    #: the base is a local folder with no Hub id: named "a local model" and its fingerprint
-    base_local: bool = False
-
-
-# ------------------------------------------------------------------ reading
-def looks_like_hub_id(name: str | None) -> bool:
-    """``org/name`` that is not a local path."""
-    if not name:
-        return False
-    from captioning.loading import looks_local
-
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not looks_local(name)
-
-
-def read_loss_history(folder: str | Path) -> tuple[dict[str, list[tuple[float, float]]] | None, str | None]:
-    """Training/eval loss per step from a training output folder.
-
-    Reads TensorBoard event files under ``logs/`` (tags ``train/loss``, ``eval/loss``), else
-    the newest ``trainer_state.json`` (its ``log_history``). Returns (None, None) when
-    neither holds a loss.
-    """
-    folder = Path(folder)
-    logs = folder / "logs"
-    if logs.is_dir() and any(logs.rglob("events.out.tfevents.*")):
-        from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
-
-        mux = EventMultiplexer(size_guidance={"scalars": 0})
-        mux.AddRunsFromDirectory(str(logs))
-        mux.Reload()
-        out: dict[str, list[tuple[float, float]]] = {"train": [], "eval": []}
-        for run, tags in mux.Runs().items():
-            for tag in tags.get("scalars", []):
-                key = {"train/loss": "train", "loss": "train", "eval/loss": "eval", "eval_loss": "eval"}.get(tag)
-                if key:
-                    out[key] += [(float(e.step), float(e.value)) for e in mux.Scalars(run, tag)]
-        if out["train"] or out["eval"]:
-            return {k: sorted(v) for k, v in out.items()}, "logs/ (TensorBoard)"
-    states = sorted(folder.glob("checkpoints/*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
-    states += [folder / "trainer_state.json"] if (folder / "trainer_state.json").is_file() else []
-    if states:
-        state = json.loads(states[-1].read_text())
-        hist = state.get("log_history", [])
-        out = {"train": [(float(h["step"]), float(h["loss"])) for h in hist if "loss" in h and "step" in h],
-               "eval": [(float(h["step"]), float(h["eval_loss"])) for h in hist if "eval_loss" in h and "step" in h]}
-        if out["train"] or out["eval"]:
-            return out, str(states[-1].relative_to(folder))
-    return None, None
-
-
-def _count_params(folder: Path) -> int | None:
-    """Parameters stored in the folder's safetensors files (from their headers only)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    from safetensors import safe_open
-
-    total = 0
-    for f in files:
-        with safe_open(str(f), "np") as st:
-            for k in st.keys():
-                total += math.prod(st.get_slice(k).get_shape())
-    return total
-
-
-FACTORY = "captioning.factory"
-
-
-def base_lineage(base: str | None, train_config: dict | None, max_hops: int = 8) -> list[str]:
-    """The chain of bases behind a model: its base, that folder's own base (read from its
-    train_config.yaml), ... ending at a hub id, an unrecorded folder, or ``captioning.factory``
-    (random weights). A fine-tune of a fine-tune (the demo's style LoRA) is traced to its root."""
-    chain: list[str] = []
-    cfg = train_config
-    name = base
-    for _ in range(max_hops):
-        model_cfg = (cfg or {}).get("model") if isinstance((cfg or {}).get("model"), dict) else {}
-        if not name and model_cfg.get("factory"):
-            chain.append(FACTORY)
-            break
-        name = name or model_cfg.get("name_or_path")
-        if not name or name in chain:
-            break
-        chain.append(str(name))
-        record = TrainConfigRecord.find(name) if Path(name).is_dir() else None
-        if record is None:
-            break
-        cfg = record.doc
-        name = None
-    return chain
-
-
-def base_license(base: str | None, train_config: dict | None) -> tuple[str | None, str]:
-    """(licence id, where it came from) of the base model; (None, reason) when unknown.
-
-    Walks :func:`base_lineage`: a README front matter in a local base folder, then a table of
-    well-known bases, then random factory weights (this toolkit's licence). Never asks the
-    network: a card must render offline.
-    """
-    chain = base_lineage(base, train_config)
-    if not chain:
-        return None, "the base model is not recorded"
-    for name in chain:
-        readme = Path(name) / "README.md"
-        if readme.is_file():
-            from huggingface_hub import ModelCard
-
-            lic = ModelCard(readme.read_text(encoding="utf-8"), ignore_metadata_errors=True).data.get("license")
-            if lic:
-                return str(lic), f"{readme} front matter"
-        if name in KNOWN_LICENSES:
-            return KNOWN_LICENSES[name], f"the published licence of {name}"
-    if chain[-1] == FACTORY:
-        return FACTORY_LICENSE, "random initial weights from captioning.factory, this toolkit's licence"
-    return None, f"not found for {chain[-1]}: check its model card and pass --license"
-
-
-def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics: str | Path | None = None,
-                   train_config: str | Path | None = None, logs: str | Path | None = None,
-                   license: str | None = None, language: list[str] | None = None) -> CardInputs:
-    """Gather a card's inputs from a release (or training output) folder and optional files.
-
-    ``metrics``/``train_config`` default to the files inside ``model_dir``; ``logs`` (a
-    training output folder) defaults to ``model_dir`` itself.
-    """
-    from captioning.families import family_for_config, get_family
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(f"--model {model_dir}: no such folder (pass a release or training output folder)")
-    is_adapter = (model_dir / "adapter_config.json").is_file()
-    if not is_adapter and not (model_dir / "config.json").is_file():
-        raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a model folder")
-    tc_record = TrainConfigRecord.read(train_config) if train_config else TrainConfigRecord.find(model_dir)
-    tc = tc_record.doc if tc_record else None
-    found = EvalRecord.find(model_dir)  # a release folder's; a training output's metrics.json is not one
-    mt = EvalRecord.read(metrics, what="--metrics").doc if metrics else (found.doc if found else None)
-    merge_check = read_record(model_dir, KIND_MERGE_CHECK) if (model_dir / MERGE_CHECK).is_file() else None
-
-    model_cfg = (tc or {}).get("model") if isinstance((tc or {}).get("model"), dict) else {}
-    base = revision = None
-    if merge_check:
-        base, revision = merge_check.get("base"), merge_check.get("base_revision")
-    if is_adapter:
-        base = base or json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    base = base or model_cfg.get("name_or_path")
-    revision = revision or model_cfg.get("revision")
-
-    family = model_cfg.get("family") if model_cfg.get("family") not in (None, "auto") else None
-    dtype = None
-    remote_code = False
-    if (model_dir / "config.json").is_file():
-        cfg = json.loads((model_dir / "config.json").read_text())
-        dtype = cfg.get("dtype") or cfg.get("torch_dtype")
-        remote_code = bool(cfg.get("auto_map"))
-        if family is None:
-            from types import SimpleNamespace
-
-            family = family_for_config(SimpleNamespace(model_type=cfg.get("model_type"))).name
-    elif family is None and model_cfg.get("factory"):
-        family = get_family(model_cfg["factory"].get("family", "idefics3")).name
-
-    lic, lic_src = (license, "--license") if license else base_license(base, tc)
-    loss, loss_src = read_loss_history(logs) if logs else read_loss_history(model_dir)
-    lineage = base_lineage(base, tc)
-    base_fp = (merge_check or {}).get("base_fingerprint")
-    base_local = False
-    manifest = read_record(model_dir, KIND_RELEASE) if (model_dir / RELEASE).is_file() else None
-    if manifest:  # a release folder pushed again: what it was made from is recorded, not on this machine
-        mb = manifest.get("base") or {}
-        base, base_fp, base_local = mb.get("id"), mb.get("fingerprint"), bool(mb.get("local"))
-        lineage = manifest.get("lineage") or lineage
-        if not license:
-            lic, lic_src = manifest.get("license"), manifest.get("license_source") or lic_src
-        if loss is None and manifest.get("loss"):
-            loss = {k: [tuple(p) for p in v] for k, v in manifest["loss"].items()}
-            loss_src = manifest.get("loss_source")
-    return CardInputs(repo_id=repo_id or str(model_dir), family=family, is_adapter=is_adapter, base_model=base,
-                      base_revision=revision, license=lic, license_source=lic_src, metrics=mt, train_config=tc,
-                      merge_check=merge_check, loss=loss, loss_source=loss_src, n_params=_count_params(model_dir),
-                      dtype=dtype, language=language or ["en"], lineage=lineage,
-                      remote_code=remote_code, base_fingerprint=base_fp, base_local=base_local)
-
-
-# ------------------------------------------------------------------ pieces
-def fmt(value: float) -> str:
-    """How every metric value is printed: rounded to DIGITS decimals, on the 0-1 scale."""
-    return f"{round(float(value), DIGITS):.{DIGITS}f}"
-
-
-def _metric_items(metrics: dict[str, Any]) -> list[tuple[str, float]]:
-    vals = metrics.get("metrics", {})
-    names = [m for m in METRIC_ORDER if m in vals] + sorted(m for m in vals if m not in METRIC_ORDER)
-    return [(m, float(vals[m])) for m in names if isinstance(vals[m], (int, float)) and not isinstance(vals[m], bool)]
-
-
-def _text_width(text: str) -> int:
-    # Verdana 11 px: capitals and digits ~7.5 px, other glyphs ~6.2 px, plus 5 px padding each side
-    return int(sum(7.5 if c.isupper() or c.isdigit() else 6.2 for c in text)) + 10
-
-
-def badge_svg(label: str, value: str, color: str = "#4c1") -> str:
-    """A flat shields-style badge as a self-contained SVG (renders on the Hub and offline)."""
-    from xml.sax.saxutils import escape
-
-    lw, vw = _text_width(label), _text_width(value)
-    w = lw + vw
-    label, value = escape(label), escape(value)
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="20" role="img" '
-        f'aria-label="{label}: {value}"><title>{label}: {value}</title>'
-        f'<linearGradient id="s" x2="0" y2="100%"><stop offset="0" stop-color="#bbb" stop-opacity=".1"/>'
-        f'<stop offset="1" stop-opacity=".1"/></linearGradient>'
-        f'<clipPath id="r"><rect width="{w}" height="20" rx="3" fill="#fff"/></clipPath>'
-        f'<g clip-path="url(#r)"><rect width="{lw}" height="20" fill="#555"/>'
-        f'<rect x="{lw}" width="{vw}" height="20" fill="{color}"/><rect width="{w}" height="20" fill="url(#s)"/></g>'
-        f'<g fill="#fff" text-anchor="middle" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11">'
-        f'<text x="{lw / 2:.1f}" y="14">{label}</text><text x="{lw + vw / 2:.1f}" y="14">{value}</text></g></svg>\n'
-    )
-
-
-def _badge_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".svg"
-
-
-def make_badges(metrics: dict[str, Any] | None) -> list[dict[str, str]]:
-    """Badge descriptors {label, value, file, svg} from metrics.json (same rounding as the table)."""
-    if not metrics:
-        return [{"label": "eval", "value": "not measured", "file": f"{BADGES_DIR}/eval.svg",
-                 "svg": badge_svg("eval", "not measured", "#9f9f9f")}]
-    vals = dict(_metric_items(metrics))
-    split = (metrics.get("dataset") or {}).get("split", "?")
-    n = metrics.get("n_images")
-    out = []
-    for m in BADGE_METRICS:
-        if m in vals:
-            value = fmt(vals[m])
-            out.append({"label": m, "value": value, "file": f"{BADGES_DIR}/{_badge_name(m)}",
-                        "svg": badge_svg(m, value)})
-    scope = f"{split}, n={n}"
-    out.append({"label": "eval set", "value": scope, "file": f"{BADGES_DIR}/eval_set.svg",
-                "svg": badge_svg("eval set", scope, "#007ec6")})
-    return out
-
-
-def loss_curve_png(loss: dict[str, list[tuple[float, float]]], width: int = 640, height: int = 320) -> bytes:
-    """The loss curve as a small PNG drawn with PIL (no plotting library needed)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    try:
-        font = ImageFont.load_default(size=12)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        font = ImageFont.load_default()
-    left, right, top, bottom = 60, 20, 30, 40
-    pts = [p for series in loss.values() for p in series]
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys)
-    pad = (y1 - y0) * 0.05 or max(abs(y1) * 0.05, 1e-3)
-    y0, y1 = (max(y0 - pad, 0.0) if y0 >= 0 else y0 - pad), y1 + pad  # a loss axis need not go below 0
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                top + (y1 - y) / (y1 - y0) * (height - top - bottom))
-
-    d.rectangle([left, top, width - right, height - bottom], outline="#888")
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        _, yy = px(x0, yv)
-        d.line([left, yy, width - right, yy], fill="#eee")
-        d.text((5, yy - 7), f"{yv:.3g}", fill="#333", font=font)
-    for xv in (x0, (x0 + x1) / 2, x1):
-        xx, _ = px(xv, y0)
-        d.text((xx - 10, height - bottom + 5), f"{xv:.0f}", fill="#333", font=font)
-    d.text((width / 2 - 15, height - 18), "step", fill="#333", font=font)
-    colors = {"train": "#1f77b4", "eval": "#ff7f0e"}
-    legend_x = left + 10
-    for name, series in loss.items():
-        if not series:
-            continue
-        c = colors.get(name, "#2ca02c")
-        pts_px = [px(x, y) for x, y in series]
-        if len(pts_px) > 1:
-            d.line(pts_px, fill=c, width=2)
-        for x, y in pts_px if name == "eval" or len(pts_px) == 1 else []:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
-        d.line([legend_x, 15, legend_x + 20, 15], fill=c, width=3)
-        d.text((legend_x + 25, 8), f"{name} loss", fill="#333", font=font)
-        legend_x += 110
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
 
 
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",
@@ -486,7 +139,7 @@ def card_data(inputs: CardInputs):
             args["content_hash"] = ds["hash"]
         if ds.get("caption_transform") not in (None, "none"):
             args["caption_transform"] = ds["caption_transform"]  # references rewritten in the model's style
-        for name, value in _metric_items(inputs.metrics):
+        for name, value in metric_items(inputs.metrics):
             results.append(EvalResult(
                 task_type="image-to-text", task_name="Image captioning", dataset_type=dtype_, dataset_name=dname,
                 dataset_split=ds.get("split"), dataset_args=args, metric_type=name.lower(), metric_name=name,
@@ -542,9 +195,9 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
     if inputs.metrics:
         m = inputs.metrics
         ds = m.get("dataset") or {}
-        rows = [{"name": k, "value": fmt(v)} for k, v in _metric_items(m)]
+        rows = [{"name": k, "value": fmt(v)} for k, v in metric_items(m)]
         unavailable = [{"name": k, "reason": str(r)} for k, r in (m.get("unavailable") or {}).items()]
-        recorded = {k for k, _ in _metric_items(m)}
+        recorded = {k for k, _ in metric_items(m)}
         unavailable += [{"name": k, "reason": "not computed"} for k, v in (m.get("metrics") or {}).items()
                         if v is None and k not in recorded and k not in (m.get("unavailable") or {})]
         evaluation = {"rows": rows, "unavailable": unavailable, "n_images": m.get("n_images"),
