@@ -22,11 +22,11 @@ done
 
 step "3. train the tiny SmolVLM on shapes (full fine-tune, a few minutes on 2 cores)"
 $PY -m training.train --config training/recipes/shapes-tiny.yaml --data.source "$OUT/shapes" \
-  --output-dir "$OUT/runs/shapes-tiny" --overwrite
+  --output-dir "$OUT/runs/shapes-tiny" --output.overwrite
 
 step "4. LoRA style fine-tune ('linguistic errors' captions) on top of it"
 $PY -m training.train --config training/recipes/shapes-tiny-style.yaml --data.source "$OUT/shapes" \
-  --model.name_or_path "$OUT/runs/shapes-tiny" --output-dir "$OUT/runs/shapes-tiny-style" --overwrite
+  --model.name_or_path "$OUT/runs/shapes-tiny" --output-dir "$OUT/runs/shapes-tiny-style" --output.overwrite
 
 step "5. before / after the style fine-tune (references first)"
 $PY - "$OUT/shapes" $IMAGES <<'EOF'

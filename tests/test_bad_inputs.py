@@ -54,7 +54,7 @@ def places(tmp_path_factory, tiny_models, shapes_dir):
     release_dir.mkdir()
     recipe = root / "typo.yaml"
     recipe.write_text(f"model: {{factory: {{family: idefics3}}}}\ndata: {{source: {shapes_dir}}}\n"
-                      "optim: {lr: fast}\n")
+                      "optim: {learning_rate: fast}\n")
     png = sorted((shapes_dir / "images" / "test").glob("*.png"))[0]
     refs = shapes_dir / "annotations" / "captions_test.json"
     huge = root / "huge-caption.json"  # one 1 MB caption: it used to kill the METEOR JVM mid-run
@@ -83,7 +83,7 @@ ROWS = [
      "a-file is a file, not a folder"),
     ("eval", ["score", "--references", "{refs}", "--predictions", "{huge}", "--out", "{a_file}/m.json"],
      "a-file is a file, not a folder"),
-    ("train", ["--config", "{recipe}"], "typo.yaml: optim.lr: expected a number, got 'fast'"),
+    ("train", ["--config", "{recipe}"], "typo.yaml: optim.learning_rate: expected a number, got 'fast'"),
     ("train", ["--model.name_or_path", "{model}", "--data.source", "{data}", "--output-dir", "{a_file}/run"],
      "a-file is a file, not a folder"),
     ("caption", ["{png}", "--model", "{model}", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
@@ -97,7 +97,8 @@ ROWS = [
                "--data.max_pixels", "0"], "data.max_pixels must be a positive number"),
     ("release", ["push", "--repo-id", "ns/x", "--model", "{model}", "--to-dir", "{a_file}/rel"],
      "--to-dir {a_file}/rel: {a_file} is a file, not a folder"),
-    ("train", ["--config", "{recipe}", "--optim.learning_rate", "1"], "did you mean --optim.lr"),
+    ("train", ["--model.name_or_path", "{model}", "--data.source", "{data}", "--optim.lr", "1"],
+     "did you mean --optim.learning_rate"),
     ("release", ["push", "--repo-id", "ns/x", "--model", "{model}", "--eval", "{train_out}", "--to-dir",
                  "{out}/rel"], "is a training record (validation during training), not an eval record"),
     # more of every entry point
@@ -118,8 +119,8 @@ ROWS = [
     ("eval", ["reproduce", "{release_dir}"], "no metrics.json in this folder"),
     ("eval", ["generate", "--model", "{model}"], "the following arguments are required"),
     ("train", ["--config", "{out}/no-recipe.yaml"], "--config"),
-    ("train", ["--config", "{recipe}", "--optim.lr", "0.1", "--optim.batch_size", "many"],
-     "--optim.batch_size: expected an integer"),
+    ("train", ["--model.name_or_path", "{model}", "--data.source", "{data}", "--optim.per_device_train_batch_size",
+               "many"], "--optim.per_device_train_batch_size: expected an integer"),
     ("train", ["--model.name_or_path", "{no_config}", "--data.source", "{data}", "--output-dir", "{out}/t2"],
      "no-config"),
     ("train", ["--model.name_or_path", "{model}", "--data.source", "{out}/no-data", "--output-dir", "{out}/t3"],

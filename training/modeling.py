@@ -194,7 +194,7 @@ def setup_trainable(model, family, cfg: TrainConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.optim.gradient_checkpointing,
+            model, use_gradient_checkpointing=cfg.optim.activation_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     if not cfg.lora.enabled:
         groups = family.parameter_groups(model)
@@ -230,7 +230,7 @@ def setup_trainable(model, family, cfg: TrainConfig):
     # LoRA A matrices are drawn from the global RNG: seed right before wrapping.
     set_seed(cfg.optim.seed)
     model = get_peft_model(model, lora_cfg)
-    if cfg.optim.gradient_checkpointing:
+    if cfg.optim.activation_checkpointing:
         # With a frozen tower and frozen embeddings nothing before the first LoRA layer needs
         # grad; reentrant checkpointing would then drop all gradients. Non-reentrant
         # checkpointing (set in the Trainer args) does not need this, but it is cheap insurance.

@@ -1,25 +1,22 @@
 """Fine-tune a captioning model (LoRA, QLoRA or full) from a YAML recipe.
 
-    python -m training.train --config training/recipes/shapes-tiny.yaml [--output-dir DIR] [--key value ...]
+    python -m training.train --config training/recipes/shapes-tiny.yaml [--output.dir DIR] [--section.key value ...]
     python -m training.train --config training/recipes/shapes-tiny.yaml --resume    # continue the latest checkpoint
     python -m training.train --config training/recipes/shapes-tiny.yaml --print-config
     accelerate launch --num_processes 2 -m training.train --config ...               # several processes / GPUs
 
-Flags override the recipe: ``--optim.lr 1e-4`` (or ``--lr 1e-4`` where the name is unique),
-``--no-lora.use_dora`` / ``--lora.use_dora false``; ``--help`` lists every key. The output
+Flags override the recipe: ``--optim.learning_rate 1e-4``, ``--no-lora.use_dora`` /
+``--lora.use_dora false``; ``--help`` lists every key. The output
 folder receives the adapter (or full model), the processor, ``train_config.yaml``,
 ``metrics.json``, ``val_predictions.json``, ``logs/`` (TensorBoard) and ``checkpoints/``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import shutil
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +24,6 @@ from typing import Any
 from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
 from captioning.records import (
-    KIND_TRAINING,
-    METRICS,
     TRAIN_CONFIG,
     TrainConfigRecord,
     TrainingRecord,
@@ -36,190 +31,21 @@ from captioning.records import (
     model_fingerprint,
     write_atomic,
     write_json,
-    write_record,
 )
-from training.config import TrainConfig, changes, help_text, load_config
-
-PREDICTIONS = "val_predictions.json"
-CHECKPOINTS = "checkpoints"
-LOGS = "logs"
-_STAGING = ".staging"
-_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
-                 "adapter_model.bin", "pytorch_model.bin")
-
-
-# ---------------------------------------------------------------- output folder & checkpoints
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be resumed from (None when it looks complete and readable).
-
-    The Trainer writes trainer_state.json after the weights, optimizer, scheduler and RNG
-    state, so a checkpoint without a readable one was cut off while being written.
-    """
-    if not path.is_dir():
-        return "no such folder"
-    state = path / "trainer_state.json"
-    if not state.is_file():
-        return "incomplete (no trainer_state.json: the run stopped while writing it)"
-    try:
-        json.loads(state.read_text())
-    except (OSError, ValueError):
-        return "corrupt trainer_state.json"
-    weights = [path / n for n in _WEIGHT_FILES if (path / n).is_file()]
-    if not weights:
-        return "no model or adapter weights"
-    for w in weights:
-        if w.suffix == ".safetensors":
-            try:
-                from safetensors import safe_open
-
-                with safe_open(str(w), framework="pt") as f:
-                    list(f.keys())
-            except Exception as e:
-                return f"corrupt {w.name} ({type(e).__name__})"
-    for name in ("optimizer.pt", "scheduler.pt"):
-        f = path / name
-        if not f.is_file():
-            return f"incomplete (no {name})"
-        try:
-            with zipfile.ZipFile(f) as z:  # torch.save writes a zip; a cut-off file has no directory
-                z.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return f"corrupt {name}"
-    return None
-
-
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every ``checkpoint-N`` in ``folder``, oldest first."""
-    out = []
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.is_dir() and p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit():
-                out.append((int(p.name[len("checkpoint-"):]), p))
-    return sorted(out)
-
-
-def select_checkpoint(out: Path, resume: bool | str, *, is_main: bool, log: Callable[[str], None]) -> Path:
-    """The checkpoint ``--resume`` continues from: the given one, or the newest complete one
-    under OUT/checkpoints. Incomplete ones newer than it are removed (by the main process)
-    so they can neither be resumed nor kept by checkpoint rotation."""
-    if isinstance(resume, str) and resume not in ("", "latest"):
-        path = Path(resume)
-        if not path.is_dir() and (out / CHECKPOINTS / resume).is_dir():
-            path = out / CHECKPOINTS / resume
-        problem = checkpoint_problem(path)
-        if problem:
-            raise UserError(f"--resume {resume}: cannot resume from it: {problem}")
-        return path
-    ckpts = list_checkpoints(out / CHECKPOINTS)
-    if not ckpts:
-        raise UserError(f"--resume: {out / CHECKPOINTS} holds no checkpoint (the run stopped before its first "
-                        "save, or this is another folder): start again without --resume")
-    problems = []
-    for _step, path in reversed(ckpts):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            for note in problems:
-                log(f"note: {note}")
-            return path
-        problems.append(f"{path.name} is unusable ({problem}); removed, resuming from an earlier one")
-        if is_main:
-            shutil.rmtree(path, ignore_errors=True)
-    raise UserError(f"--resume: no usable checkpoint in {out / CHECKPOINTS}: "
-                    + "; ".join(p.split(';')[0] for p in problems) + ". Start again without --resume")
-
-
-#: settings a resumed run takes on. Everything else is baked into the checkpoint (weights,
-#: optimizer and schedule state, data order, the model being trained): a change there would
-#: not take effect, so --resume refuses it instead of recording a setting that never applied.
-RESUME_SAFE = ("name", "optim.max_steps", "optim.epochs", "optim.num_threads", "data.num_workers",
-               "eval.every_steps", "eval.batch_size", "eval.early_stopping_patience", "output.")
-
-
-def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
-    """``key: old -> new`` for the settings ``cfg`` changes against the run being resumed;
-    a UserError naming the first setting that cannot take effect on resume."""
-    found = changes(saved, cfg.to_dict())
-    # a key the saved config lacks is a setting a newer toolkit added: it runs at its default
-    found = [(k, a, b) for k, a, b in found if _has_key(saved, k)]
-    fixed = [(k, a, b) for k, a, b in found if not (k in RESUME_SAFE or k.startswith(RESUME_SAFE[-1]))]
-    if fixed:
-        shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in fixed)
-        raise UserError(f"--resume: {shown}: cannot take effect on a resumed run (its checkpoint holds the "
-                        "weights, optimizer, schedule and data order of the old settings); drop the flag to resume "
-                        f"as trained, or start a new run in another --output-dir. Settings a resume can change: "
-                        f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}")
-    return [f"{k}: {a!r} -> {b!r}" for k, a, b in found]
-
-
-def _has_key(tree: dict, dotted: str) -> bool:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return False
-        tree = tree[part]
-    return True
-
-
-def finished_run(out: Path, cfg: TrainConfig) -> TrainingRecord | None:
-    """The training record of a finished run in ``out`` that ``cfg`` would not train further
-    (same step budget), else None."""
-    record = TrainingRecord.find(out)
-    if record is None:
-        return None
-    saved = TrainConfigRecord.find(out / CHECKPOINTS) or TrainConfigRecord.find(out)
-    optim = saved.section("optim") if saved else {}
-    if (optim.get("max_steps"), optim.get("epochs")) != (cfg.optim.max_steps, cfg.optim.epochs):
-        return None
-    return record
-
-
-def failed_start(out: Path) -> bool:
-    """True when ``out`` holds only what a run that failed before its first checkpoint left
-    (checkpoints/ with no checkpoint in it, TensorBoard logs): nothing worth keeping, and
-    nothing that should make the next run ask for --output.overwrite."""
-    children = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    return bool(children) and children <= {CHECKPOINTS, LOGS} and not list_checkpoints(out / CHECKPOINTS)
-
-
-def _looks_like_run(out: Path) -> bool:
-    return (out / CHECKPOINTS).is_dir() or (out / TRAIN_CONFIG).is_file() or (out / METRICS).is_file()
-
-
-def check_output(out: Path, cfg: TrainConfig, resume: bool | str) -> bool:
-    """Refuse to mix runs in one folder; True when an earlier run is to be cleared
-    (--output.overwrite)."""
-    if resume:
-        return False
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output.dir {out} is a file: pass a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if failed_start(out):
-            return True  # an earlier start that failed before its first checkpoint: start over
-        if not cfg.output.overwrite:
-            raise UserError(f"output.dir {out} already holds files: pass --resume to continue that run, "
-                            "--output.overwrite to replace it, or another --output-dir")
-        if not _looks_like_run(out):
-            raise UserError(f"output.dir {out} is not empty and holds no earlier training run: refusing to delete "
-                            "it for --output.overwrite; pick another --output-dir")
-        return True
-    return False
-
-
-def clear_output(out: Path) -> None:
-    """Empty ``out`` (an earlier run being replaced with --output.overwrite)."""
-    for child in out.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def publish(staging: Path, out: Path, metrics: dict) -> None:
-    """Move the finished files from ``staging`` to the top of ``out`` (each an atomic
-    rename), metrics.json last: its presence marks a complete output."""
-    for item in sorted(staging.iterdir()):
-        target = out / item.name
-        if target.is_dir() and not item.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    staging.rmdir()
-    write_record(out / METRICS, KIND_TRAINING, metrics)
+from training.config import TrainConfig
+from training.flags import build_parser, parse
+from training.outputs import (
+    CHECKPOINTS,
+    LOGS,
+    PREDICTIONS,
+    STAGING,
+    check_output,
+    clear_output,
+    finished_run,
+    publish,
+    resume_changes,
+    select_checkpoint,
+)
 
 
 # ---------------------------------------------------------------- the pure core
@@ -270,7 +96,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     done = finished_run(out, cfg) if resume is True or resume == "latest" else None
     if done is not None:
         say(f"{out} already finished at step {done.train.get('global_step')} (metrics.json): nothing to resume, no "
-            "file changed; pass a larger --optim.max_steps or --optim.epochs to train on")
+            "file changed; pass a larger --optim.max_steps or --optim.num_train_epochs to train on")
         return out
     clear = check_output(out, cfg, resume)  # every process checks before anything is deleted
     check_writable(out, "output.dir")  # before the model loads
@@ -380,20 +206,21 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
         save_strategy, save_steps = "epoch", None
     load_best = e.enabled and e.load_best
     try:
+        # the optim section carries TrainingArguments' own names (config.OptimConfig); the rest
+        # is derived from the eval and output sections
         args = TrainingArguments(
-            output_dir=str(ckpt_dir), per_device_train_batch_size=op.batch_size,
-            per_device_eval_batch_size=e.batch_size, gradient_accumulation_steps=op.grad_accum,
-            learning_rate=op.lr, weight_decay=op.weight_decay, optim=op.optimizer, lr_scheduler_type=op.scheduler,
-            warmup_steps=op.warmup_ratio or op.warmup_steps, max_grad_norm=op.max_grad_norm or None,
-            num_train_epochs=op.epochs, max_steps=op.max_steps or -1,
+            output_dir=str(ckpt_dir), **op.trainer_kwargs(), data_seed=op.seed,
+            # non-reentrant: with a frozen tower and LoRA the inputs of the first checkpointed block
+            # need no grad, and reentrant checkpointing would then drop every gradient
+            activation_checkpointing_kwargs={"use_reentrant": False} if op.activation_checkpointing else None,
+            per_device_eval_batch_size=e.batch_size,
             logging_strategy="steps", logging_steps=o.logging_steps, logging_first_step=True,
             eval_strategy=eval_strategy, eval_steps=e.every_steps,
             eval_on_start=e.enabled and e.on_start and not resume,
             save_strategy=save_strategy, save_steps=save_steps, save_total_limit=o.save_total_limit,
             load_best_model_at_end=load_best, metric_for_best_model=f"eval_{e.metric_for_best}" if load_best else None,
             greater_is_better=e.greater_is_better if load_best else None,
-            report_to="none", disable_tqdm=not o.progress, seed=op.seed, data_seed=op.seed,
-            bf16=precision == "bf16", fp16=precision == "fp16", **_checkpointing_args(op.gradient_checkpointing),
+            report_to="none", disable_tqdm=not o.progress, bf16=precision == "bf16", fp16=precision == "fp16",
             remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
             dataloader_num_workers=d.num_workers, use_cpu=use_cpu,
             # LoRA parameters are all used in every forward; full fine-tuning keeps DDP's check
@@ -410,7 +237,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
         callbacks.append(tb)
     trainer = CaptionTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              data_collator=tdata.Collator(family, processor), processing_class=processor,
-                             compute_loss_func=caption_loss(op.label_smoothing), callbacks=callbacks,
+                             compute_loss_func=caption_loss(op.label_smoothing_factor), callbacks=callbacks,
                              caption_evaluator=evaluator, log_fn=say)
     try:
         try:
@@ -434,7 +261,7 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
             if final is None:
                 final = {k.replace("eval_", ""): v for k, v in trainer.evaluate().items()}
                 final_step = trainer.state.global_step
-        staging = out / _STAGING
+        staging = out / STAGING
         if is_main and staging.exists():
             shutil.rmtree(staging)
         state.wait_for_everyone()
@@ -490,18 +317,6 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     return out
 
 
-def _checkpointing_args(on: bool) -> dict:
-    """Activation checkpointing, non-reentrant: with a frozen tower and LoRA the inputs of
-    the first checkpointed block need no grad, and reentrant checkpointing would then drop
-    every gradient. transformers >= 5.x names it activation_checkpointing (the old
-    gradient_checkpointing name warns)."""
-    from transformers import TrainingArguments
-
-    name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-            else "gradient_checkpointing")
-    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
-
-
 def _is_load_error(err: BaseException) -> bool:
     text = f"{type(err).__name__} {err}".lower()
     return any(w in text for w in ("checkpoint", "pickle", "zip", "safetensor", "unpickl", "load", "state_dict",
@@ -509,29 +324,6 @@ def _is_load_error(err: BaseException) -> bool:
 
 
 # ---------------------------------------------------------------- CLI
-def _pop_flag(args: list[str], name: str) -> bool:
-    if name in args:
-        args.remove(name)
-        return True
-    return False
-
-
-def _pop_resume(args: list[str]) -> bool | str:
-    for i, a in enumerate(args):
-        if a == "--resume":
-            value: bool | str = True
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-                del args[i:i + 2]
-            else:
-                del args[i]
-            return value
-        if a.startswith("--resume="):
-            del args[i]
-            return a.split("=", 1)[1] or True
-    return False
-
-
 def _say(message: str) -> None:
     """print, above the progress bars rather than through them (tqdm clears and redraws)."""
     from tqdm.auto import tqdm
@@ -539,29 +331,32 @@ def _say(message: str) -> None:
     tqdm.write(message)
 
 
+def cli_parser():
+    """The config parser (training.config.build_parser) plus the flags that are not settings."""
+    parser = build_parser()
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                        help="continue from the newest complete checkpoint under OUTPUT_DIR/checkpoints (or CKPT)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.train``: 0 on success, 2 on a user mistake (one line on stderr)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(__doc__)
-        print("Options (defaults < recipe < flags):")
-        print("  --config FILE     recipe YAML (training/recipes/*.yaml)")
-        print("  --resume [CKPT]   continue from the newest complete checkpoint (or CKPT)")
-        print("  --print-config    print the resolved config and exit")
-        print("  --debug           show tracebacks for errors")
-        print(help_text())
-        return 0
     command = "python -m training.train " + shlex.join(args)
     args, debug = pop_debug(args)
-    print_only = _pop_flag(args, "--print-config")
+    parser = cli_parser()
+    if "-h" in args or "--help" in args:
+        parser.print_help()
+        return 0
 
     def run() -> None:
-        resume = _pop_resume(args)
-        cfg = load_config(args)
-        if print_only:
+        cfg, ns = parse(parser, args)
+        if ns.print_config:
             print(cfg.to_yaml().rstrip())
             return
-        train(cfg, resume=resume, command=command, log=_say)
+        train(cfg, resume=ns.resume, command=command, log=_say)
 
     return guarded(run, debug=debug)
 

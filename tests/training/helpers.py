@@ -26,7 +26,8 @@ def tiny_recipe(model_path: Path | None, shapes: Path, out: Path, **over) -> dic
         "model": {"name_or_path": str(model_path)} if model_path else {},
         "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
         "data": {"source": str(shapes), "train_split": "train", "val_split": "val", "max_train_samples": 16},
-        "optim": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "num_threads": 1, "seed": 0, "warmup_steps": 0},
+        "optim": {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-2, "num_threads": 1, "seed": 0,
+                  "warmup_steps": 0},
         "eval": {"enabled": False},
         "output": {"dir": str(out), "progress": False, "logging_steps": 1},
     }

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from captioning.data import linguistic_errors
 from captioning.errors import UserError
-from training.config import all_keys, build_config, load_config, load_recipe, parse_overrides
+from training.config import OptimConfig, TrainConfig, build_config, load_config, upgrade
 from training.data import CaptionTrainDataset
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
@@ -56,73 +57,114 @@ def test_specific_recipe_choices():
 
 def test_precedence_defaults_yaml_flags(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\noptim: {lr: 0.001, batch_size: 4}\n")
-    cfg = load_config(["--config", str(recipe), "--optim.lr", "1e-4"])
-    assert cfg.optim.lr == 1e-4  # flag beats YAML
-    assert cfg.optim.batch_size == 4  # YAML beats default
-    assert cfg.optim.grad_accum == 1  # default
+    recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\n"
+                      "optim: {learning_rate: 0.001, per_device_train_batch_size: 4}\n")
+    cfg = load_config(["--config", str(recipe), "--optim.learning_rate", "1e-4"])
+    assert cfg.optim.learning_rate == 1e-4  # flag beats YAML
+    assert cfg.optim.per_device_train_batch_size == 4  # YAML beats default
+    assert cfg.optim.gradient_accumulation_steps == 1  # default
     assert cfg.name == "r"
 
 
 def test_flag_forms():
-    o = parse_overrides(["--lr", "2e-4", "--lora.use_dora", "--no-lora.use_rslora", "--max-steps", "7",
-                         "--output-dir", "x", "--optim.gradient_checkpointing", "false", "--data.image_splitting",
-                         "null", "--eval.metrics", "CIDEr,Bleu_4", "--model.freeze_vision=false"])
-    assert o == {"optim.lr": "2e-4", "lora.use_dora": True, "lora.use_rslora": False, "optim.max_steps": "7",
-                 "output.dir": "x", "optim.gradient_checkpointing": "false", "data.image_splitting": "null",
-                 "eval.metrics": "CIDEr,Bleu_4", "model.freeze_vision": "false"}
-    cfg = build_config(BASE, o)
-    assert cfg.optim.lr == 2e-4 and cfg.lora.use_dora and not cfg.lora.use_rslora and cfg.optim.max_steps == 7
-    assert cfg.output.dir == "x" and cfg.data.image_splitting is None and cfg.eval.metrics == ["CIDEr", "Bleu_4"]
-    assert cfg.model.freeze_vision is False
+    cfg = build_config(BASE, ["--optim.learning_rate", "2e-4", "--lora.use_dora", "--no-lora.use_rslora",
+                              "--optim.max_steps", "7", "--output-dir", "x",
+                              "--optim.activation_checkpointing", "false",
+                              "--data.image_splitting", "null", "--eval.metrics", "[CIDEr, Bleu_4]",
+                              "--model.freeze_vision=false", "--eval.metrics+", "METEOR"])
+    assert cfg.optim.learning_rate == 2e-4 and cfg.lora.use_dora and not cfg.lora.use_rslora
+    assert cfg.optim.max_steps == 7 and cfg.optim.activation_checkpointing is False
+    assert cfg.output.dir == "x" and cfg.data.image_splitting is None
+    assert cfg.eval.metrics == ["CIDEr", "Bleu_4", "METEOR"] and cfg.model.freeze_vision is False
+
+
+def _bool_keys(cls=TrainConfig, prefix=""):
+    import dataclasses
+    import typing
+
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            yield from _bool_keys(tp, f"{prefix}{name}.")
+        elif tp is bool:
+            yield prefix + name
 
 
 def test_every_bool_can_be_switched_off_from_the_command_line():
-    import typing
+    import operator
 
-    from training.config import _unwrap_optional
-
-    bools = [k for k, t in all_keys().items() if _unwrap_optional(t)[0] is bool]
+    bools = list(_bool_keys())
     assert len(bools) >= 12
     for key in bools:
         base = BASE
         if key == "model.freeze_language":  # valid only for full fine-tuning of something else
             base = {**BASE, "lora": {"enabled": False}, "model": {**BASE["model"], "train_connector": True}}
-        on = build_config(base, parse_overrides([f"--{key}"]))
-        off = build_config(base, parse_overrides([f"--no-{key}"]))
-        off2 = build_config(base, parse_overrides([f"--{key}", "false"]))
-        get = lambda c, key=key: typing.cast(bool, eval("c." + key, {"c": c}))  # noqa: E731
+        get = operator.attrgetter(key)
+        assert get(build_config(base, [f"--no-{key}"])) is False, key
+        assert get(build_config(base, [f"--{key}", "false"])) is False, key
         if key == "data.feature_cache" or key.startswith("quantization.load_in"):
-            continue  # need other settings to be valid when on; off is checked below
-        assert get(on) is True and get(off) is False and get(off2) is False, key
-    for key in ("data.feature_cache", "quantization.load_in_4bit", "quantization.load_in_8bit"):
-        assert eval("c." + key, {"c": build_config(BASE, parse_overrides([f"--no-{key}"]))}) is False
+            continue  # need other settings to be valid when on
+        assert get(build_config(base, [f"--{key}"])) is True, key
+        assert get(build_config(base, [f"--{key}", "true"])) is True, key
 
 
 def test_factory_section_from_flags():
     cfg = build_config({"data": {"source": "s"}, "lora": {"enabled": False}},
-                       parse_overrides(["--model.factory.size", "tiny", "--model.factory.seed", "3"]))
+                       ["--model.factory.size", "tiny", "--model.factory.seed", "3"])
     assert cfg.model.factory.family == "idefics3" and cfg.model.factory.seed == 3
-    with pytest.raises(UserError, match="--seed is ambiguous"):
-        parse_overrides(["--seed", "1"])
+    with pytest.raises(UserError, match="unknown option --seed"):
+        build_config(BASE, ["--seed", "1"])  # every flag names its section
+
+
+def test_optim_fields_are_training_arguments_fields():
+    """The optim section goes to TrainingArguments as is: its names must be TrainingArguments'."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(OptimConfig)} - set(OptimConfig.OWN)
+    assert names == set(OptimConfig().trainer_kwargs())
+    assert names <= set(TrainingArguments.__dataclass_fields__), names - set(TrainingArguments.__dataclass_fields__)
+    cfg = load_config(["--config", "training/recipes/smolvlm-coco-qlora.yaml"])
+    args = TrainingArguments(output_dir="unused", use_cpu=True, **cfg.optim.trainer_kwargs())
+    assert (args.learning_rate, args.gradient_accumulation_steps, args.warmup_steps) == (2e-4, 4, 0.03)
+
+
+def test_recipes_and_saved_configs_with_the_old_optim_names_still_load(tmp_path):
+    old = {"epochs": 2, "max_steps": None, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "optimizer": "adamw_torch",
+           "scheduler": "linear", "warmup_steps": 0, "warmup_ratio": 0.05, "label_smoothing": 0.1,
+           "gradient_checkpointing": True}
+    new = {"num_train_epochs": 2, "max_steps": -1, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+           "learning_rate": 3e-3, "optim": "adamw_torch", "lr_scheduler_type": "linear", "warmup_steps": 0.05,
+           "label_smoothing_factor": 0.1, "activation_checkpointing": True}
+    assert upgrade({**BASE, "optim": old}) == {**BASE, "optim": new}
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(yaml.safe_dump({**BASE, "optim": old}))
+    expected = build_config({**BASE, "optim": new, "name": "old"}).to_dict()
+    assert load_config(["--config", str(recipe)]).to_dict() == expected
+    # a flag with an old name points at the new one
+    with pytest.raises(UserError, match=r"unknown option --optim\.lr \(did you mean --optim\.learning_rate\?\)"):
+        load_config(["--config", str(recipe), "--optim.lr", "1"])
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--optim.lrr", "1"], r"unknown option --optim\.lrr \(did you mean --optim\.lr\?\)"),
+    (["--optim.learning_rat", "1"], r"unknown option --optim\.learning_rat \(did you mean --optim\.learning_rate\?\)"),
     (["--bogus", "1"], "unknown option --bogus"),
-    (["--optim.lr", "fast"], r"optim\.lr: expected a number"),
-    (["--optim.batch_size", "2.5"], r"optim\.batch_size: expected an integer"),
-    (["--lora.use_dora", "maybe"], "unexpected argument 'maybe'"),
-    (["--no-optim.lr"], "not a switch"),
+    (["--optim.learning_rate", "fast"], r"^--optim\.learning_rate: expected a number, got 'fast'$"),
+    (["--optim.per_device_train_batch_size", "2.5"], r"optim\.per_device_train_batch_size: expected an integer"),
+    (["--lora.use_dora", "maybe"], r"--lora\.use_dora: expected true or false, got 'maybe'"),
+    (["--no-optim.learning_rate"], r"unknown option --no-optim\.learning_rate"),
+    (["--data.max_train_samples", "many"], r"--data\.max_train_samples: expected an integer or null, got 'many'"),
+    (["--optim.max_steps", "0"], r"optim\.max_steps must be at least 1 \(or -1"),
+    (["--optim.warmup_steps", "2.5"], r"optim\.warmup_steps must be a whole number of steps, or a fraction"),
     (["--quantization.load_in_4bit", "--quantization.load_in_8bit"], "load_in_4bit and quantization.load_in_8bit"),
     (["--quantization.load_in_4bit", "--no-lora.enabled"], r"quantization\.load_in_4bit needs lora\.enabled"),
     (["--quantization.load_in_8bit", "--lora.enabled", "false"], r"quantization\.load_in_8bit needs lora\.enabled"),
     (["--data.feature_cache", "--no-model.freeze_vision"], r"data\.feature_cache needs a frozen vision"),
     (["--data.feature_cache", "--model.train_connector"], r"model\.train_connector"),
     (["--eval.metric_for_best", "SPICE"], r"eval\.metric_for_best 'SPICE'"),
-    (["--eval.metrics", "CIDEr,Foo"], r"eval\.metrics: unknown Foo"),
+    (["--eval.metrics", "[CIDEr, Foo]"], r"eval\.metrics: unknown Foo"),
+    (["--eval.metrics", "CIDEr,Bleu_4"], r"--eval\.metrics: expected a list"),
     (["--optim.precision", "fp8"], r"optim\.precision 'fp8'"),
-    (["--optim.warmup_steps", "3", "--optim.warmup_ratio", "0.1"], "warmup_steps and optim.warmup_ratio"),
     (["--data.caption_transform", "shout"], r"data\.caption_transform 'shout'"),
     (["--model.factory.family", "idefics3"], r"model\.name_or_path and model\.factory: set exactly one"),
     (["--output.save_every_steps", "3", "--eval.every_steps", "2"], r"output\.save_every_steps must be a multiple"),
@@ -131,19 +173,22 @@ def test_factory_section_from_flags():
 ])
 def test_errors_name_the_key(args, match):
     with pytest.raises(UserError, match=match):
-        build_config(BASE, parse_overrides(args))
+        build_config(BASE, args)
 
 
 def test_yaml_errors_name_the_path(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: {name_or_path: m}\ndata: {source: s}\noptim: {learning_rate: 1}\n")
-    with pytest.raises(UserError, match=r"bad\.yaml: unknown key optim\.learning_rate"):
+    bad.write_text("model: {name_or_path: m}\ndata: {source: s}\noptim: {learning_rat: 1}\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: unknown key optim\.learning_rat \(did you mean optim\.learning_"):
         load_config(["--config", str(bad)])
-    with pytest.raises(UserError, match="no such file"):
-        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match=r"--config .*missing\.yaml: no such file"):
+        load_config(["--config", str(tmp_path / "missing.yaml")])
     (tmp_path / "list.yaml").write_text("- a\n")
     with pytest.raises(UserError, match="mapping of sections"):
-        load_recipe(tmp_path / "list.yaml")
+        load_config(["--config", str(tmp_path / "list.yaml")])
+    (tmp_path / "broken.yaml").write_text("model: {name_or_path: m\n")
+    with pytest.raises(UserError, match=r"broken\.yaml: not valid YAML"):
+        load_config(["--config", str(tmp_path / "broken.yaml")])
 
 
 def test_factory_with_lora_is_refused():
@@ -154,9 +199,10 @@ def test_factory_with_lora_is_refused():
 def test_cli_prints_config_and_reports_errors_in_one_line(capsys):
     from training.train import main
 
-    assert main(["--config", "training/recipes/shapes-tiny.yaml", "--print-config", "--optim.lr", "0.01"]) == 0
+    assert main(["--config", "training/recipes/shapes-tiny.yaml", "--print-config", "--optim.learning_rate",
+                 "0.01"]) == 0
     out = capsys.readouterr().out
-    assert "lr: 0.01" in out and "factory:" in out
+    assert "learning_rate: 0.01" in out and "factory:" in out and "name: shapes-tiny" in out
     assert main(["--config", "training/recipes/shapes-tiny.yaml", "--optim.nope", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown option --optim.nope")
@@ -186,18 +232,21 @@ def test_sampled_references_depend_on_seed_and_epoch_only(shapes_dir):
 
 
 @pytest.mark.parametrize("key, suggestion", [
-    ("optim.learning_rate", "optim.lr"), ("num_train_epochs", "optim.epochs"), ("optim.lrr", "optim.lr"),
-    ("data.sorce", "data.source"), ("lora.rank", "lora.r"), ("per_device_train_batch_size", "optim.batch_size")])
+    ("optim.learning_rat", "optim.learning_rate"), ("optim.per_device_batch_size", "optim.per_device_train_batch_size"),
+    ("data.sorce", "data.source"), ("lora.rank", "lora.r"), ("eval.metric", "eval.metrics")])
 def test_unknown_keys_suggest_the_key_meant(key, suggestion):
+    section, name = key.split(".")
     with pytest.raises(UserError, match=rf"unknown key {re.escape(key)} \(did you mean {re.escape(suggestion)}\?\)"):
-        build_config({"model": {"name_or_path": "m"}, "data": {"source": "s"}}, {key: 1})
+        build_config({"model": {"name_or_path": "m"}, "data": {"source": "s"}, section: {name: 1}})
+    with pytest.raises(UserError, match=rf"unknown option --{re.escape(key)} \(did you mean --{re.escape(suggestion)}"):
+        build_config({"model": {"name_or_path": "m"}, "data": {"source": "s"}}, [f"--{key}", "1"])
 
 
 def test_a_type_error_names_where_the_value_came_from(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\noptim: {lr: fast}\n")
-    with pytest.raises(UserError, match=r"^.*r\.yaml: optim\.lr: expected a number, got 'fast'$"):
+    recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\noptim: {learning_rate: fast}\n")
+    with pytest.raises(UserError, match=r"^.*r\.yaml: optim\.learning_rate: expected a number, got 'fast'$"):
         load_config(["--config", str(recipe)])
     recipe.write_text("model: {name_or_path: m}\ndata: {source: s}\n")
-    with pytest.raises(UserError, match=r"^--optim\.lr: expected a number, got 'fast'$"):
-        load_config(["--config", str(recipe), "--optim.lr", "fast"])
+    with pytest.raises(UserError, match=r"^--optim\.learning_rate: expected a number, got 'fast'$"):
+        load_config(["--config", str(recipe), "--optim.learning_rate", "fast"])

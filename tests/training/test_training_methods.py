@@ -86,7 +86,7 @@ def test_gradient_checkpointing_dora_rslora_and_connector(tiny_models, shapes_di
     model.train_connector trains the connector in full next to the adapter."""
     recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "gc",
                          lora={"use_dora": True, "use_rslora": True},
-                         model={"train_connector": True}, optim={"gradient_checkpointing": True},
+                         model={"train_connector": True}, optim={"activation_checkpointing": True},
                          output={"tensorboard": False})
     out, snap = _run(recipe)
     changed = snap.changed()
@@ -101,7 +101,7 @@ def test_gradient_checkpointing_dora_rslora_and_connector(tiny_models, shapes_di
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_blip(tiny_models, shapes_dir, tmp_path, method):
     recipe = tiny_recipe(tiny_models["blip"], shapes_dir, tmp_path / method, lora={"enabled": method == "lora"},
-                         optim={"label_smoothing": 0.1}, output={"tensorboard": False})
+                         optim={"label_smoothing_factor": 0.1}, output={"tensorboard": False})
     out, snap = _run(recipe)
     changed = snap.changed()
     assert changed and not any("vision_model" in n for n in changed)
@@ -255,7 +255,8 @@ def test_full_finetune_of_the_connector_alone(tiny_models, shapes_dir, tmp_path)
 def test_early_stopping_with_patience(tiny_models, shapes_dir, tmp_path):
     """A run that stops improving stops: with a vanishing learning rate the val loss stays put,
     so patience 1 ends training after the second validation."""
-    recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "es", optim={"max_steps": 10, "lr": 1e-12},
+    recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "es",
+                         optim={"max_steps": 10, "learning_rate": 1e-12},
                          eval={"enabled": True, "every_steps": 1, "loss_samples": 2, "generate_samples": 0,
                                "metric_for_best": "loss", "early_stopping_patience": 1},
                          output={"tensorboard": False})

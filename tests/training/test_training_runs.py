@@ -78,7 +78,7 @@ train(build_config(json.loads(sys.argv[1])), callbacks=[Slow()])
 def test_sigkill_then_resume_gives_the_same_adapter(tiny_models, shapes_dir, tmp_path):
     recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "straight",
                          lora={"dropout": 0.1}, data={"max_train_samples": 32, "references": "sample"},
-                         optim={"max_steps": 20, "lr": 5e-3, "batch_size": 4},
+                         optim={"max_steps": 20, "learning_rate": 5e-3, "per_device_train_batch_size": 4},
                          output={"save_every_steps": 4, "save_total_limit": 2, "tensorboard": False,
                                  "logging_steps": 5})
     straight = train(config(recipe), log=lambda *_: None)
@@ -127,7 +127,7 @@ def test_two_processes_through_accelerate(tmp_path, shapes_dir):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "training.train", "--config", str(ROOT / "training/recipes/shapes-tiny.yaml"),
            "--data.source", str(shapes_dir), "--output-dir", str(out), "--optim.max_steps", "4",
-           "--optim.batch_size", "4", "--data.max_train_samples", "32", "--data.num_workers", "0",
+           "--optim.per_device_train_batch_size", "4", "--data.max_train_samples", "32", "--data.num_workers", "0",
            "--eval.every_steps", "4", "--eval.loss_samples", "4", "--eval.generate_samples", "4",
            "--no-eval.on_start", "--no-output.progress", "--no-output.tensorboard"]
     run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
@@ -151,7 +151,8 @@ def test_resume_refuses_what_cannot_apply_records_what_can_and_leaves_a_finished
     from captioning.errors import UserError
     from tests.training.helpers import merge
 
-    recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "r", optim={"max_steps": 4, "lr": 3e-3},
+    recipe = tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "r",
+                         optim={"max_steps": 4, "learning_rate": 3e-3},
                          output={"save_every_steps": 2, "tensorboard": False})
     out = train(config(recipe), log=lambda *_: None)
     before = _snapshot(out)
@@ -160,8 +161,9 @@ def test_resume_refuses_what_cannot_apply_records_what_can_and_leaves_a_finished
     assert "already finished at step 4" in capsys.readouterr().out
     assert _snapshot(out) == before
     # a changed learning rate cannot take effect (the optimizer and schedule come from the checkpoint)
-    with pytest.raises(UserError, match=r"--resume: optim.lr 0.003 -> 0.1: cannot take effect on a resumed run"):
-        train(config(merge(recipe, {"optim": {"lr": 0.1, "max_steps": 6}})), resume=True, log=lambda *_: None)
+    with pytest.raises(UserError, match=r"--resume: optim.learning_rate 0.003 -> 0.1: cannot take effect on a resumed"):
+        train(config(merge(recipe, {"optim": {"learning_rate": 0.1, "max_steps": 6}})), resume=True,
+              log=lambda *_: None)
     assert _snapshot(out) == before
     # more steps can: applied, and recorded as a change at the step it took effect
     train(config(merge(recipe, {"optim": {"max_steps": 6}})), resume=True, log=lambda *_: None)
@@ -169,7 +171,7 @@ def test_resume_refuses_what_cannot_apply_records_what_can_and_leaves_a_finished
     assert metrics["kind"] == "training" and metrics["train"]["global_step"] == 6
     assert metrics["resumed"] == [{"from_step": 4, "changes": ["optim.max_steps: 4 -> 6"]}]
     saved = yaml.safe_load((out / "train_config.yaml").read_text())
-    assert saved["optim"]["max_steps"] == 6 and saved["optim"]["lr"] == 3e-3
+    assert saved["optim"]["max_steps"] == 6 and saved["optim"]["learning_rate"] == 3e-3
 
 
 def test_resume_takes_settings_a_newer_toolkit_added_at_their_defaults():
@@ -181,6 +183,13 @@ def test_resume_takes_settings_a_newer_toolkit_added_at_their_defaults():
     saved = cfg.to_dict()
     del saved["data"]["max_pixels"]
     assert resume_changes(saved, cfg) == []
-    saved["optim"]["lr"] = 1.0
-    with pytest.raises(Exception, match="optim.lr 1.0 -> 0.0001: cannot take effect"):
+    saved["optim"]["learning_rate"] = 1.0
+    with pytest.raises(Exception, match="optim.learning_rate 1.0 -> 0.0001: cannot take effect"):
         resume_changes(saved, cfg)
+    # a config saved before the optim keys took TrainingArguments' names resumes as it was
+    old = {**cfg.to_dict(), "optim": {"epochs": 1.0, "max_steps": None, "batch_size": 8, "grad_accum": 1, "lr": 1e-4,
+                                      "weight_decay": 0.0, "optimizer": "adamw_torch", "scheduler": "cosine",
+                                      "warmup_steps": 0, "warmup_ratio": 0.0, "max_grad_norm": 1.0,
+                                      "label_smoothing": 0.0, "precision": "auto", "gradient_checkpointing": False,
+                                      "seed": 0, "num_threads": None}}
+    assert resume_changes(old, cfg) == []

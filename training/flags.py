@@ -1,0 +1,113 @@
+"""The command line of training: jsonargparse builds every ``--section.key`` flag from the
+config dataclasses (their field docstrings are the help) and reads ``--config`` recipes;
+here only what jsonargparse leaves to its caller: switches with ``--no-`` forms, old optim
+names in recipes (config.upgrade), and its error reports turned into one line that names
+the flag or the recipe file."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+
+from captioning.cli import one_line
+from captioning.errors import UserError
+from training.config import OLD_OPTIM_KEYS, TrainConfig, upgrade
+
+_MODE = "training-recipe"
+
+
+def build_parser(prog: str = "python -m training.train"):
+    """The jsonargparse parser of every config key (``--section.key``) and ``--config``."""
+    import argparse
+
+    import jsonargparse
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    yaml_load = jsonargparse.get_loader("yaml")
+    jsonargparse.set_loader(_MODE, lambda text: upgrade(yaml_load(text)), exceptions=(ValueError,))
+    parser = ArgumentParser(
+        prog=prog, usage=f"{prog} --config RECIPE.yaml [--section.key VALUE ...]", exit_on_error=False,
+        allow_abbrev=False, parser_mode=_MODE, print_config=None,
+        description="Fine-tune a captioning model. Defaults < --config recipe < flags; a switch is --key, "
+                    "--no-key or --key true|false; a list is [a, b].")
+    parser.add_argument("--config", action=ActionConfigFile, help="recipe YAML (training/recipes/*.yaml)")
+    parser.add_argument("--output-dir", dest="output.dir", help=argparse.SUPPRESS)
+    parser.add_class_arguments(TrainConfig, None, as_group=True)
+    # the Trainer-style switches: bare --key is true and --no-key false, besides --key true|false
+    for action in list(parser._actions):
+        if getattr(action, "_typehint", None) in (bool, bool | None) and action.option_strings:
+            action.nargs, action.const = "?", True
+            parser.add_argument("--no-" + action.dest, dest=action.dest, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
+    return parser
+
+
+def parse(parser, argv: list[str]):
+    """(TrainConfig, the parsed namespace) from ``argv``; a mistake is one UserError line."""
+    argv = list(argv)
+    try:
+        ns = parser.parse_args(argv)
+        if ns.get("name") is None:
+            recipes = [p for p in (ns.get("config") or []) if p is not None]
+            ns.name = Path(str(recipes[-1])).stem if recipes else "run"
+        init = parser.instantiate(ns)
+    except Exception as err:  # jsonargparse reports a bad value or key as ArgumentError, TypeError or ValueError
+        if isinstance(err, UserError):
+            raise
+        raise _usage_error(err, argv, parser) from None
+    cfg = TrainConfig(**{f.name: init[f.name] for f in dataclasses.fields(TrainConfig)})
+    return cfg, init
+
+
+def _usage_error(err: Exception, argv: list[str], parser) -> UserError:
+    """jsonargparse's report of a bad key or value as one line naming the flag or the recipe,
+    with the key meant for an unknown one."""
+    import yaml
+
+    text, source = one_line(err), _recipe(argv)
+    if isinstance(err, yaml.YAMLError):
+        return UserError(f"--config {source}: not valid YAML ({text})")
+    if text.startswith("Unexpected config"):
+        return UserError(f"--config {source}: a recipe is a mapping of sections (model:, data:, ...)")
+    if "File does not exist" in text:
+        return UserError(f"--config {source}: no such file (recipes live in training/recipes/)")
+    unknown = (re.search(r"unrecognized arguments: --(\S+)", text) or re.search(r"Option '(\w+)' is not accepted", text)
+               or re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", text))
+    if unknown:
+        flag = text.startswith("unrecognized")
+        key = ".".join(g for g in unknown.groups() if g).split("=")[0]
+        section, _, name = key.rpartition(".")
+        keys = [o[2:] for a in parser._actions for o in a.option_strings if o[2:].rpartition(".")[0] == section]
+        hint = f"{section}.{OLD_OPTIM_KEYS[name]}" if section == "optim" and name in OLD_OPTIM_KEYS else None
+        hint = hint or next(iter(difflib.get_close_matches(key, keys, n=1, cutoff=0.6)), None)
+        hint = f" (did you mean {'--' if flag else ''}{hint}?)" if hint else ""
+        if flag:
+            return UserError(f"unknown option --{key}{hint}; see --help for every key")
+        return UserError(f"{source}: unknown key {key}{hint}")
+    keys = re.findall(r'Parser key "([\w.]+)"', text)
+    if keys:
+        key = ".".join(keys)  # a nested section's key comes as a second "Parser key"
+        types = re.findall(r"Expected a <class '(\w+)'>", text)
+        value = re.search(r"(?:Got value|Given value): (.*?)(?: Given value type.*)?(?: - Expected.*)?$", text)
+        want = " or ".join(dict.fromkeys(_TYPE_NAMES.get(t, t) for t in types)) or text.split(": ", 1)[-1]
+        why = f"expected {want}" + (f", got {value[1]!r}" if value else "")
+        given = any(a.split("=")[0] in (f"--{key}", f"--no-{key}") or a.startswith(f"--{keys[0]}.") for a in argv)
+        return UserError(f"--{key}: {why}" if given else f"{source}: {key}: {why}")
+    return UserError(text)
+
+
+_TYPE_NAMES = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "text", "list": "a list",
+               "NoneType": "null"}
+
+
+def _recipe(argv: list[str]) -> str:
+    """The --config argument of ``argv`` (for messages)."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return "config" if argv[i + 1].lstrip().startswith("{") else argv[i + 1]  # build_config's dict
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return "config"
