@@ -18,7 +18,7 @@ import torch
 
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
-from captioning.records import TrainConfigRecord, read_json_file
+from captioning.records import TrainConfigRecord, adapter_base
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -128,15 +128,6 @@ class Captioner:
     adapter: str | None = None
     train_config: dict[str, Any] | None = None
     prompt: str | None = None
-
-def adapter_base(folder: str | Path) -> str | None:
-    """The base model a LoRA adapter folder names (adapter_config.json's
-    ``base_model_name_or_path``), or None when it names none; a one-line UserError when the
-    file is missing or unreadable. Every stage reads an adapter's base through this."""
-    doc = read_json_file(Path(folder) / "adapter_config.json")
-    base = doc.get("base_model_name_or_path") if isinstance(doc, dict) else None
-    return base if isinstance(base, str) and base else None
-
 
 def load_captioner(model: str | Path, *, revision: str | None = None, adapter: str | Path | None = None,
                    dtype: str | torch.dtype | None = "auto", device: str | None = "auto",

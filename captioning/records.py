@@ -193,6 +193,26 @@ def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
                         "fix it, or regenerate it with the command that wrote it") from None
 
 
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model a LoRA adapter folder names (adapter_config.json's
+    ``base_model_name_or_path``), or None when it names none; a one-line UserError when the
+    file is missing or unreadable. Every stage reads an adapter's base through this."""
+    doc = read_json_file(Path(folder) / "adapter_config.json")
+    base = doc.get("base_model_name_or_path") if isinstance(doc, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
+def model_config(folder: str | os.PathLike) -> dict:
+    """A saved model folder's config.json as a dict ({} when it has none); unreadable is a
+    one-line UserError. The stages that only look at a few of its keys (dtype, model_type,
+    auto_map) read it through this; loading a model goes through transformers' AutoConfig."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return {}
+    doc = read_json_file(path)
+    return doc if isinstance(doc, dict) else {}
+
+
 def kind_of(doc: Any) -> str | None:
     """The kind of a parsed JSON record: its ``kind``, else told from its keys (files
     written before records carried a kind), else None."""

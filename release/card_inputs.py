@@ -8,7 +8,6 @@ Everything here works offline: a missing input stays None and the card says so.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from captioning.records import (
     RELEASE,
     EvalRecord,
     TrainConfigRecord,
+    adapter_base,
+    model_config,
+    read_json_file,
     read_record,
 )
 
@@ -105,7 +107,7 @@ def read_loss_history(folder: str | Path) -> tuple[dict[str, list[tuple[float, f
     states = sorted(folder.glob("checkpoints/*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
     states += [folder / "trainer_state.json"] if (folder / "trainer_state.json").is_file() else []
     if states:
-        state = json.loads(states[-1].read_text())
+        state = read_json_file(states[-1])
         hist = state.get("log_history", [])
         out = {"train": [(float(h["step"]), float(h["loss"])) for h in hist if "loss" in h and "step" in h],
                "eval": [(float(h["step"]), float(h["eval_loss"])) for h in hist if "eval_loss" in h and "step" in h]}
@@ -208,15 +210,15 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
     if merge_check:
         base, revision = merge_check.get("base"), merge_check.get("base_revision")
     if is_adapter:
-        base = base or json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = base or adapter_base(model_dir)
     base = base or model_cfg.get("name_or_path")
     revision = revision or model_cfg.get("revision")
 
     family = model_cfg.get("family") if model_cfg.get("family") not in (None, "auto") else None
     dtype = None
     remote_code = False
-    if (model_dir / "config.json").is_file():
-        cfg = json.loads((model_dir / "config.json").read_text())
+    cfg = model_config(model_dir)
+    if cfg:
         dtype = cfg.get("dtype") or cfg.get("torch_dtype")
         remote_code = bool(cfg.get("auto_map"))
         if family is None:

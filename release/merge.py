@@ -32,8 +32,8 @@ from captioning.records import (
     TRAIN_CONFIG,
     TrainConfigRecord,
     TrainingRecord,
+    adapter_base,
     model_fingerprint,
-    read_json_file,
     replace_folder,
     short,
     weights_fingerprint,
@@ -118,8 +118,7 @@ def check_adapter_folder(adapter: Path) -> None:
 def recorded_base(adapter: Path) -> tuple[str | None, str | None, str]:
     """(base id or folder, revision, where it is written) that ``adapter`` names as its base."""
     cfg = TrainConfigRecord.find(adapter)
-    ad = read_json_file(adapter / "adapter_config.json")
-    name = ad.get("base_model_name_or_path") if isinstance(ad, dict) else None
+    name = adapter_base(adapter)
     if name:
         return name, cfg.base_revision if cfg else None, "adapter_config.json"
     return (cfg.base, cfg.base_revision, TRAIN_CONFIG) if cfg else (None, None, TRAIN_CONFIG)

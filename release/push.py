@@ -17,7 +17,6 @@ longer holds. An interrupted push finishes when the same command is run again.
 from __future__ import annotations
 
 import fnmatch
-import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from captioning.records import (
     TrainConfigRecord,
     check_writable,
     local_paths_in,
+    model_config,
     model_fingerprint,
     read_json_file,
     read_record,
@@ -113,8 +113,7 @@ class PushOptions:
 def release_files(folder: Path, patterns=MODEL_FILES) -> list[Path]:
     """The files of ``folder`` (top level) that belong in a release."""
     out = [p for p in sorted(folder.iterdir()) if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
-    cfg = folder / "config.json"
-    if cfg.is_file() and json.loads(cfg.read_text()).get("auto_map"):
+    if model_config(folder).get("auto_map"):
         # models with their own code need it beside the weights (trust_remote_code)
         out += [p for p in sorted(folder.glob("*.py")) if p not in out]
     return out

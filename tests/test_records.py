@@ -63,7 +63,7 @@ def test_old_records_without_a_kind_still_load(tmp_path):
 def test_unreadable_and_newer_records_fail_in_one_line(tmp_path):
     bad = tmp_path / "metrics.json"
     bad.write_text("{not json")
-    with pytest.raises(UserError, match=r"metrics.json is not valid JSON .*regenerate it"):
+    with pytest.raises(UserError, match=r"metrics.json is not valid JSON: .*regenerate it"):
         EvalRecord.read(bad)
     bad.write_text(json.dumps({**EVAL_DOC, "kind": "eval", "schema": 99}))
     with pytest.raises(UserError, match="schema 99 is newer than this toolkit reads"):
