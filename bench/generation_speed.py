@@ -1,6 +1,6 @@
 """How much faster is our batched captioning than one image at a time, as the seeds do it?
 
-    python bench/generation_speed.py [--models smolvlm,blip] [--images N] [--batch-size B] [--serial] [--quick]
+    python bench/generation_speed.py [--models smolvlm,blip] [--images N] [--batch-size B] [--quick]
 
 Models: random weights at the real published architectures (captioning.factory, size
 "real": SmolVLM-256M-Instruct = idefics3 with ONE 512 px crop, image splitting off, 64
@@ -13,20 +13,16 @@ Variants, each in its own worker process (so each has its own peak RSS):
                  with default settings, then per image one processor call, one
                  model.generate and one batch_decode.
   batched        captioning.generation.caption_images(load_captioner(...), images,
-                 batch_size=B) - the code every stage of the toolkit uses; on a CPU it
-                 captions two batches at once, each on half the threads.
-  batched_serial (--serial) the same, one batch at a time on all the threads
-                 (parallel_batches=1): what the parallel batches gain.
-The variants run in alternating rounds of 2B images (the two batches the batched variant
-runs at once) on the same images (absolute times drift ~2x on shared machines; ratios
-measured side by side do not), with the fp32 GEMM peak (bench/gemm_peak.py: plain
+                 batch_size=B) - the code every stage of the toolkit uses.
+The variants run in alternating rounds of two batches (2B images) on the same images
+(absolute times drift ~2x on shared machines; ratios measured side by side do not), with
+the fp32 GEMM peak (bench/gemm_peak.py: plain
 torch.matmul, large squares, same thread count) measured between rounds. FLOPs per
 caption are counted from the config (bench/caption_flops.py documents the formula), so
 "fraction of peak" = FLOPs per caption x images/s / GEMM peak.
 Peak RSS: the high-water mark while captioning (reset after loading and warm-up through
 /proc/self/clear_refs), and the lifetime high-water mark including loading.
-The breakdown (processor, vision tower, text = the rest) sums each batch's own time, so
-with two batches in parallel it adds up to about twice the wall time.
+The breakdown: processor, vision tower, and text = the rest of the wall time.
 
 Writes bench/results/generation_speed.json and prints a markdown table. --quick is a
 small smoke run; --size tiny runs the same code on tiny models in seconds (tests).
@@ -46,15 +42,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is first on sys.path (caption_flops, gemm_peak); captioning comes
+# from the editable install.
 REPO = Path(__file__).resolve().parents[1]
-for p in (str(REPO), str(REPO / "bench")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
 MODELS = {"smolvlm": "idefics3", "blip": "blip"}
 #: best measured batch size per model on a 2-core CPU (see BENCHMARKS.md / the report)
@@ -141,10 +135,6 @@ class Variant:
         self.load()
         self.load_seconds = time.perf_counter() - t
         self.timers = {"processor": 0.0, "vision": 0.0}
-        # parallel batches (captioning.generation.run_parallel) call the hooks from several
-        # threads: per-thread state, and a lock around the shared sums
-        self._local = threading.local()
-        self._lock = threading.Lock()
         self._instrument()
 
     # -- the parts that differ
@@ -166,17 +156,16 @@ class Variant:
         vision = self._vision_module()
 
         def begin(*_):
-            self._local.vision_start = time.perf_counter()
+            self._vision_start = time.perf_counter()
 
         def done(*_):
-            self._add("vision", time.perf_counter() - self._local.vision_start)
+            self._add("vision", time.perf_counter() - self._vision_start)
 
         vision.register_forward_pre_hook(begin)
         vision.register_forward_hook(done)
 
     def _add(self, part: str, seconds: float) -> None:
-        with self._lock:
-            self.timers[part] += seconds
+        self.timers[part] += seconds
 
     # -- the protocol
     def run(self, start: int, stop: int, warmup: bool = False) -> dict[str, Any]:
@@ -267,7 +256,7 @@ class Batched(Variant):
         original = fam.generation_inputs
 
         def timed(proc, images, *args, **kwargs):  # instance attribute: only this worker's family object
-            self._local.images = images  # this thread's batch, for keep() below
+            self._batch = images  # for keep() below
             t = time.perf_counter()
             try:
                 return original(proc, images, *args, **kwargs)
@@ -279,7 +268,7 @@ class Batched(Variant):
 
         def keep(*args, **kwargs):
             out = generate(*args, **kwargs)
-            self._keep_tokens(out, self._local.images)
+            self._keep_tokens(out, self._batch)
             return out
 
         fam.generate = keep
@@ -289,25 +278,13 @@ class Batched(Variant):
 
         n = self.spec["new_tokens"]
         settings = GenerationSettings(max_new_tokens=n, min_new_tokens=n)
-        kw = {}
-        if self.spec.get("vision_batch_size") is not None:  # else the library default
-            kw["vision_batch_size"] = self.spec["vision_batch_size"] or None
-        return [c[0] for c in caption_images(self.cap, images, settings=settings,
-                                             batch_size=self.spec["batch_size"],
-                                             parallel_batches=self._parallel_batches(), **kw)]
-
-    def _parallel_batches(self):
-        return 1 if self.spec["variant"] == "batched_serial" else "auto"
+        return [c[0] for c in caption_images(self.cap, images, settings=settings, batch_size=self.spec["batch_size"])]
 
     def stats(self):
-        from captioning.generation import parallel_batches_for
-
-        return {**super().stats(), "proposed_applied": self.applied,
-                "parallel_batches": parallel_batches_for(self.cap, None, self._parallel_batches())}
+        return {**super().stats(), "proposed_applied": self.applied}
 
 
-VARIANT_CLASSES = {"one_at_a_time": OneAtATime, "batched": Batched, "batched_proposed": Batched,
-                   "batched_serial": Batched}
+VARIANT_CLASSES = {"one_at_a_time": OneAtATime, "batched": Batched, "batched_proposed": Batched}
 
 
 def _worker(spec_json: str) -> int:
@@ -370,23 +347,19 @@ class Worker:
 
 # ----------------------------------------------------------------- the bench
 def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, new_tokens: int, threads: int,
-                gemm_sizes, log_dir: Path, variants=VARIANTS, vision_batch_size: int | None = None,
-                log=print) -> dict[str, Any]:
+                gemm_sizes, log_dir: Path, variants=VARIANTS, log=print) -> dict[str, Any]:
     """Run the variants on one model in alternating rounds; return its JSON section."""
     from caption_flops import caption_flops
     from gemm_peak import gemm_peak
     from transformers import AutoConfig
 
-    from captioning.generation import PARALLEL_BATCHES
-
     family = MODELS[name]
-    # a round holds as many batches as the batched variant runs at once
-    per_round = batch_size * max(1, min(PARALLEL_BATCHES.get("cpu", 1), threads))
+    per_round = 2 * batch_size
     rounds = max(1, n_images // per_round)
     n_images = rounds * per_round
     base = {"model": name, "family": family, "model_dir": str(model_dir), "threads": threads,
             "n_images": n_images, "batch_size": batch_size, "new_tokens": new_tokens,
-            "warmup_images": min(batch_size, 2), "vision_batch_size": vision_batch_size}
+            "warmup_images": min(batch_size, 2)}
     variants = list(variants)
     workers: dict[str, Worker] = {}
     try:
@@ -418,7 +391,6 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
     peak_cpu = statistics.median(p["gflops_cpu_time"] for p in peaks)
     section: dict[str, Any] = {
         "family": family, "n_images": n_images, "batch_size": batch_size, "new_tokens": new_tokens,
-        "vision_batch_size": _vision_batch(vision_batch_size),
         "prompt_tokens": prompt_tokens, "rounds": rounds,
         "gflop_per_caption": {k: round(v, 3) for k, v in flops.items()},
         "gemm_peak_gflops": round(peak, 2), "gemm_peak_samples": [p["gflops"] for p in peaks],
@@ -446,9 +418,7 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
         }
         if "proposed_applied" in stats[v] and v != "batched":
             entry["proposed_applied"] = stats[v]["proposed_applied"]
-        lanes = entry["parallel_batches"] = stats[v].get("parallel_batches", 1)
-        # each batch's own time: with parallel batches the parts add up to ~lanes x the wall time
-        entry["breakdown_s"]["text"] = round(seconds * lanes - entry["breakdown_s"]["processor"]
+        entry["breakdown_s"]["text"] = round(seconds - entry["breakdown_s"]["processor"]
                                              - entry["breakdown_s"]["vision"], 2)
         if v != "one_at_a_time":
             entry["speedup"] = round(ips / (n_images / sum(x["seconds"] for x in baseline)), 3)
@@ -474,15 +444,6 @@ def bench_model(name: str, *, model_dir: Path, n_images: int, batch_size: int, n
         section["targets"]["fraction_of_peak_met"] = bat["fraction_of_peak"] >= target["fraction_of_peak"]
     section["sample_captions"] = {v: results[v][0]["captions"][:2] for v in variants}
     return section
-
-
-def _vision_batch(requested: int | None) -> int | str:
-    """The vision batch the batched variants use on the CPU (0: the whole batch)."""
-    from captioning import generation
-
-    if requested is None:  # the library's "auto"
-        requested = getattr(generation, "VISION_BATCH_SIZE", {}).get("cpu")
-    return requested or "whole batch"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -527,8 +488,7 @@ def _cpu_name() -> str:
 
 def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens: int, threads: int, size: str,
         gemm_sizes, out: Path | None, models_dir: Path | None = None, proposed: bool = False,
-        serial: bool = False,
-        vision_batch_size: int | None = None, log=print) -> dict[str, Any]:
+        log=print) -> dict[str, Any]:
     """The whole benchmark; returns the report (and writes it to ``out``)."""
     from captioning.factory import build_random_model
 
@@ -546,8 +506,7 @@ def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens:
     report["settings"]["busy_at_start"] = busy
     if busy:
         # With more runnable threads than cores, every parallel region of a multi-threaded
-        # op waits for a descheduled thread: a 16x768 @ 768x768 product measured 20-40 ms
-        # with 2 threads vs 1-4 ms with 1 thread at load ~5 on 2 cores.
+        # op waits for a descheduled thread, so small products slow down many times over.
         log(f"warning: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock numbers "
             f"{'with ' + str(threads) + ' threads ' if threads > 1 else ''}will be distorted; prefer a quiet "
             "machine, or --threads 1 and the CPU-time columns")
@@ -561,9 +520,8 @@ def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens:
                 build_random_model(MODELS[name], mdir, size)
             report["models"][name] = bench_model(name, model_dir=mdir, n_images=n_images, batch_size=b,
                                                  new_tokens=new_tokens, threads=threads, gemm_sizes=gemm_sizes,
-                                                 log_dir=tmp, log=log, vision_batch_size=vision_batch_size,
-                                                 variants=VARIANTS + (("batched_serial",) if serial else ())
-                                                 + (("batched_proposed",) if proposed else ()))
+                                                 log_dir=tmp, log=log,
+                                                 variants=VARIANTS + (("batched_proposed",) if proposed else ()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
@@ -584,17 +542,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smolvlm,blip", help="comma-separated: smolvlm, blip")
     parser.add_argument("--images", type=int, default=64,
-                        help="images per variant (rounded down to whole rounds of 2 batches)")
+                        help="images per variant (rounded down to whole rounds of two batches)")
     parser.add_argument("--batch-size", type=int, help=f"batch size of the batched variant (default {DEFAULT_BATCH})")
     parser.add_argument("--new-tokens", type=int, default=20, help="fixed caption length in tokens")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every variant and the GEMM peak")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 images, batch 2, a 2048 GEMM")
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model size (tiny: tests)")
-    parser.add_argument("--vision-batch-size", type=int,
-                        help="images per vision-tower forward in the batched variants (0: whole batch; "
-                             "default: the library's)")
-    parser.add_argument("--serial", action="store_true",
-                        help="add the batched variant with one batch at a time (parallel_batches=1)")
     parser.add_argument("--proposed", action="store_true",
                         help="add a variant with the family changes proposed in bench/proposed_speedups.py")
     parser.add_argument("--models-dir", type=Path, help="keep/reuse the built random models here")
@@ -617,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run(models, n_images=n_images, batch_size=batch, new_tokens=args.new_tokens, threads=args.threads,
                  size=args.size, gemm_sizes=gemm_sizes, out=args.out, models_dir=args.models_dir,
-                 proposed=args.proposed, serial=args.serial, vision_batch_size=args.vision_batch_size,
+                 proposed=args.proposed,
                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(markdown_table(report))
     print(f"\nwrote {args.out}")

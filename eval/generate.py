@@ -4,11 +4,9 @@
     accelerate launch --num_processes 2 eval/run.py generate ...   # one shard per process
 
 :func:`run_generate` writes ``OUT/predictions.json``, ``OUT/metrics.json`` and
-``OUT/report.html``. Each finished batch is appended (and fsynced) to a journal,
-``OUT/predictions.partial.jsonl``; a run that is killed and started again with the same
-settings and ``--out`` captions only the batches that are missing. The journal's first line
-holds a fingerprint of every setting that decides the captions, so a restart with other
-settings is refused instead of mixing predictions.
+``OUT/report.html``. Each finished batch is appended to a journal (eval/journal.py); a run that
+is killed and started again with the same settings and ``--out`` captions only the batches that
+are missing, and a restart with other settings is refused instead of mixing predictions.
 
 Batches are fixed slices of the split (batch ``i`` is images ``i*B .. i*B+B-1``). Resuming and
 sharding hand out whole batches, so every image is captioned in exactly the batch it would
@@ -18,78 +16,95 @@ the same, and predictions.json is byte-identical.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from captioning.cli import option, positive_int
+from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
-from captioning.generation import GenerationSettings, check_parallel_batches
+from captioning.generation import GenerationSettings
 from captioning.images import MAX_PIXELS
-from captioning.records import KIND_EVAL, METRICS, EvalRecord, check_writable, write_json, write_record
+from captioning.records import KIND_EVAL, METRICS, check_writable, write_json, write_record
+from eval.journal import (
+    PREDICTIONS,
+    append,
+    fingerprint,
+    finished_run,
+    journal_files,
+    journal_path,
+    json_ids,
+    load_done,
+    open_journal,
+)
 
-JOURNAL = "predictions.partial.jsonl"
-JOURNAL_VERSION = 1
-PREDICTIONS = "predictions.json"
 REPORT = "report.html"
+
+MODEL, DATA, DECODING, OUTPUT = "model", "data", "decoding", "scoring and output"  # flag groups of --help
 
 
 @dataclass
 class GenerateConfig:
-    """Everything ``generate`` needs; the CLI fills it from flags, reproduce from metrics.json."""
+    """Everything ``generate`` needs; eval/run.py fills it from flags (each field's help is its
+    flag's), reproduce from metrics.json."""
 
-    model: str
-    dataset: str
-    split: str
-    out: Path
-    adapter: str | None = None
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False
-    family: str | None = None
-    #: None: the prompt of train_config.yaml beside the model, else the family's default
-    prompt: str | None = None
-    image_longest_edge: int | None = None
-    #: None keeps the processor's setting; False turns SmolVLM's image splitting off
-    image_splitting: bool | None = None
-    max_images: int | None = None
-    images_dir: str | None = None
-    #: score against references rewritten by this captioning.data transform (a style fine-tune
-    #: against references in its style); recorded in metrics.json's dataset block
-    caption_transform: str = "none"
-    shuffle: bool = False
-    seed: int = 0
-    #: caption around images that cannot be read (recorded with the reason, not scored);
-    #: off: the first one stops the run, naming the file (the journal keeps what was done)
-    skip_bad_images: bool = False
-    #: refuse images larger than this many pixels (a decompression-bomb guard; None: Pillow's own)
-    max_pixels: int | None = MAX_PIXELS
-    batch_size: int = 8
-    #: batches captioned at once ("auto": two on a CPU, one on a GPU); speed only, never captions
-    parallel_batches: int | str = "auto"
+    model: str = option(help="hub id, model folder, or training output folder", group=MODEL)
+    dataset: str = option(help="COCO folder/json, image folder, or known hub dataset id", group=DATA)
+    split: str = option(help="the split to caption (test, val, ...)", group=DATA)
+    out: Path = option(help="output folder (resumes a killed run with the same settings)", group=OUTPUT)
+    adapter: str | None = option(None, help="LoRA adapter folder written by training/train.py", group=MODEL)
+    revision: str | None = option(None, help="hub revision (branch, tag or commit)", group=MODEL)
+    dtype: str = option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16", group=MODEL)
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps", group=MODEL)
+    load_in_4bit: bool = option(False, help="4-bit NF4 weights (bitsandbytes)", group=MODEL)
+    trust_remote_code: bool = option(False, help="allow models that ship their own code (never on by default)",
+                                     group=MODEL)
+    family: str | None = option(None, help="model family (default: train_config.yaml, else from config.json)",
+                                group=MODEL)
+    prompt: str | None = option(None, help="instruction (default: train_config.yaml's, else the family's); "
+                                           "'' for none", group=MODEL)
+    image_longest_edge: int | None = option(
+        None, help="resize images to this longest edge (SmolVLM: 512 = one crop, the cheap setting)", group=MODEL,
+        type=positive_int)
+    image_splitting: bool | None = option(
+        None, help="SmolVLM image splitting (16 crops + 1: ~17x the vision compute); default: processor's",
+        group=MODEL)
+    max_images: int | None = option(None, help="caption only the first N images", group=DATA, type=positive_int)
+    images_dir: str | None = option(None, help="images folder for COCO json datasets", group=DATA)
+    caption_transform: str = option(
+        "none", help="score against references rewritten by this transform (a style fine-tune against references "
+                     "in its style: the training's data.caption_transform); recorded in metrics.json",
+        group=DATA, choices=list(CAPTION_TRANSFORMS))
+    shuffle: bool = option(False, help="a seeded random selection instead of the first N", group=DATA)
+    seed: int = option(0, help="seeds --shuffle and --sample (default 0)", group=DATA)
+    skip_bad_images: bool = option(
+        False, help="caption around images that cannot be read: each is listed with its reason in metrics.json and "
+                    "the report, and n_images counts the scored ones (default: stop at the first, naming it; the "
+                    "run resumes once it is fixed)", group=DATA)
+    max_pixels: int | None = option(
+        MAX_PIXELS, help=f"refuse images over this many pixels (a decompression-bomb guard; default {MAX_PIXELS:,})",
+        group=DATA, type=positive_int)
+    batch_size: int = option(8, help="images captioned at once (default 8)", group=DECODING, type=positive_int)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     #: metric names passed to eval.scoring.score (None: all)
-    metrics: list[str] | None = None
-    tokenize: bool = True
-    report: bool = True
-    #: report.html shows this many worst and best images (all when the split is small)
-    report_rows: int = 100
-    overwrite: bool = False
-    progress: bool = True
+    metrics: list[str] | None = option(
+        None, help="only these metrics (default all; METEOR costs a ~10 s JVM start)", group=OUTPUT, nargs="+")
+    tokenize: bool = option(True, help="score without the PTB tokenizer", group=OUTPUT)
+    report: bool = option(True, help="skip report.html", group=OUTPUT)
+    report_rows: int = option(100, help="report.html shows this many worst and best images (default 100)",
+                              group=OUTPUT, type=positive_int)
+    overwrite: bool = option(False, help="discard what --out holds (journal, results)", group=OUTPUT)
+    progress: bool = option(True, help="no progress bar", group=OUTPUT)
 
     def __post_init__(self):
         self.out = Path(self.out)
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
-        check_parallel_batches(self.parallel_batches)
         if self.max_images is not None and self.max_images < 1:
             raise UserError("--max-images must be at least 1")
         if self.generation.num_captions != 1:
@@ -142,78 +157,66 @@ class Processes:
             return list(part)
 
 
-# --------------------------------------------------------------------------- journal
+# --------------------------------------------------------------------------- batches
 
 
-def journal_path(out: Path, rank: int) -> Path:
-    """Each process appends to its own journal; the main process's is the plain name."""
-    return out / (JOURNAL if rank == 0 else f"predictions.partial.rank{rank}.jsonl")
+def split_batches(ids: list, batch_size: int) -> list[list]:
+    """The split's image ids in fixed batches (batch ``i`` is images ``i*B .. i*B+B-1``), in
+    their JSON form, as journal lines hold them."""
+    return [json_ids(ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)]
 
 
-def journal_files(out: Path) -> list[Path]:
-    return sorted(out.glob("predictions.partial*.jsonl"))
+def caption_batch(cfg: GenerateConfig, captioner, dataset, indices: range) -> list[str | dict]:
+    """One batch's journal entries: the caption of each image of ``dataset[indices]``, captioned
+    together, or ``{"skipped": reason}`` for an image that cannot be read (--skip-bad-images;
+    without it the first such image stops the run)."""
+    from captioning.generation import caption_images
 
-
-@dataclass
-class Journal:
-    """A parsed journal: its header, finished batches and the length of its intact prefix."""
-
-    path: Path
-    header: dict | None
-    batches: dict[int, dict]
-    intact_bytes: int
-
-
-def read_journal(path: Path) -> Journal:
-    """Parse a journal. A torn last line (the process was killed mid-write) is ignored and
-    later cut off; damage anywhere else is an error, because lines are only ever appended."""
-    data = path.read_bytes()
-    header, batches, pos = None, {}, 0
-    lines = data.split(b"\n")
-    for k, raw in enumerate(lines):
-        last = k == len(lines) - 1
-        if last:  # no newline after it: empty, or torn by a kill
-            break
+    images, slots = [], []
+    for i in indices:
         try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if k == len(lines) - 2 and not lines[-1]:
-                # a complete-looking but unparsable last line: a torn write that got its newline
-                break
-            raise UserError(f"{path}: line {k + 1} is damaged; delete the file (its images are captioned "
-                            "again) or pass --overwrite") from None
-        if header is None:
-            if not isinstance(rec, dict) or rec.get("journal") != JOURNAL_VERSION or "fingerprint" not in rec:
-                raise UserError(f"{path}: not a journal written by eval/run.py generate; pass --overwrite or "
-                                "another --out")
-            header = rec
-        else:
-            batches[int(rec["batch"])] = rec
-        pos += len(raw) + 1
-    return Journal(path, header, batches, pos)
+            images.append(dataset[i].load_image())
+            slots.append(None)
+        except UserError as e:
+            if not cfg.skip_bad_images:
+                raise UserError(f"{e} (pass --skip-bad-images to caption around it; this run resumes "
+                                "where it stopped once the file is fixed)") from None
+            slots.append({"skipped": " ".join(str(e).split())})
+    captions = caption_images(captioner, images, None, cfg.generation, batch_size=len(images)) if images else []
+    got = iter(c[0] for c in captions)
+    return [next(got) if s is None else s for s in slots]
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the settings that differ between two settings dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+def caption_into_journal(cfg: GenerateConfig, procs: Processes, captioner, dataset, batches: list[list],
+                         mine: list[int], journal) -> None:
+    """Caption this process's batches, appending each to its journal as soon as it is done
+    (a kill loses only the batch in progress)."""
+    bar = _progress(cfg, procs, sum(len(batches[b]) for b in mine))
+    try:
+        for b in mine:
+            start = b * cfg.batch_size
+            captions = caption_batch(cfg, captioner, dataset, range(start, start + len(batches[b])))
+            append(journal, {"batch": b, "image_ids": batches[b], "captions": captions})
+            if bar is not None:
+                bar.update(len(captions))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def fingerprint(settings: dict) -> str:
-    """sha256 of the canonical JSON of the settings that decide the captions."""
-    canonical = json.dumps(settings, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _refuse_other_settings(where: str, old: dict | None, new: dict) -> UserError:
-    changes = _diff(old or {}, new)
-    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
-    return UserError(f"{where} was made with other settings ({shown or 'unknown settings'}): re-run with the "
-                     "same settings to resume, or pass --overwrite or another --out")
+def collect(out: Path, fp: str, settings: dict, batches: list[list], dataset) -> tuple[list[dict], list[dict]]:
+    """(predictions, skipped images) from the journals of all processes, once every batch is in
+    them; writes predictions.json. Never a partial one: a missing batch is an error."""
+    done, _ = load_done(out, fp, settings, batches)
+    missing = [b for b in range(len(batches)) if b not in done]
+    if missing:  # a process died without raising
+        raise RuntimeError(f"batches {missing[:5]} were not captioned; run the same command again to finish")
+    entries = list(zip(dataset, (c for b in range(len(batches)) for c in done[b])))
+    predictions = [{"image_id": ex.image_id, "caption": cap} for ex, cap in entries if isinstance(cap, str)]
+    skipped = [{"image_id": ex.image_id, "file": ex.file_name, "reason": cap["skipped"]}
+               for ex, cap in entries if isinstance(cap, dict)]
+    write_json(out / PREDICTIONS, predictions)
+    return predictions, skipped
 
 
 # --------------------------------------------------------------------------- the run
@@ -257,34 +260,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _check_batch(rec: dict, ids: list, path: Path) -> list[str]:
-    captions = rec.get("captions")
-    if rec.get("image_ids") != ids or not isinstance(captions, list) or len(captions) != len(ids):
-        raise UserError(f"{path}: batch {rec.get('batch')} holds other images than this split's batch; the "
-                        "dataset changed since: pass --overwrite or another --out")
-    return captions
-
-
-def _load_done(out: Path, fp: str, settings: dict, batches: list[list]) -> tuple[dict[int, list[str]], list[Journal]]:
-    journals = [read_journal(p) for p in journal_files(out)]
-    done: dict[int, list[str]] = {}
-    for j in journals:
-        if j.header is None:
-            continue
-        if j.header["fingerprint"] != fp:
-            raise _refuse_other_settings(f"the unfinished run in {j.path}", j.header.get("settings"), settings)
-        for b, rec in j.batches.items():
-            if not 0 <= b < len(batches):
-                raise UserError(f"{j.path}: batch {b} is outside this split; pass --overwrite or another --out")
-            done.setdefault(b, _check_batch(rec, batches[b], j.path))
-    return done, journals
-
-
-def _json_ids(ids: list) -> list:
-    # journal lines round-trip through JSON: compare ids in their JSON form
-    return json.loads(json.dumps(ids))
-
-
 def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None = None,
                  log: Callable[[str], None] = _log) -> GenerateResult | None:
     """Caption ``cfg.split`` of ``cfg.dataset`` with ``cfg.model`` and score it into ``cfg.out``.
@@ -292,11 +267,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     Returns the result on the main process and None on the other processes of a sharded
     run. ``scorer``: a warm :class:`eval.scoring.Scorer` to reuse (tests, repeated evals).
     """
-    from captioning.data import load_captions
-    from captioning.generation import caption_images, parallel_batches_for, plan_batches, run_parallel
-    from captioning.loading import load_captioner
-    from eval import scoring
-    from eval.provenance import describe_model, library_versions, utc_now
+    from eval.provenance import describe_model
 
     t_start = time.perf_counter()
     if not cfg.progress:
@@ -309,6 +280,49 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         raise UserError(f"--out {out} is a file: pass a folder")
     if procs.main:
         check_writable(out, "--out")  # before the model loads and hours of captioning start
+    dataset = _load_split(cfg, procs, log)
+    captioner = _load_model(cfg, procs)
+    model_block = describe_model(captioner)
+    settings = _settings(cfg, captioner, dataset, model_block)
+    fp = fingerprint(settings)
+    batches = split_batches([ex.image_id for ex in dataset], cfg.batch_size)
+    if procs.main:
+        _prepare_out(cfg, captioner, dataset, model_block, settings, procs, log)
+    procs.barrier()
+
+    # Every process reads every journal before any process writes, so all plan alike.
+    done, journals = load_done(out, fp, settings, batches)
+    finished = finished_run(out, fp, settings, [ex.image_id for ex in dataset]) if not journals else None
+    procs.barrier()
+
+    n_resumed = sum(len(batches[b]) for b in done)
+    mine = procs.share([b for b in range(len(batches)) if b not in done] if finished is None else [])
+    t_gen = time.perf_counter()
+    if mine:
+        with open_journal(journal_path(out, procs.rank), journals, fp, settings) as journal:
+            if procs.main and n_resumed:
+                log(f"generate: resuming, {n_resumed}/{len(dataset)} images already captioned in {out}")
+            caption_into_journal(cfg, procs, captioner, dataset, batches, mine, journal)
+    procs.barrier()
+    generation_s = time.perf_counter() - t_gen  # after the barrier: the slowest shard counts
+    if not procs.main:
+        return None
+
+    if finished is not None:
+        predictions, skipped = finished
+        log(f"generate: {out / PREDICTIONS} already holds this run's predictions; scoring them again")
+    else:
+        predictions, skipped = collect(out, fp, settings, batches, dataset)
+    n_new = 0 if finished is not None else len(dataset) - n_resumed  # all shards together
+    timing = {"generation_s": round(generation_s, 3), "images_captioned": n_new, "images_resumed": n_resumed,
+              "processes": procs.world}
+    return _score_and_record(cfg, dataset, captioner, predictions, skipped, timing, model_block, settings, fp,
+                             scorer=scorer, command=command, t_start=t_start, log=log)
+
+
+def _load_split(cfg: GenerateConfig, procs: Processes, log: Callable[[str], None]):
+    """The dataset split to caption, its images checked lazily (at --max-pixels)."""
+    from captioning.data import load_captions
 
     dataset = load_captions(cfg.dataset, cfg.split, max_samples=cfg.max_images, shuffle=cfg.shuffle,
                             seed=cfg.seed, images_dir=cfg.images_dir).with_caption_transform(
@@ -319,113 +333,49 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
             f"images: captioning all {len(ids)} (metrics.json records n_images {len(ids)})")
     if len(set(map(repr, ids))) != len(ids):
         raise UserError(f"{cfg.dataset}: split {cfg.split!r} lists an image id twice; fix the annotations")
+    return dataset
+
+
+def _load_model(cfg: GenerateConfig, procs: Processes):
+    from captioning.loading import load_captioner
+
     device = cfg.device
     if procs.device is not None and device == "auto":
         device = procs.device  # one GPU per process under accelerate launch
-    captioner = load_captioner(cfg.model, revision=cfg.revision, adapter=cfg.adapter, dtype=cfg.dtype,
-                               device=device, load_in_4bit=cfg.load_in_4bit,
-                               trust_remote_code=cfg.trust_remote_code, family=cfg.family,
-                               prompt=cfg.prompt, image_longest_edge=cfg.image_longest_edge,
-                               image_splitting=cfg.image_splitting)
-    model_block = describe_model(captioner)
-    settings = _settings(cfg, captioner, dataset, model_block)
-    fp = fingerprint(settings)
-    B = cfg.batch_size
-    lanes = parallel_batches_for(captioner, cfg.generation, cfg.parallel_batches)
-    batches = [_json_ids(ids[i:i + B]) for i in range(0, len(ids), B)]
+    return load_captioner(cfg.model, revision=cfg.revision, adapter=cfg.adapter, dtype=cfg.dtype, device=device,
+                          load_in_4bit=cfg.load_in_4bit, trust_remote_code=cfg.trust_remote_code,
+                          family=cfg.family, prompt=cfg.prompt, image_longest_edge=cfg.image_longest_edge,
+                          image_splitting=cfg.image_splitting)
 
-    if procs.main:
-        if cfg.overwrite:
-            for p in journal_files(out) + [out / PREDICTIONS, out / METRICS, out / REPORT]:
-                p.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        config_echo = {"model": model_block["id"], "adapter": model_block["adapter"],
-                       "family": model_block["family"], "dataset": f"{dataset.source} [{dataset.split}]",
-                       "images": len(dataset), "prompt": captioner.prompt, "batch_size": B,
-                       "parallel_batches": lanes,
-                       "dtype": settings["dtype"], "device": str(captioner.device),
-                       "generation": cfg.generation.to_dict(), "processes": procs.world, "out": str(out)}
-        log("generate: " + json.dumps(config_echo, ensure_ascii=False))
-    procs.barrier()
 
-    # Every process reads every journal before any process writes, so all plan alike.
-    done, journals = _load_done(out, fp, settings, batches)
-    finished = _finished_run(out, fp, settings, ids) if not journals else None
-    procs.barrier()
+def _prepare_out(cfg: GenerateConfig, captioner, dataset, model_block: dict, settings: dict, procs: Processes,
+                 log: Callable[[str], None]) -> None:
+    """Main process: empty ``out`` on --overwrite, create it, and print the resolved config."""
+    out = cfg.out
+    if cfg.overwrite:
+        for p in journal_files(out) + [out / PREDICTIONS, out / METRICS, out / REPORT]:
+            p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    config_echo = {"model": model_block["id"], "adapter": model_block["adapter"], "family": model_block["family"],
+                   "dataset": f"{dataset.source} [{dataset.split}]", "images": len(dataset),
+                   "prompt": captioner.prompt, "batch_size": cfg.batch_size, "dtype": settings["dtype"],
+                   "device": str(captioner.device), "generation": cfg.generation.to_dict(),
+                   "processes": procs.world, "out": str(out)}
+    log("generate: " + json.dumps(config_echo, ensure_ascii=False))
 
-    n_resumed = sum(len(batches[b]) for b in done)
-    todo = [b for b in range(len(batches)) if b not in done] if finished is None else []
-    mine = procs.share(todo)
-    t_gen = time.perf_counter()
-    if mine:
-        own = journal_path(out, procs.rank)
-        old = next((j for j in journals if j.path == own), None)
-        with open(own, "ab") as f:
-            if old is not None and old.intact_bytes < own.stat().st_size:
-                f.truncate(old.intact_bytes)  # drop a line torn by a kill
-            if old is None or old.header is None:
-                f.truncate(0)
-                _append(f, {"journal": JOURNAL_VERSION, "fingerprint": fp, "settings": settings})
-            if procs.main and n_resumed:
-                log(f"generate: resuming, {n_resumed}/{len(ids)} images already captioned in {out}")
-            bar = _progress(cfg, procs, sum(len(batches[b]) for b in mine))
 
-            # journal batch b is images b*B ..; the last ones may run as smaller pieces (plan_batches)
-            pieces = plan_batches([[(b, i) for i in range(b * B, min((b + 1) * B, len(ids)))] for b in mine], lanes)
+def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list[dict], skipped: list[dict],
+                      timing: dict, model_block: dict, settings: dict, fp: str, *, scorer: Any,
+                      command: str | None, t_start: float, log: Callable[[str], None]) -> GenerateResult:
+    """Score the predictions; write report.html and metrics.json; remove the journals."""
+    from eval import scoring
+    from eval.provenance import library_versions, utc_now
 
-            def caption_piece(piece: list[tuple[int, int]]) -> tuple[int, list[str | dict]]:
-                # a journal entry is the caption, or {"skipped": reason} for an unreadable image
-                images, slots = [], []
-                for _, i in piece:
-                    try:
-                        images.append(dataset[i].load_image())
-                        slots.append(None)
-                    except UserError as e:
-                        if not cfg.skip_bad_images:
-                            raise UserError(f"{e} (pass --skip-bad-images to caption around it; this run resumes "
-                                            "where it stopped once the file is fixed)") from None
-                        slots.append({"skipped": " ".join(str(e).split())})
-                caps = iter([c[0] for c in caption_images(captioner, images, None, cfg.generation,
-                                                          batch_size=len(images), parallel_batches=1)]
-                            if images else [])
-                return piece[0][0], [next(caps) if s is None else s for s in slots]
-
-            got: list[str] = []
-            try:
-                # pieces finish in order, so a kill loses only the batches still in flight
-                for b, captions in run_parallel([functools.partial(caption_piece, p) for p in pieces], lanes):
-                    got += captions
-                    if len(got) == len(batches[b]):
-                        _append(f, {"batch": b, "image_ids": batches[b], "captions": got})
-                        got = []
-                    if bar is not None:
-                        bar.update(len(captions))
-            finally:
-                if bar is not None:
-                    bar.close()
-    procs.barrier()
-    generation_s = time.perf_counter() - t_gen  # after the barrier: the slowest shard counts
-    if not procs.main:
-        return None
-    n_new = 0 if finished is not None else len(ids) - n_resumed  # all shards together
-
-    if finished is not None:
-        predictions, skipped = finished
-        log(f"generate: {out / PREDICTIONS} already holds this run's predictions; scoring them again")
-    else:
-        done, _ = _load_done(out, fp, settings, batches)
-        missing = [b for b in range(len(batches)) if b not in done]
-        if missing:  # a process died without raising; never write a partial predictions.json
-            raise RuntimeError(f"batches {missing[:5]} were not captioned; run the same command again to finish")
-        entries = list(zip(dataset, (c for b in range(len(batches)) for c in done[b])))
-        predictions = [{"image_id": ex.image_id, "caption": cap} for ex, cap in entries if isinstance(cap, str)]
-        skipped = [{"image_id": ex.image_id, "file": ex.file_name, "reason": cap["skipped"]}
-                   for ex, cap in entries if isinstance(cap, dict)]
-        write_json(out / PREDICTIONS, predictions)
+    out = cfg.out
     if skipped:
-        log(f"note: --skip-bad-images: {len(skipped)} of {len(ids)} images could not be read and were not scored "
-            f"(listed under skipped_images in metrics.json), first: {skipped[0]['file']}: {skipped[0]['reason']}")
-
+        log(f"note: --skip-bad-images: {len(skipped)} of {len(dataset)} images could not be read and were not "
+            f"scored (listed under skipped_images in metrics.json), first: {skipped[0]['file']}: "
+            f"{skipped[0]['reason']}")
     t_score = time.perf_counter()
     # an empty caption is what the model said (it stopped at once): scored as matching nothing
     # and listed, never an abort of a long run
@@ -435,6 +385,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         log(f"note: {len(result['empty_captions'])} of {len(predictions)} captions are empty (the model stopped at "
             "once); each scores 0 and is listed under empty_captions in metrics.json")
     scoring_s = time.perf_counter() - t_score
+    n_new, generation_s = timing["images_captioned"], timing["generation_s"]
     record = {
         "metrics": result["metrics"],
         "unavailable": result.get("unavailable", {}),
@@ -447,7 +398,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         "generation": cfg.generation.to_dict() | {"image_longest_edge": cfg.image_longest_edge,
                                                   "image_splitting": cfg.image_splitting},
         "prompt": captioner.prompt,
-        "batch_size": B,
+        "batch_size": cfg.batch_size,
         "dtype": settings["dtype"],
         "dtype_requested": cfg.dtype,
         "load_in_4bit": cfg.load_in_4bit,
@@ -458,9 +409,9 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         "command": command,
         "created": utc_now(),
         "seconds": None,
-        "timing": {"generation_s": round(generation_s, 3), "scoring_s": round(scoring_s, 3),
-                   "images_captioned": n_new, "images_resumed": n_resumed, "processes": procs.world,
-                   "parallel_batches": lanes,
+        "timing": {"generation_s": generation_s, "scoring_s": round(scoring_s, 3),
+                   "images_captioned": n_new, "images_resumed": timing["images_resumed"],
+                   "processes": timing["processes"],
                    "images_per_s": round(n_new / generation_s, 4) if n_new and generation_s > 0 else None},
         # the settings that decide the captions, and their hash: a later run into the same
         # --out compares against them, and so can anyone comparing two metrics.json files
@@ -475,13 +426,6 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     for p in journal_files(out):  # the run is complete: its journal has served its purpose
         p.unlink(missing_ok=True)
     return GenerateResult(record=record, predictions=predictions, score=result, out=out)
-
-
-def _append(f, rec: dict) -> None:
-    """Append one JSON line and make it durable before the next batch starts."""
-    f.write((json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _progress(cfg: GenerateConfig, procs: Processes, total: int):
@@ -506,45 +450,3 @@ def _dataset_block(cfg: GenerateConfig, dataset) -> dict:
         "max_images": cfg.max_images, "shuffle": cfg.shuffle, "seed": cfg.seed,
     })
     return block
-
-
-def _finished_run(out: Path, fp: str, settings: dict, ids: Sequence) -> tuple[list[dict], list[dict]] | None:
-    """(predictions, skipped images) of a finished run in ``out`` made with the same settings
-    (None: no run).
-
-    A finished run with other settings is refused: overwriting it silently would lose it.
-    """
-    metrics_path, preds_path = out / METRICS, out / PREDICTIONS
-    if not metrics_path.exists() and not preds_path.exists():
-        return None
-    old = None
-    if metrics_path.is_file():
-        try:
-            old = EvalRecord.read(metrics_path).doc
-        except UserError:  # unreadable, or not an eval record: treated as a run this command did not make
-            old = None
-    old_fp, old_settings = _recorded_fingerprint(old)
-    if old_fp != fp or not preds_path.is_file():
-        what = f"{out} holds a finished run"
-        if old_fp is not None and old_fp != fp:
-            raise _refuse_other_settings(what, old_settings, settings)
-        raise UserError(f"{what} (predictions.json / metrics.json) that this command did not make: "
-                        "pass --overwrite or another --out")
-    try:
-        predictions = json.loads(preds_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{preds_path}: unreadable ({e.__class__.__name__}); pass --overwrite") from None
-    skipped = (old.get("skipped_images") or []) if isinstance(old, dict) else []
-    not_scored = {json.dumps(s.get("image_id")) for s in skipped}
-    got = [p.get("image_id") for p in predictions] if isinstance(predictions, list) else None
-    if got != [i for i in _json_ids(list(ids)) if json.dumps(i) not in not_scored]:
-        raise UserError(f"{preds_path} does not match this split's images: pass --overwrite or another --out")
-    return predictions, skipped
-
-
-def _recorded_fingerprint(record: Any) -> tuple[str | None, dict | None]:
-    """(sha256, settings) a finished run recorded in its metrics.json."""
-    block = record.get("fingerprint") if isinstance(record, dict) else None
-    if isinstance(block, dict) and isinstance(block.get("sha256"), str):
-        return block["sha256"], block.get("settings") if isinstance(block.get("settings"), dict) else None
-    return None, None

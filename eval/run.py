@@ -16,25 +16,15 @@ one line (`error: ...`) with exit code 2; --debug shows the traceback instead.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # `python eval/run.py` puts eval/ itself first on sys.path, where eval/*.py could shadow
-    # other modules; the `eval` package is imported from the repository root instead.
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
 import argparse
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from captioning.cli import ArgumentParser, guarded, pop_debug
-from captioning.data import CAPTION_TRANSFORMS
+from captioning.cli import ArgumentParser, add_options, guarded, option_values, pop_debug, positive_int
 from captioning.errors import UserError
-from captioning.images import MAX_PIXELS
 from captioning.records import KIND_EVAL, check_writable, write_json, write_record
 
 PROG = "python eval/run.py"
@@ -45,25 +35,6 @@ def _metric_list(values: Sequence[str] | None) -> list[str] | None:
     if not values:
         return None
     return [m.strip() for v in values for m in v.split(",") if m.strip()]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _positive_or_auto(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return _positive(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, at least 1, or auto") from None
 
 
 # --------------------------------------------------------------------------- parser
@@ -108,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"largest absolute difference per metric on the 0-1 scale (default {DEFAULT_TOLERANCE}; "
                         "0 demands equality)")
-    p.add_argument("--max-images", type=_positive,
+    p.add_argument("--max-images", type=positive_int,
                    help="check only the first N recorded images (needs the release's predictions.json)")
     p.add_argument("--revision", help="hub revision of the release (default: main)")
     p.add_argument("--out", help="keep the reproduced run in this folder (default: a temporary folder)")
@@ -117,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", help="compare only these metrics (default: all recorded)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", help="default: the recorded dtype on the same kind of device, else auto")
-    p.add_argument("--batch-size", type=_positive, help="default: the recorded batch size")
+    p.add_argument("--batch-size", type=positive_int, help="default: the recorded batch size")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models that ship their own code (never on by default)")
     p.add_argument("--no-progress", action="store_true")
@@ -133,63 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="hub id, model folder, or training output folder")
-    g.add_argument("--adapter", help="LoRA adapter folder written by training/train.py")
-    g.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    g.add_argument("--family", help="model family (default: train_config.yaml, else from config.json)")
-    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes)")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow models that ship their own code (never on by default)")
-    g.add_argument("--prompt", help="instruction (default: train_config.yaml's, else the family's); "
-                                    "'' for none")
-    g.add_argument("--image-longest-edge", type=_positive,
-                   help="resize images to this longest edge (SmolVLM: 512 = one crop, the cheap setting)")
-    g.add_argument("--image-splitting", action=argparse.BooleanOptionalAction, default=None,
-                   help="SmolVLM image splitting (16 crops + 1: ~17x the vision compute); default: processor's")
+    """The generate flags: GenerateConfig's and GenerationSettings' fields (their help lives there)."""
+    from captioning.generation import GenerationSettings
+    from eval.generate import DATA, DECODING, MODEL, OUTPUT, GenerateConfig
 
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, help="COCO folder/json, image folder, or known hub dataset id")
-    g.add_argument("--split", required=True)
-    g.add_argument("--max-images", type=_positive, help="caption only the first N images")
-    g.add_argument("--shuffle", action="store_true", help="a seeded random selection instead of the first N")
-    g.add_argument("--seed", type=int, default=0, help="seeds --shuffle and --sample (default 0)")
-    g.add_argument("--images-dir", help="images folder for COCO json datasets")
-    g.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
-                   help=f"refuse images over this many pixels (a decompression-bomb guard; default {MAX_PIXELS:,})")
-    g.add_argument("--skip-bad-images", action="store_true",
-                   help="caption around images that cannot be read: each is listed with its reason in metrics.json "
-                        "and the report, and n_images counts the scored ones (default: stop at the first, naming "
-                        "it; the run resumes once it is fixed)")
-    g.add_argument("--caption-transform", default="none", choices=list(CAPTION_TRANSFORMS),
-                   help="score against references rewritten by this transform (a style fine-tune against "
-                        "references in its style: the training's data.caption_transform); recorded in metrics.json")
-
-    g = p.add_argument_group("decoding")
-    g.add_argument("--batch-size", type=_positive, default=8)
-    g.add_argument("--parallel-batches", type=_positive_or_auto, default="auto",
-                   help="batches captioned at once (default auto: 2 on a CPU, each on half the threads; "
-                        "1 on a GPU); changes speed and memory, never the captions")
-    g.add_argument("--num-beams", type=_positive, default=1)
-    g.add_argument("--max-new-tokens", type=_positive, default=30)
-    g.add_argument("--min-new-tokens", type=int)
-    g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search (seeded by --seed)")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-
-    g = p.add_argument_group("scoring and output")
-    g.add_argument("--out", required=True, help="output folder (resumes a killed run with the same settings)")
-    g.add_argument("--metrics", nargs="+", help="only these metrics (default all; METEOR costs a ~10 s JVM start)")
-    g.add_argument("--no-tokenize", action="store_true", help="score without the PTB tokenizer")
-    g.add_argument("--no-report", action="store_true", help="skip report.html")
-    g.add_argument("--report-rows", type=_positive, default=100,
-                   help="report.html shows this many worst and best images (default 100)")
-    g.add_argument("--overwrite", action="store_true", help="discard what --out holds (journal, results)")
-    g.add_argument("--no-progress", action="store_true")
+    groups = {name: p.add_argument_group(name) for name in (MODEL, DATA, DECODING, OUTPUT)}
+    add_options(p, GenerateConfig, groups)
+    add_options(p, GenerationSettings, groups)
 
 
 def generate_config(args: argparse.Namespace):
@@ -197,21 +118,10 @@ def generate_config(args: argparse.Namespace):
     from captioning.generation import GenerationSettings
     from eval.generate import GenerateConfig
 
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, num_beams=args.num_beams,
-        do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty, seed=args.seed if args.sample else None)
-    return GenerateConfig(
-        model=args.model, adapter=args.adapter, revision=args.revision, dtype=args.dtype, device=args.device,
-        load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code, family=args.family,
-        prompt=args.prompt, image_longest_edge=args.image_longest_edge, image_splitting=args.image_splitting,
-        dataset=args.dataset, split=args.split, max_images=args.max_images, images_dir=args.images_dir,
-        caption_transform=args.caption_transform, skip_bad_images=args.skip_bad_images,
-        max_pixels=args.max_pixels, shuffle=args.shuffle,
-        seed=args.seed, batch_size=args.batch_size, parallel_batches=args.parallel_batches,
-        generation=settings, metrics=_metric_list(args.metrics), tokenize=not args.no_tokenize,
-        report=not args.no_report, report_rows=args.report_rows, overwrite=args.overwrite,
-        progress=not args.no_progress, out=Path(args.out))
+    # --seed seeds --sample too
+    settings = GenerationSettings(**option_values(GenerationSettings, args), seed=args.seed if args.do_sample else None)
+    return GenerateConfig(**option_values(GenerateConfig, args) | {"metrics": _metric_list(args.metrics)},
+                          generation=settings)
 
 
 # --------------------------------------------------------------------------- commands
@@ -278,7 +188,7 @@ def cmd_generate(args: argparse.Namespace, *, scorer: Any = None, command: str |
     if result is None:  # a non-main process of a sharded run: the main one reports
         return 0
     print(scoring.format_table({**result.score, "metrics": result.record["metrics"]}))
-    files = ["predictions.json", "metrics.json"] + ([] if args.no_report else ["report.html"])
+    files = ["predictions.json", "metrics.json"] + (["report.html"] if args.report else [])
     print("wrote " + ", ".join(str(result.out / f) for f in files))
     return 0
 
@@ -321,4 +231,7 @@ def main(argv: Sequence[str] | None = None, *, scorer: Any = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python eval/run.py` puts eval/ itself first on sys.path, where eval/*.py could shadow
+    # modules imported later; the `eval` package comes from the editable install (pip install -e .).
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.exit(main())

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from eval import generate as gen
+from eval import journal as jr
 from eval.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,29 +85,17 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     assert rec["prompt"] == "Give a concise caption."
     assert rec["generation"]["max_new_tokens"] == 8 and rec["generation"]["num_beams"] == 1
     assert rec["batch_size"] == 2 and rec["dtype"] == "float32" and rec["device"] == "cpu"
-    # two batches at once on a CPU with two threads (tests/conftest.py); the killed run below
-    # runs with one thread, so one batch at a time, and must still end with identical files
-    assert rec["timing"]["parallel_batches"] == min(2, torch.get_num_threads())
     for lib in ("torch", "transformers", "peft", "pycocoevalcap", "java"):
         assert rec["versions"][lib], lib
     assert rec["command"].startswith("python eval/run.py generate --model ")
     assert rec["created"].endswith("Z") and rec["seconds"] > 0
-    assert rec["fingerprint"]["sha256"] == gen.fingerprint(rec["fingerprint"]["settings"])
+    assert rec["fingerprint"]["sha256"] == jr.fingerprint(rec["fingerprint"]["settings"])
 
     html = (reference_run / "report.html").read_text(encoding="utf-8")
     assert html.count('class="row"') == N_IMAGES and html.count("data:image/jpeg;base64,") == N_IMAGES
     cider = [float(v) for v in re.findall(r'data-cider="([^"]+)"', html)]
     assert cider == sorted(cider)  # worst first
     assert "http://" not in html and "https://" not in html and "<script" not in html
-
-
-def test_a_batch_cut_into_pieces_is_journaled_whole(tmp_path, reference_run, tiny_models, shapes_dir):
-    """Three batches on two parallel lanes: the last runs as two pieces of one image each."""
-    out = tmp_path / "six"
-    assert main(_args(tiny_models["idefics3"], shapes_dir, out, "--max-images", "6", "--parallel-batches", "2",
-                      "--no-report")) == 0
-    assert _load(out / "predictions.json") == _load(reference_run / "predictions.json")[:6]
-    assert _load(out / "metrics.json")["timing"]["parallel_batches"] == 2
 
 
 def test_train_config_prompt_is_used_and_recorded(tmp_path, tiny_models, shapes_dir):
@@ -128,7 +115,7 @@ def test_killed_run_resumes_to_identical_files(tmp_path, reference_run, tiny_mod
     args = _args(tiny_models["idefics3"], shapes_dir, out)
     proc = subprocess.Popen([sys.executable, str(ROOT / "eval" / "run.py"), *args], cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    journal = out / gen.JOURNAL
+    journal = out / jr.JOURNAL
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -141,7 +128,7 @@ def test_killed_run_resumes_to_identical_files(tmp_path, reference_run, tiny_mod
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done = gen.read_journal(journal)
+    done = jr.read_journal(journal)
     assert 1 <= len(done.batches) < N_BATCHES and not (out / "predictions.json").exists()
     # a kill mid-write leaves a torn line: it must be dropped, not break the resume
     with open(journal, "ab") as f:
@@ -171,13 +158,13 @@ def test_killed_run_resumes_to_identical_files(tmp_path, reference_run, tiny_mod
 
 
 def test_journal_damage_in_the_middle_is_an_error(tmp_path):
-    path = tmp_path / gen.JOURNAL
+    path = tmp_path / jr.JOURNAL
     path.write_text('{"journal": 1, "fingerprint": "x", "settings": {}}\nnot json\n{"batch": 0}\n')
-    with pytest.raises(gen.UserError, match="line 2 is damaged"):
-        gen.read_journal(path)
+    with pytest.raises(jr.UserError, match="line 2 is damaged"):
+        jr.read_journal(path)
     path.write_text('{"journal": 1, "fingerprint": "x", "settings": {}}\n{"batch": 0, "image_ids": [1], '
                     '"captions": ["a"]}\n{"batch": 1, "ima')
-    j = gen.read_journal(path)
+    j = jr.read_journal(path)
     assert list(j.batches) == [0] and j.intact_bytes == len(path.read_bytes()) - len('{"batch": 1, "ima')
 
 
@@ -288,8 +275,8 @@ def test_generate_errors_are_one_line(tmp_path, tiny_models, shapes_dir, capsys)
           "--out", str(tmp_path / "o3")], "splits found"),
         (["generate", "--model", "x", "--dataset", "y", "--split", "test", "--out", "z", "--batch-size", "0"],
          "--batch-size"),
-        (["generate", "--model", "x", "--dataset", "y", "--split", "test", "--out", "z", "--parallel-batches",
-          "many"], "--parallel-batches"),
+        (["generate", "--model", "x", "--dataset", "y", "--split", "test", "--out", "z", "--report-rows",
+          "many"], "--report-rows: 'many' is not a whole number"),
     ]
     (tmp_path / "file").write_text("x")
     cases.append((_args(tiny_models["blip"], shapes_dir, tmp_path / "file"), "is a file"))
@@ -407,12 +394,12 @@ def test_unreadable_images_stop_the_run_or_are_skipped_by_choice(tiny_models, sh
         f.write_bytes(originals[f][:40])  # a truncated PNG
     args = ["generate", "--model", str(tiny_models["blip"]), "--dataset", str(data), "--split", "test",
             "--max-images", "8", "--batch-size", "2", "--max-new-tokens", "4", "--no-progress", "--metrics",
-            *METRICS, "--parallel-batches", "1"]
+            *METRICS]
     strict = tmp_path / "strict"
     assert main([*args, "--out", str(strict)]) == 2
     err = _error_line(capsys.readouterr().err)
     assert files[3].name in err and "--skip-bad-images" in err
-    assert not (strict / "metrics.json").exists() and (strict / gen.JOURNAL).is_file()  # batch 0 was kept
+    assert not (strict / "metrics.json").exists() and (strict / jr.JOURNAL).is_file()  # batch 0 was kept
     for f in files:
         f.write_bytes(originals[f])
     assert main([*args, "--out", str(strict)]) == 0

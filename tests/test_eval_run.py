@@ -194,3 +194,34 @@ def test_report_orders_worst_first_and_keeps_both_ends(tmp_path):
     shown = [float(v) for v in re.findall(r'data-cider="([^"]+)"', html)]
     assert shown == sorted(shown) and shown[0] == ordered[0]["scores"]["CIDEr"]
     assert shown[-1] == ordered[-1]["scores"]["CIDEr"]
+
+
+def test_generate_flags_are_the_config_fields():
+    """generate's flags come from GenerateConfig and GenerationSettings (help written once, in
+    the dataclasses), with the spellings the README and scripts use."""
+    import argparse
+    import dataclasses
+
+    from captioning.generation import GenerationSettings
+    from eval.generate import GenerateConfig
+    from eval.run import build_parser, generate_config
+
+    base = ["generate", "--model", "m", "--dataset", "d", "--split", "test", "--out", "o"]
+    assert generate_config(build_parser().parse_args(base)) == GenerateConfig(model="m", dataset="d", split="test",
+                                                                             out="o")
+    cfg = generate_config(build_parser().parse_args(base + [
+        "--batch-size", "4", "--num-beams", "3", "--skip-bad-images", "--max-pixels", "1000", "--caption-transform",
+        "linguistic_errors", "--metrics", "Bleu_4,CIDEr", "METEOR", "--no-report", "--no-tokenize",
+        "--no-image-splitting", "--sample", "--seed", "7", "--max-new-tokens", "9", "--image-longest-edge", "64"]))
+    assert (cfg.batch_size, cfg.generation.num_beams, cfg.max_pixels, cfg.image_longest_edge) == (4, 3, 1000, 64)
+    assert cfg.skip_bad_images and cfg.caption_transform == "linguistic_errors"
+    assert cfg.metrics == ["Bleu_4", "CIDEr", "METEOR"] and not cfg.report and not cfg.tokenize
+    assert cfg.image_splitting is False and cfg.generation.max_new_tokens == 9
+    assert cfg.generation.do_sample and cfg.generation.seed == cfg.seed == 7  # --seed seeds --sample too
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    helps = {a.dest: a.help for a in sub._actions}
+    for cls in (GenerateConfig, GenerationSettings):
+        for f in dataclasses.fields(cls):
+            if "help" in f.metadata:
+                assert helps[f.name] == f.metadata["help"], f.name
