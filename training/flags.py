@@ -36,7 +36,8 @@ def build_parser(prog: str = "python -m training.train"):
     parser.add_argument("--config", action=ActionConfigFile, help="recipe YAML (training/recipes/*.yaml)")
     parser.add_argument("--output-dir", dest="output.dir", help=argparse.SUPPRESS)
     parser.add_class_arguments(TrainConfig, None, as_group=True)
-    # the Trainer-style switches: bare --key is true and --no-key false, besides --key true|false
+    # jsonargparse takes a bool field as --key true|false only; switches also take a bare --key
+    # (true) and --no-key (false), as the Trainer's flags and this CLI always did
     for action in list(parser._actions):
         if getattr(action, "_typehint", None) in (bool, bool | None) and action.option_strings:
             action.nargs, action.const = "?", True
@@ -47,16 +48,17 @@ def build_parser(prog: str = "python -m training.train"):
 
 def parse(parser, argv: list[str]):
     """(TrainConfig, the parsed namespace) from ``argv``; a mistake is one UserError line."""
+    import yaml
+    from jsonargparse import ArgumentError
+
     argv = list(argv)
     try:
         ns = parser.parse_args(argv)
         if ns.get("name") is None:
             recipes = [p for p in (ns.get("config") or []) if p is not None]
             ns.name = Path(str(recipes[-1])).stem if recipes else "run"
-        init = parser.instantiate(ns)
-    except Exception as err:  # jsonargparse reports a bad value or key as ArgumentError, TypeError or ValueError
-        if isinstance(err, UserError):
-            raise
+        init = parser.instantiate(ns)  # each section's __post_init__ raises its own UserError
+    except (ArgumentError, yaml.YAMLError) as err:
         raise _usage_error(err, argv, parser) from None
     cfg = TrainConfig(**{f.name: init[f.name] for f in dataclasses.fields(TrainConfig)})
     return cfg, init
@@ -64,7 +66,8 @@ def parse(parser, argv: list[str]):
 
 def _usage_error(err: Exception, argv: list[str], parser) -> UserError:
     """jsonargparse's report of a bad key or value as one line naming the flag or the recipe,
-    with the key meant for an unknown one."""
+    with the key meant for an unknown one. Read from its wording; a report worded otherwise
+    (another jsonargparse version) is still one line, as jsonargparse wrote it."""
     import yaml
 
     text, source = one_line(err), _recipe(argv)

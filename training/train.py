@@ -6,9 +6,9 @@
     accelerate launch --num_processes 2 -m training.train --config ...               # several processes / GPUs
 
 Flags override the recipe: ``--optim.learning_rate 1e-4``, ``--no-lora.use_dora`` /
-``--lora.use_dora false``; ``--help`` lists every key. The output
-folder receives the adapter (or full model), the processor, ``train_config.yaml``,
-``metrics.json``, ``val_predictions.json``, ``logs/`` (TensorBoard) and ``checkpoints/``.
+``--lora.use_dora false``; ``--help`` lists every key (training.flags). The output folder
+receives the adapter (or full model), the processor, ``train_config.yaml``, ``metrics.json``,
+``val_predictions.json``, ``logs/`` (TensorBoard) and ``checkpoints/`` (training.outputs).
 """
 
 from __future__ import annotations
