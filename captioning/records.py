@@ -406,6 +406,29 @@ def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+#: optim keys of train_config.yaml files written before the optim section took TrainingArguments'
+#: names; every reader of a saved config or recipe sees the current names (upgrade_train_config).
+OLD_OPTIM_KEYS = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+                  "grad_accum": "gradient_accumulation_steps", "optimizer": "optim", "scheduler": "lr_scheduler_type",
+                  "warmup_ratio": "warmup_steps", "label_smoothing": "label_smoothing_factor",
+                  "gradient_checkpointing": "activation_checkpointing"}
+
+
+def upgrade_train_config(doc: Any) -> Any:
+    """A recipe or saved config (a dict) with the optim keys of earlier versions renamed
+    (see OLD_OPTIM_KEYS); anything else is returned as it is."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("optim"), dict):
+        return doc
+    optim = dict(doc["optim"])
+    if not optim.get("warmup_ratio"):  # both were saved; TrainingArguments takes a ratio as warmup_steps < 1
+        optim.pop("warmup_ratio", None)
+    elif not optim.get("warmup_steps"):
+        optim.pop("warmup_steps", None)
+    if "max_steps" in optim and optim["max_steps"] is None:  # was null, TrainingArguments' "unset" is -1
+        optim["max_steps"] = -1
+    return {**doc, "optim": {OLD_OPTIM_KEYS.get(k, k): v for k, v in optim.items()}}
+
+
 @dataclass
 class TrainConfigRecord:
     """train_config.yaml: the fully resolved training config that travels with a model.
@@ -437,7 +460,7 @@ class TrainConfigRecord:
         if not isinstance(doc, dict) or not all(isinstance(v, dict) or v is None or k == "name"
                                                 for k, v in doc.items()):
             raise UserError(f"{path}: expected the sections of a training config (model, data, optim, ...)")
-        return cls(path=path, doc=doc)
+        return cls(path=path, doc=upgrade_train_config(doc))
 
     @classmethod
     def find(cls, folder: str | os.PathLike | None) -> TrainConfigRecord | None:

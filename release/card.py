@@ -95,13 +95,15 @@ def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("image size", f"longest edge {d.get('image_longest_edge') or 'default'}, splitting "
                                    f"{'default' if split is None else split}"))
     if o:
-        steps = f"{o['max_steps']} steps" if o.get("max_steps") else f"{v(o, 'epochs')} epochs"
-        rows += [("schedule", f"{steps}, batch {v(o, 'batch_size')} x {v(o, 'grad_accum')} accumulation"),
-                 ("optimizer", f"{v(o, 'optimizer')}, lr {v(o, 'lr')}, {v(o, 'scheduler')} schedule, weight decay "
-                               f"{v(o, 'weight_decay')}"),
+        # TrainingArguments' names (records.upgrade_train_config renamed an older file's on reading)
+        steps = f"{o['max_steps']} steps" if (o.get("max_steps") or -1) > 0 else f"{v(o, 'num_train_epochs')} epochs"
+        rows += [("schedule", f"{steps}, batch {v(o, 'per_device_train_batch_size')} x "
+                              f"{v(o, 'gradient_accumulation_steps')} accumulation"),
+                 ("optimizer", f"{v(o, 'optim')}, lr {v(o, 'learning_rate')}, {v(o, 'lr_scheduler_type')} schedule, "
+                               f"weight decay {v(o, 'weight_decay')}"),
                  ("precision", str(v(o, "precision"))), ("seed", str(v(o, "seed")))]
-        if o.get("label_smoothing"):
-            rows.append(("label smoothing", str(o["label_smoothing"])))
+        if o.get("label_smoothing_factor"):
+            rows.append(("label smoothing", str(o["label_smoothing_factor"])))
     if ev.get("metric_for_best"):
         rows.append(("model selection", f"best {ev['metric_for_best']} on the validation split"))
     return rows

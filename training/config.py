@@ -416,27 +416,6 @@ class TrainConfig:
 #: optim keys of recipes and train_config.yaml written before the section took
 #: TrainingArguments' names -> those names. Read from YAML only (old recipes, saved configs
 #: of runs being resumed or released); a flag with an old name is answered with the new one.
-OLD_OPTIM_KEYS = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-                  "grad_accum": "gradient_accumulation_steps", "optimizer": "optim", "scheduler": "lr_scheduler_type",
-                  "warmup_ratio": "warmup_steps", "label_smoothing": "label_smoothing_factor",
-                  "gradient_checkpointing": "activation_checkpointing"}
-
-
-def upgrade(doc: Any) -> Any:
-    """A recipe or saved config (a dict) with the optim keys of earlier versions renamed
-    (see OLD_OPTIM_KEYS); anything else is returned as it is."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("optim"), dict):
-        return doc
-    optim = dict(doc["optim"])
-    if not optim.get("warmup_ratio"):  # both were saved; TrainingArguments takes a ratio as warmup_steps < 1
-        optim.pop("warmup_ratio", None)
-    elif not optim.get("warmup_steps"):
-        optim.pop("warmup_steps", None)
-    if "max_steps" in optim and optim["max_steps"] is None:  # was null, TrainingArguments' "unset" is -1
-        optim["max_steps"] = -1
-    return {**doc, "optim": {OLD_OPTIM_KEYS.get(k, k): v for k, v in optim.items()}}
-
-
 def load_config(argv: list[str] | None = None) -> TrainConfig:
     """The config from ``--config FILE`` plus ``--section.key value`` flags (training.flags)."""
     from training.flags import build_parser, parse

@@ -1,7 +1,7 @@
 """The command line of training: jsonargparse builds every ``--section.key`` flag from the
 config dataclasses (their field docstrings are the help) and reads ``--config`` recipes;
 here only what jsonargparse leaves to its caller: switches with ``--no-`` forms, old optim
-names in recipes (config.upgrade), and its error reports turned into one line that names
+names in recipes (records.upgrade_train_config), and its error reports turned into one line that names
 the flag or the recipe file."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from captioning.cli import one_line
 from captioning.errors import UserError
-from training.config import OLD_OPTIM_KEYS, TrainConfig, upgrade
+from captioning.records import OLD_OPTIM_KEYS, upgrade_train_config
+from training.config import TrainConfig
 
 _MODE = "training-recipe"
 
@@ -27,7 +28,7 @@ def build_parser(prog: str = "python -m training.train"):
 
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     yaml_load = jsonargparse.get_loader("yaml")
-    jsonargparse.set_loader(_MODE, lambda text: upgrade(yaml_load(text)), exceptions=(ValueError,))
+    jsonargparse.set_loader(_MODE, lambda text: upgrade_train_config(yaml_load(text)), exceptions=(ValueError,))
     parser = ArgumentParser(
         prog=prog, usage=f"{prog} --config RECIPE.yaml [--section.key VALUE ...]", exit_on_error=False,
         allow_abbrev=False, parser_mode=_MODE, print_config=None,

@@ -19,9 +19,10 @@ from captioning.records import (
     TRAIN_CONFIG,
     TrainConfigRecord,
     TrainingRecord,
+    upgrade_train_config,
     write_record,
 )
-from training.config import TrainConfig, upgrade
+from training.config import TrainConfig
 
 PREDICTIONS = "val_predictions.json"
 CHECKPOINTS = "checkpoints"
@@ -120,7 +121,7 @@ RESUME_SAFE = ("name", "optim.max_steps", "optim.num_train_epochs", "optim.num_t
 def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """``key: old -> new`` for the settings ``cfg`` changes against the run being resumed;
     a UserError naming the first setting that cannot take effect on resume."""
-    saved = upgrade(saved)
+    saved = upgrade_train_config(saved)
     found = changes(saved, cfg.to_dict())
     # a key the saved config lacks is a setting a newer toolkit added: it runs at its default
     found = [(k, a, b) for k, a, b in found if _has_key(saved, k)]
@@ -149,7 +150,7 @@ def finished_run(out: Path, cfg: TrainConfig) -> TrainingRecord | None:
     if record is None:
         return None
     saved = TrainConfigRecord.find(out / CHECKPOINTS) or TrainConfigRecord.find(out)
-    optim = upgrade({"optim": saved.section("optim")})["optim"] if saved else {}
+    optim = saved.section("optim") if saved else {}
     if (optim.get("max_steps"), optim.get("num_train_epochs")) != (cfg.optim.max_steps, cfg.optim.num_train_epochs):
         return None
     return record

@@ -10,7 +10,8 @@ import yaml
 
 from captioning.data import linguistic_errors
 from captioning.errors import UserError
-from training.config import OptimConfig, TrainConfig, build_config, load_config, upgrade
+from captioning.records import upgrade_train_config as upgrade
+from training.config import OptimConfig, TrainConfig, build_config, load_config
 from training.data import CaptionTrainDataset
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
