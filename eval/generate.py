@@ -314,7 +314,7 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
     else:
         predictions, skipped = collect(out, fp, settings, batches, dataset)
     n_new = 0 if finished is not None else len(dataset) - n_resumed  # all shards together
-    timing = {"generation_s": round(generation_s, 3), "images_captioned": n_new, "images_resumed": n_resumed,
+    timing = {"generation_s": generation_s, "images_captioned": n_new, "images_resumed": n_resumed,
               "processes": procs.world}
     return _score_and_record(cfg, dataset, captioner, predictions, skipped, timing, model_block, settings, fp,
                              scorer=scorer, command=command, t_start=t_start, log=log)
@@ -409,7 +409,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
         "command": command,
         "created": utc_now(),
         "seconds": None,
-        "timing": {"generation_s": generation_s, "scoring_s": round(scoring_s, 3),
+        "timing": {"generation_s": round(generation_s, 3), "scoring_s": round(scoring_s, 3),
                    "images_captioned": n_new, "images_resumed": timing["images_resumed"],
                    "processes": timing["processes"],
                    "images_per_s": round(n_new / generation_s, 4) if n_new and generation_s > 0 else None},
