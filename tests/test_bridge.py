@@ -102,9 +102,8 @@ def test_image_context_is_computed_once_per_generate(cap, shapes_images):
     calls = []
     handle = cap.model.vision_model.register_forward_hook(lambda m, a, o: calls.append(a))
     try:
-        # one batch, one generate call (two parallel batches would cut it into two)
-        caption_images(cap, shapes_images[:2], None, GenerationSettings(max_new_tokens=6, num_beams=3), batch_size=2,
-                       parallel_batches=1)
+        # one batch, one generate call
+        caption_images(cap, shapes_images[:2], None, GenerationSettings(max_new_tokens=6, num_beams=3), batch_size=2)
     finally:
         handle.remove()
     assert len(calls) == 1
