@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clients, args.requests = 4, 3
     from captioning.factory import build_random_model
-    from captioning.records import write_json
+    from captioning.files import write_json
     from captioning.shapes import generate
     from tests.space.helpers import PeakRSS, free_port, load_app_module
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.data import load_captions
     from captioning.factory import build_model
     from captioning.families import get_family
-    from captioning.records import write_json
+    from captioning.files import write_json
     from captioning.shapes import generate
     from training import data as tdata
     from training.config import build_config

@@ -26,7 +26,7 @@ from typing import Any
 
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import check_writable
+from captioning.files import check_writable
 
 SIZES = ("tiny", "real")
 

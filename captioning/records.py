@@ -15,31 +15,23 @@ other in one line ("DIR/metrics.json is a training record (validation during tra
 an eval record: ..."). train_config.yaml stays the plain resolved config (it is also a
 recipe: ``--config runs/x/train_config.yaml`` trains again), read into :class:`TrainConfigRecord`.
 
-Identity is by content, never by path: :func:`weights_fingerprint` hashes the tensors of a
-folder's safetensors files (names, dtypes, shapes, bytes), so a folder copied elsewhere, or
-made portable for transformers 4.x (config edits only), keeps its fingerprint, and two
-folders with other weights never share one.
-
-Every write goes through :func:`write_atomic`: a temporary file in the same folder, fsynced,
-renamed over the target (readers never see half a file), with the mode a plain ``open``
-would give under the current umask. Published files hold no path of the machine they were
-made on: :func:`scrub_paths` rewrites them when a release is assembled.
+Records identify models by content (:mod:`captioning.fingerprints`) and are written and
+read through :mod:`captioning.files` (atomic writes, one-line JSON errors). Published files
+hold no path of the machine they were made on: :func:`scrub_paths` rewrites them when a
+release is assembled.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from captioning.errors import UserError
+from captioning.files import read_json_file, write_json
 
 SCHEMA = 1
 TRAIN_CONFIG = "train_config.yaml"
@@ -61,96 +53,6 @@ _KIND_SOURCES = {KIND_TRAINING: "the output folder of training/train.py",
                  KIND_RELEASE: "a release folder (release push --to-dir)"}
 
 
-# ---------------------------------------------------------------------------- writing
-def _umask() -> int:
-    """The process umask. Read from /proc where it can be: os.umask() can only be read by
-    setting it, and for that moment a file another thread creates would get mode 0666."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` so that readers never see a half-written file.
-
-    The bytes go to a temporary file in the same folder (same filesystem, so the final
-    ``os.replace`` is atomic) and are fsynced first; the file gets the mode ``open`` would
-    give it (0666 less the umask: mkstemp's owner-only mode would hide shared results).
-    The parent folder is created. Returns the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Move the finished folder ``src`` to ``dst`` (same filesystem): an old ``dst`` is
-    renamed aside first and removed only once the new one is in place, so ``dst`` is at
-    every moment either the old folder or the complete new one."""
-    import shutil
-
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-    return dst
-
-
-def check_writable(folder: str | os.PathLike, flag: str) -> Path:
-    """Prove that ``folder`` can be created (or written, if it exists) before the work whose
-    results go there starts, leaving nothing behind; a UserError naming ``flag`` otherwise
-    (a file in the way, a read-only place, no permission)."""
-    folder = Path(folder).expanduser()
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder; pick another path")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or e.__class__.__name__
-        raise UserError(f"{flag} {folder}: cannot write in {existing} ({reason}); pick a folder you can write "
-                        "to") from None
-    return folder
-
-
-def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
-    """JSON text as every record is written (UTF-8, not ASCII-escaped, newline at the end)."""
-    return json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
-
-
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """:func:`write_atomic` of ``obj`` as JSON."""
-    return write_atomic(path, dumps_json(obj, indent=indent))
-
-
 def write_record(path: str | os.PathLike, kind: str, doc: Mapping[str, Any]) -> Path:
     """Write a JSON record of ``kind``: ``kind`` and ``schema`` first, then ``doc``."""
     return write_json(path, {"kind": kind, "schema": SCHEMA,
@@ -158,41 +60,6 @@ def write_record(path: str | os.PathLike, kind: str, doc: Mapping[str, Any]) -> 
 
 
 # ---------------------------------------------------------------------------- reading
-#: the largest JSON file read. COCO's largest caption file is well under this: a bigger one
-#: is the wrong file, refused before it is read into memory whole.
-MAX_JSON_BYTES = 2 * 2**30
-
-
-def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
-    """Parse a JSON file; every way it can be unreadable (missing, a folder, not UTF-8, not
-    JSON, over :data:`MAX_JSON_BYTES`) is a one-line UserError naming it (and ``what`` it
-    was given as: a flag, say). A UTF-8 BOM is tolerated (Windows editors write one)."""
-    path = Path(path)
-    label = f"{what} " if what else ""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        size = 0  # the read below names what is wrong
-    if size > MAX_JSON_BYTES:
-        raise UserError(f"{label}{path} is {size / 2**30:.1f} GiB: files over {MAX_JSON_BYTES / 2**30:.0f} GiB "
-                        "are refused (COCO's largest caption file is ~90 MB); check the file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path} (no such file)" if what else f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{label}{path} is a folder, not a file") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{label}{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-    except OSError as e:
-        raise UserError(f"cannot read {label}{path}: {e.strerror}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{label}{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
-                        "fix it, or regenerate it with the command that wrote it") from None
-
-
 def adapter_base(folder: str | Path) -> str | None:
     """The base model a LoRA adapter folder names (adapter_config.json's
     ``base_model_name_or_path``), or None when it names none; a one-line UserError when the
@@ -508,83 +375,3 @@ class TrainConfigRecord:
         return self.section("data").get("caption_transform")
 
 
-# ---------------------------------------------------------------------------- identity
-def weights_fingerprint(folder: str | os.PathLike) -> str | None:
-    """sha256 over the tensors in ``folder``'s safetensors files: each tensor's name, dtype,
-    shape and bytes, in name order (so shard layout and header metadata do not matter).
-    None when the folder holds no safetensors file.
-
-    Read straight from the files (8-byte header length, JSON header, data): no library
-    hashes tensor contents independently of the file layout, and loading them into torch
-    would double the memory of a large checkpoint.
-    """
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    # a push hashes the base, the adapter and the release more than once (identity check,
-    # merge check, manifest): the same files, unchanged, are hashed once per process
-    stats = [f.stat() for f in files]
-    key = tuple((str(f.resolve()), s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for f, s in zip(files, stats))
-    if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = _hash_tensors(files)
-    return _FINGERPRINTS[key]
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def _hash_tensors(files: list[Path]) -> str:
-    entries = []
-    for f in files:
-        try:
-            with f.open("rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                if n > min(f.stat().st_size - 8, 100_000_000):  # safetensors caps its header at 100 MB
-                    raise ValueError("header length past the end of the file")
-                header = json.loads(fh.read(n))
-                if not isinstance(header, dict):
-                    raise ValueError("header is not a JSON object")
-            for name, info in header.items():
-                if name != "__metadata__":
-                    (begin, end), dtype, shape = info["data_offsets"], info["dtype"], info["shape"]
-                    entries.append((name, dtype, shape, f, 8 + n + begin, end - begin))
-        except (OSError, struct.error, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{f}: not a readable safetensors file ({e.__class__.__name__}); "
-                            "re-save the model with save_pretrained()") from None
-    total = hashlib.sha256()
-    for name, dtype, shape, f, start, size in sorted(entries, key=lambda e: e[0]):
-        h = hashlib.sha256()
-        with f.open("rb") as fh:
-            fh.seek(start)
-            left = size
-            while left:
-                block = fh.read(min(left, 1 << 22))
-                if not block:
-                    raise UserError(f"{f}: truncated safetensors file; re-save the model")
-                h.update(block)
-                left -= len(block)
-        total.update(f"{name}\0{dtype}\0{shape}\0{h.hexdigest()}\n".encode())
-    return total.hexdigest()
-
-
-def short(fingerprint: str | None) -> str:
-    """The first 12 hex digits, as fingerprints are shown in messages and cards."""
-    return fingerprint[:12] if fingerprint else "unknown"
-
-
-def model_fingerprint(source: str | os.PathLike | None, revision: str | None = None) -> str | None:
-    """:func:`weights_fingerprint` of a model folder, or of a Hub model's files in the local
-    cache (what was loaded); None when neither is on this machine."""
-    if source is None:
-        return None
-    if Path(source).is_dir():
-        return weights_fingerprint(source)
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(str(source), revision=revision, local_files_only=True,
-                                   allow_patterns=["*.safetensors", "*.json"])
-    except Exception:
-        return None
-    return weights_fingerprint(folder)

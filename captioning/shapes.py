@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import check_writable, read_json_file, write_atomic
+from captioning.files import check_writable, read_json_file, write_atomic
 
 # Bump whenever any output byte could change for the same settings: it is part of
 # the "already generated?" check, so old outputs get regenerated instead of reused.

@@ -28,9 +28,10 @@ from typing import Any
 from captioning.cli import option, positive_int
 from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
+from captioning.files import check_writable, write_json
 from captioning.generation import GenerationSettings
 from captioning.images import MAX_PIXELS
-from captioning.records import KIND_EVAL, METRICS, check_writable, write_json, write_record
+from captioning.records import KIND_EVAL, METRICS, write_record
 from eval.journal import (
     PREDICTIONS,
     append,

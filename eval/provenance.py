@@ -108,8 +108,8 @@ def describe_model(captioner: Any) -> dict[str, Any]:
     """The ``model`` block of metrics.json: id or path, requested and resolved revision,
     adapter, family, content hashes of local folders, and the fingerprints of the weights
     evaluated (captioning.records: what a release checks an eval record against)."""
+    from captioning.fingerprints import model_fingerprint, weights_fingerprint
     from captioning.loading import looks_local
-    from captioning.records import model_fingerprint, weights_fingerprint
 
     source = str(captioner.source)
     local = looks_local(source) and Path(source).is_dir()

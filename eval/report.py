@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captioning.records import write_atomic
+from captioning.files import write_atomic
 
 THUMB_EDGE = 128
 THUMB_QUALITY = 80

@@ -25,7 +25,8 @@ from typing import Any
 
 from captioning.cli import ArgumentParser, add_options, guarded, option_values, pop_debug, positive_int
 from captioning.errors import UserError
-from captioning.records import KIND_EVAL, check_writable, write_json, write_record
+from captioning.files import check_writable, write_json
+from captioning.records import KIND_EVAL, write_record
 
 PROG = "python eval/run.py"
 

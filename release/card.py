@@ -245,7 +245,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
 
 def write_card(inputs: CardInputs, out: str | Path, template: str = DEFAULT_TEMPLATE) -> Path:
     """Render and write README (``out``) plus its badges and loss curve beside it."""
-    from captioning.records import write_atomic
+    from captioning.files import write_atomic
 
     out = Path(out)
     text, files = render_card(inputs, template)

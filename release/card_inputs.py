@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.files import read_json_file
 from captioning.records import (
     KIND_MERGE_CHECK,
     KIND_RELEASE,
@@ -24,7 +25,6 @@ from captioning.records import (
     TrainConfigRecord,
     adapter_base,
     model_config,
-    read_json_file,
     read_record,
 )
 

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from captioning.records import write_json
+from captioning.files import write_json
 
 #: 5.x tokenizer class names -> the 4.x class that reads the same tokenizer.json
 _TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}

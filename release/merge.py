@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.files import replace_folder
+from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.records import (
     KIND_MERGE_CHECK,
     MERGE_CHECK,
@@ -33,10 +35,6 @@ from captioning.records import (
     TrainConfigRecord,
     TrainingRecord,
     adapter_base,
-    model_fingerprint,
-    replace_folder,
-    short,
-    weights_fingerprint,
     write_record,
 )
 

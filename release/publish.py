@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning.errors import UserError
-from captioning.records import replace_folder
+from captioning.files import replace_folder
 from release import hub
 
 #: the message upload_folder logs when it skips an empty commit; the push says "unchanged" itself

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.errors import UserError
+from captioning.files import check_writable, read_json_file, write_atomic, write_json
+from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.records import (
     KIND_MERGE_CHECK,
     KIND_RELEASE,
@@ -33,17 +35,10 @@ from captioning.records import (
     TRAIN_CONFIG,
     EvalRecord,
     TrainConfigRecord,
-    check_writable,
     local_paths_in,
     model_config,
-    model_fingerprint,
-    read_json_file,
     read_record,
     scrub_paths,
-    short,
-    weights_fingerprint,
-    write_atomic,
-    write_json,
     write_record,
 )
 from release import card as card_mod

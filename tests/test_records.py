@@ -8,6 +8,8 @@ import shutil
 import pytest
 
 from captioning.errors import UserError
+from captioning.files import write_atomic
+from captioning.fingerprints import weights_fingerprint
 from captioning.records import (
     KIND_EVAL,
     KIND_TRAINING,
@@ -15,8 +17,6 @@ from captioning.records import (
     TrainConfigRecord,
     TrainingRecord,
     not_comparable,
-    weights_fingerprint,
-    write_atomic,
     write_record,
 )
 

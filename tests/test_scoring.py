@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from captioning import records
+from captioning import files
 from captioning.errors import UserError
-from captioning.records import write_json
+from captioning.files import write_json
 from eval import scoring
 from eval.scoring import inputs, ngram, ptb
 
@@ -409,6 +409,6 @@ def test_close_stops_jvms_and_is_idempotent():
 def test_oversized_json_files_are_refused_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "preds.json"
     path.write_text(json.dumps([{"image_id": 1, "caption": "a cat"}] * 100))
-    monkeypatch.setattr(records, "MAX_JSON_BYTES", 1000)
+    monkeypatch.setattr(files, "MAX_JSON_BYTES", 1000)
     with pytest.raises(UserError, match=r"predictions file .*preds\.json is 0\.0 GiB: files over 0 GiB are refused"):
         scoring.load_json(path, "predictions")

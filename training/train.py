@@ -23,15 +23,9 @@ from typing import Any
 
 from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
-from captioning.records import (
-    TRAIN_CONFIG,
-    TrainConfigRecord,
-    TrainingRecord,
-    check_writable,
-    model_fingerprint,
-    write_atomic,
-    write_json,
-)
+from captioning.files import check_writable, write_atomic, write_json
+from captioning.fingerprints import model_fingerprint
+from captioning.records import TRAIN_CONFIG, TrainConfigRecord, TrainingRecord
 from training.config import TrainConfig
 from training.flags import build_parser, parse
 from training.outputs import (

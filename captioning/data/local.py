@@ -13,7 +13,7 @@ from typing import Any
 
 from captioning.data.examples import CaptionDataset, CaptionExample, select
 from captioning.errors import UserError
-from captioning.records import read_json_file
+from captioning.files import read_json_file
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ CIDEr-D, sacreBLEU), :mod:`.scorer` (:class:`Scorer`, :func:`score`, :func:`form
 from __future__ import annotations
 
 from captioning.errors import UserError
-from captioning.records import MAX_JSON_BYTES
+from captioning.files import MAX_JSON_BYTES
 from eval.scoring.inputs import (
     BLEU_NAMES,
     EMPTY_STANDIN,

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import read_json_file
+from captioning.files import read_json_file
 
 BLEU_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
 METRICS = BLEU_NAMES + ("METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -34,7 +34,7 @@ LINE_BREAKS = re.compile("[\r\n\x0b\x0c\u2028\u2029]")
 
 
 def load_json(path: str | os.PathLike, what: str) -> Any:
-    """Read a JSON file through :func:`captioning.records.read_json_file` (one-line
+    """Read a JSON file through :func:`captioning.files.read_json_file` (one-line
     :class:`UserError` for every way it can be unreadable, files over 2 GiB refused).
 
     ``what`` names the file in messages. ``"references"`` must be a COCO caption annotations

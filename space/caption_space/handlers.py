@@ -20,8 +20,8 @@ from typing import Any
 import gradio as gr
 
 from captioning.errors import UserError
+from captioning.files import write_atomic
 from captioning.images import load_image
-from captioning.records import write_atomic
 
 from .components import user_error
 from .models import ModelInfo, base_pairs

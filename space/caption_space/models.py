@@ -14,17 +14,9 @@ from typing import Any
 import yaml
 
 from captioning.errors import UserError
-from captioning.records import (
-    KIND_RELEASE,
-    METRICS,
-    RELEASE,
-    TRAIN_CONFIG,
-    EvalRecord,
-    TrainConfigRecord,
-    read_json_file,
-    read_record,
-    weights_fingerprint,
-)
+from captioning.files import read_json_file
+from captioning.fingerprints import weights_fingerprint
+from captioning.records import KIND_RELEASE, METRICS, RELEASE, TRAIN_CONFIG, EvalRecord, TrainConfigRecord, read_record
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
 MODELS_YAML = SPACE_DIR / "models.yaml"

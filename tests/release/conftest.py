@@ -56,7 +56,8 @@ def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str
     from peft import LoraConfig, get_peft_model
 
     from captioning.families import get_family
-    from captioning.records import KIND_TRAINING, weights_fingerprint, write_record
+    from captioning.fingerprints import weights_fingerprint
+    from captioning.records import KIND_TRAINING, write_record
 
     fam = get_family(family)
     model = fam.model_class().from_pretrained(base)

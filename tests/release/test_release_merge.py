@@ -104,7 +104,7 @@ def test_merging_into_another_base_is_refused_unless_acknowledged(adapters, rele
     """Another model of the same architecture loads and merges without a complaint from
     peft, and base+adapter vs merged agree: only the recorded base fingerprint catches it."""
     from captioning.factory import build_random_model
-    from captioning.records import weights_fingerprint
+    from captioning.fingerprints import weights_fingerprint
     from release.card import collect_inputs, render_card
 
     other = build_random_model("blip", tmp_path / "other-base", seed=7)

@@ -27,7 +27,7 @@ def run(*args: str):
 def eval_dir(tmp_path: Path, model: Path, adapter: Path | None = None) -> Path:
     """What eval/run.py generate leaves in --out (metrics.json + predictions.json), as if it
     had captioned with ``model`` (+ ``adapter``): the record names their weights."""
-    from captioning.records import weights_fingerprint
+    from captioning.fingerprints import weights_fingerprint
 
     d = tmp_path / "eval"
     d.mkdir(parents=True)

@@ -38,7 +38,7 @@ def space_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
     portable checkpoint, eval record); the others are factory models with a metrics.json.
     """
     from captioning.factory import build_random_model
-    from captioning.records import weights_fingerprint
+    from captioning.fingerprints import weights_fingerprint
     from release.push import PushOptions, push
 
     root = tmp_path_factory.mktemp("space-models")
