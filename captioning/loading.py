@@ -56,7 +56,7 @@ def pick_device(device: str | None = "auto") -> torch.device:
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs and MPS, fp32 on CPU.
 
-    CPUs without native bf16 run bf16/fp16 matmuls 7-170x slower than fp32, so
+    CPUs without native bf16 run bf16/fp16 matmuls many times slower than fp32, so
     half precision is never the CPU default.
     """
     if isinstance(dtype, torch.dtype):

@@ -33,14 +33,14 @@ class LoadedBase:
 # ---------------------------------------------------------------- precision
 def resolve_precision(precision: str, device_type: str) -> str:
     """auto -> bf16 (or fp16) on CUDA, fp32 elsewhere. Half precision on CPU is refused:
-    without native support its matmuls run 7-170x slower than fp32."""
+    without native support its matmuls run many times slower than fp32."""
     if precision == "auto":
         if device_type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if precision in ("bf16", "fp16") and device_type != "cuda":
-        raise UserError(f"optim.precision {precision} needs a CUDA GPU (on CPU half precision is 7-170x slower "
-                        "than fp32): use auto or fp32")
+        raise UserError(f"optim.precision {precision} needs a CUDA GPU (on CPU half precision is many times "
+                        "slower than fp32): use auto or fp32")
     return precision
 
 

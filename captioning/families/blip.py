@@ -87,9 +87,8 @@ class BlipFamily(Family):
 # Written by hand because transformers has no SDPA path for BLIP: its BlipAttention
 # (the vision tower's) always runs eager attention (``_supports_sdpa`` is False in 5.x),
 # materialising 12 x 577 x 577 scores per image per layer. SDPA computes the same
-# function without them: max |diff| ~1e-6 on the vision output, the same greedy tokens,
-# and a batch of 16 captions ~20% faster on a 2-core CPU with less memory (measured as a
-# bench/proposed_speedups.py variant before it moved here; BENCHMARKS.md).
+# function without them (the same greedy tokens; tests/test_families.py checks it), faster
+# and in less memory (BENCHMARKS.md, the real-size generation section).
 def _sdpa_attention_forward(self, hidden_states, *args, **kwargs):
     """BlipAttention.forward through ``scaled_dot_product_attention``. Returns no attention
     weights; calls that ask for them (or pass a head mask) get the eager forward."""
