@@ -138,7 +138,11 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any] | None = None) -> None:
     """Add one argument per :func:`option` field of dataclass ``cls``, in field order, to
-    ``groups[its group]`` (else ``parser``); the parsed value lands under the field's name."""
+    ``groups[its group]`` (else ``parser``); the parsed value lands under the field's name.
+
+    Written here rather than taken from jsonargparse (which parses training's nested config):
+    these commands' flags are flat kebab-case (``--batch-size``, ``--no-tokenize``), a
+    spelling jsonargparse does not produce, and their users' scripts use them."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
