@@ -17,6 +17,8 @@ bit in tests/test_scoring.py). What differs is only how the work is done:
   per file, so the output equals two separate COCOEvalCap calls).
 * METEOR requests are pipelined, not one round trip per image (see :mod:`.meteor`), while
   BLEU, ROUGE-L, CIDEr-D and sacreBLEU run in this process.
+* Python's cyclic garbage collector is paused while scoring: the n-gram tables it would
+  walk again and again hold no cycles.
 * A warm Scorer keeps what depends only on the references (PTB tokens, cooked BLEU /
   CIDEr-D / sacreBLEU statistics) while they stay the same, as in training validation.
 
