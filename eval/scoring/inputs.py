@@ -23,8 +23,8 @@ SACREBLEU_KEY = "sacreBLEU_corpus_0_100"
 EMPTY_STANDIN = "emptycaptionzz"
 
 #: the longest caption scored, in characters. Real captions are tens of words; the METEOR JVM
-#: dies on a ~1 MB line and the tokenizer takes minutes on 50 MB, so a longer one is a broken
-#: file, refused before any JVM starts.
+#: dies on a megabyte-long line and the tokenizer crawls through very long ones, so a longer
+#: caption means a broken file, refused before any JVM starts.
 MAX_CAPTION_CHARS = 10_000
 
 # PTBTokenizer (-preserveLines) starts a new output line at each of these, which would shift

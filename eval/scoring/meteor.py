@@ -50,6 +50,7 @@ class MeteorJVM:
             self.error = e
 
     def alive(self) -> bool:
+        """True while the JVM process runs."""
         return self.proc.poll() is None
 
     def _stderr_tail(self) -> str:
@@ -261,6 +262,7 @@ class MeteorPool:
         return " ".join(f"{x}.0" for x in sums)
 
     def close(self) -> None:
+        """Stop every JVM (a later :meth:`start` starts new ones)."""
         for jvm in self.jvms:
             jvm.close()
         self.jvms = []
