@@ -10,7 +10,7 @@ there means "several processes", or use torchrun --nproc_per_node 2):
 
     accelerate launch --num_processes 2 eval/run.py generate ...
 
-Metrics are pycocoevalcap's (0-1 scale); see eval/scoring.py. Every mistake is reported as
+Metrics are pycocoevalcap's (0-1 scale); see eval/scoring/. Every mistake is reported as
 one line (`error: ...`) with exit code 2; --debug shows the traceback instead.
 """
 

@@ -240,6 +240,18 @@ def test_evaluate_module_equals_score(scorer, reference_runs, tokenized_result):
     assert out[scoring.SACREBLEU_KEY] == tokenized_result["extras"][scoring.SACREBLEU_KEY]
 
 
+def test_evaluate_module_finds_the_checkout_it_came_from():
+    """evaluate runs a cached copy of the module; it finds the toolkit by its layout."""
+    import importlib.util
+
+    path = REPO / "eval" / "coco_caption" / "coco_caption.py"
+    spec = importlib.util.spec_from_file_location("coco_caption_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._is_repo(REPO)
+    assert not module._is_repo(REPO / "eval")
+
+
 @needs_java
 def test_meteor_corpus_sum_equals_full_eval(scorer, reference_runs):
     # The corpus METEOR is computed from stats summed here; compare with the jar's own EVAL

@@ -50,7 +50,7 @@ Server}, author={Chen, Xinlei and others}, journal={arXiv:1504.00325}, year={201
 
 
 def _is_repo(path: Path) -> bool:
-    return (path / "eval" / "scoring.py").is_file() and (path / "captioning").is_dir()
+    return (path / "eval" / "scoring" / "__init__.py").is_file() and (path / "captioning").is_dir()
 
 
 def _repo_candidates():
@@ -88,7 +88,7 @@ def _scoring():
             from eval import scoring
 
             return scoring
-    raise ImportError("coco_caption needs the captioning toolkit's eval/scoring.py: run from the "
+    raise ImportError("coco_caption needs the captioning toolkit's eval/scoring/: run from the "
                       "repository root or set CAPTIONING_REPO to it")
 
 
