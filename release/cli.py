@@ -196,23 +196,36 @@ def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, comm
 @click.option("--repo-id", required=True, help="NAMESPACE/NAME of the Space")
 @click.option("--models", required=True, help="comma-separated hub ids (or folders with --to-dir) to serve")
 @click.option("--to-dir", type=click.Path(path_type=Path), help="write the Space folder here instead of the Hub")
-@click.option("--hardware", help="Space hardware to request (e.g. cpu-basic, t4-small, zero-a10g)")
+@click.option("--hardware", help="Space hardware (e.g. cpu-basic, t4-small, zero-a10g): requested on the Hub and "
+              "written as the README's suggested_hardware (default there: cpu-basic)")
 @click.option("--private", is_flag=True, help="create the Space private")
 @click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
 @click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
 @click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`)")
 @click.option("--title", help="Space title (default: space/README.md's)")
-def space(repo_id, models, to_dir, hardware, private, dry_run, force, token, title):
+@click.option("--short-description", help="one line on the Space's thumbnail, at most 60 characters (default: "
+                                          "space/README.md's)")
+@click.option("--tags", help="comma-separated Space tags (default: space/README.md's, else image-captioning, "
+                             "image-to-text, vision-language-model; \"\" for none)")
+@click.option("--python-version", help="Python the Space runs, 3.x or 3.x.x (default: this interpreter's major.minor)")
+def space(repo_id, models, to_dir, hardware, private, dry_run, force, token, title, short_description, tags,
+          python_version):
     """Deploy space/ as a Gradio Space serving the given models.
 
     \b
       release space --repo-id me/captioner-demo --models me/smolvlm-style,HuggingFaceTB/SmolVLM-256M-Instruct
       release space --repo-id demo/space --models demo_out/release --to-dir demo_out/space
+
+    The README's front matter lists the Hub ids in models: (the Space shows on each model's
+    page) and preload_from_hub (fetched at build), with this gradio as sdk_version.
     """
     from release.space import SpaceOptions, deploy_space
 
     deploy_space(SpaceOptions(repo_id=repo_id, models=models.split(","), to_dir=to_dir, hardware=hardware,
-                              private=private, dry_run=dry_run, token=token, force=force, title=title), log=_log)
+                              private=private, dry_run=dry_run, token=token, force=force, title=title,
+                              short_description=short_description,
+                              tags=None if tags is None else tags.split(","), python_version=python_version),
+                 log=_log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,15 +5,21 @@
 
 The Space folder holds space/'s app and assets, the ``captioning`` package the
 app imports (copied next to app.py), a models.yaml listing the models, and a
-README whose Spaces front matter (sdk gradio, app_file, models) is rendered from
-model_cards/space_readme.md.j2. On the Hub the model list is also set as the
-``CAPTION_MODELS`` Space variable, which the app reads first.
+README rendered from model_cards/space_readme.md.j2 whose front matter (written with
+huggingface_hub's SpaceCardData) is what the Hub reads: the exact gradio
+``sdk_version`` and ``python_version`` of this environment, ``models:`` (the Space
+then shows on each model's page), ``preload_from_hub`` (weights fetched at build,
+not at the first visit), ``suggested_hardware``, ``short_description`` and ``tags``.
+Only Hub ids go into ``models:`` and ``preload_from_hub``: local folders (``--to-dir``)
+are served but not listed there, and the README says so. On the Hub the model list is
+also set as the ``CAPTION_MODELS`` Space variable, which the app reads first.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "space"
 SPACE_TEMPLATE = TEMPLATES_DIR / "space_readme.md.j2"
 ENV_MODELS = "CAPTION_MODELS"  # the variable space/app.py reads
+DEFAULT_HARDWARE = "cpu-basic"
+#: tags when neither --tags nor space/README.md name any
+DEFAULT_TAGS = ("image-captioning", "image-to-text", "vision-language-model")
+SHORT_DESCRIPTION_MAX = 60  # the Hub refuses a Space config with a longer one
+PRELOAD_MAX = 10  # the Hub refuses a Space config that preloads more repos ("preload models limited to 10")
 #: files of space/ that the deployed Space does not take as they are
 _SKIP = {"README.md", "models.yaml", "__pycache__"}
 _SKIP_SUFFIXES = (".pyc", ".pyi")
@@ -47,6 +58,12 @@ class SpaceOptions:
     force: bool = False
     space_dir: Path = field(default_factory=lambda: SPACE_DIR)
     title: str | None = None
+    #: None: space/README.md's, checked against the Hub's limit when the README is rendered
+    short_description: str | None = None
+    #: None: space/README.md's, else DEFAULT_TAGS; an empty list writes none
+    tags: list[str] | None = None
+    #: None: the running interpreter's major.minor
+    python_version: str | None = None
 
     def __post_init__(self):
         hub.check_repo_id(self.repo_id)
@@ -56,8 +73,18 @@ class SpaceOptions:
         self.space_dir = Path(self.space_dir)
         if self.to_dir is not None:
             self.to_dir = Path(self.to_dir)
-            if self.hardware or self.private:
-                raise UserError("--to-dir writes a local folder: --hardware and --private only apply to the Hub")
+            if self.private:
+                raise UserError("--to-dir writes a local folder: --private only applies to the Hub")
+        if self.hardware is not None:
+            self.hardware = check_hardware(self.hardware)
+        if self.short_description is not None:
+            self.short_description = check_short_description(self.short_description)
+        if self.tags is not None:
+            self.tags = list(dict.fromkeys(t.strip() for t in self.tags if t.strip()))
+        if self.python_version is not None:
+            self.python_version = self.python_version.strip()
+            if not re.fullmatch(r"3\.\d+(\.\d+)?", self.python_version):
+                raise UserError(f"--python-version {self.python_version!r}: expected 3.x or 3.x.x (e.g. 3.11)")
         if not (self.space_dir / "app.py").is_file():
             raise UserError(f"{self.space_dir}/app.py not found: the Space app is missing from this checkout")
         for m in self.models:
@@ -68,6 +95,25 @@ class SpaceOptions:
                                     "it with `release push` first (or use --to-dir for a local Space)")
             elif not looks_like_hub_id(model_id):
                 raise UserError(f"--models {model_id}: neither a folder nor a hub id like org/name")
+
+
+def check_hardware(flavor: str) -> str:
+    """``flavor`` if the Hub knows it as Space hardware, else a UserError listing those it does."""
+    from huggingface_hub import SpaceHardware
+
+    known = [h.value for h in SpaceHardware]
+    flavor = flavor.strip()
+    if flavor not in known:
+        raise UserError(f"--hardware {flavor!r} is not a Space hardware flavor: use one of {', '.join(known)}")
+    return flavor
+
+
+def check_short_description(text: str, where: str = "--short-description", fix: str = "shorten it") -> str:
+    """``text`` on one line, or a UserError naming ``where`` when the Hub would refuse it."""
+    text = " ".join(str(text).split())
+    if len(text) > SHORT_DESCRIPTION_MAX:
+        raise UserError(f"{where} is {len(text)} characters: the Hub allows at most {SHORT_DESCRIPTION_MAX}; {fix}")
+    return text
 
 
 def _model_id(entry: str) -> str:
@@ -96,8 +142,46 @@ def _front_matter(readme: Path) -> tuple[dict, str]:
     return card.data.to_dict(), card.text.strip()
 
 
+def _revision(entry: str) -> str | None:
+    """The ``revision=`` option of a ``CAPTION_MODELS`` entry, if any."""
+    for opt in entry.split(";")[1:]:
+        key, _, value = opt.partition("=")
+        if key.strip() == "revision" and value.strip():
+            return value.strip()
+    return None
+
+
+def _served(entries: list[str]) -> list[dict]:
+    """What the README says of each model: id, options, whether it is a Hub id and preloaded."""
+    rows, preloaded = [], set()
+    for e in entries:
+        model_id, opts = _model_id(e), e.partition(";")[2].strip()
+        on_hub = looks_like_hub_id(model_id)
+        # preload_from_hub pins a revision only together with a file list, which needs the Hub
+        # to know; a pinned model loads its revision at startup instead of a wrong preloaded one
+        if not on_hub:
+            not_preloaded = None
+        elif _revision(e):
+            not_preloaded = "pinned to a revision"
+        elif model_id not in preloaded and len(preloaded) >= PRELOAD_MAX:
+            not_preloaded = f"the Hub preloads at most {PRELOAD_MAX} repos"
+        else:
+            not_preloaded = None
+            preloaded.add(model_id)
+        rows.append({"id": model_id, "options": opts, "hub": on_hub, "preload": on_hub and not not_preloaded,
+                     "not_preloaded": not_preloaded})
+    return rows
+
+
+def _front_matter_yaml(readme: Path) -> str:
+    """The YAML front matter of a rendered README, as written."""
+    from huggingface_hub import RepoCard
+
+    return RepoCard(readme.read_text(encoding="utf-8")).data.to_yaml()
+
+
 def render_space_readme(opts: SpaceOptions, entries: list[str]) -> str:
-    """The Space README: Spaces front matter (sdk, app_file, models) + the app's own description."""
+    """The Space README: the front matter the Hub reads (see the module docstring) + the app's description."""
     from importlib.metadata import PackageNotFoundError, version
 
     from huggingface_hub import RepoCard, SpaceCardData
@@ -109,16 +193,24 @@ def render_space_readme(opts: SpaceOptions, entries: list[str]) -> str:
                         "README)") from e
 
     meta, body = _front_matter(opts.space_dir / "README.md")
-    hub_models = [_model_id(e) for e in entries if looks_like_hub_id(_model_id(e))]
+    short = opts.short_description
+    if short is None and meta.get("short_description"):
+        short = check_short_description(meta["short_description"], f"{opts.space_dir / 'README.md'}'s "
+                                        "short_description", "pass a shorter one with --short-description")
+    tags = opts.tags if opts.tags is not None else list(meta.get("tags") or DEFAULT_TAGS)
+    served = _served(entries)
+    hub_models = list(dict.fromkeys(r["id"] for r in served if r["hub"]))
+    preload = list(dict.fromkeys(r["id"] for r in served if r["preload"]))
     data = SpaceCardData(
         title=opts.title or meta.get("title") or opts.repo_id.split("/")[-1],
         sdk="gradio", sdk_version=gradio_version, app_file="app.py",
-        license=meta.get("license", "apache-2.0"), models=hub_models or None,
+        python_version=opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
+        license=meta.get("license", "apache-2.0"), models=hub_models or None, tags=tags or None,
         emoji=meta.get("emoji", "🖼️"), colorFrom=meta.get("colorFrom", "indigo"),
-        colorTo=meta.get("colorTo", "green"),
-        pinned=False, short_description=meta.get("short_description"))
+        colorTo=meta.get("colorTo", "green"), pinned=False, short_description=short or None,
+        suggested_hardware=opts.hardware or DEFAULT_HARDWARE, preload_from_hub=preload or None)
     card = RepoCard.from_template(data, template_path=str(SPACE_TEMPLATE), repo_id=opts.repo_id,
-                                  entries=entries, body=body)
+                                  served=served, body=body)
     return re.sub(r"\n{3,}", "\n\n", card.content).rstrip() + "\n"
 
 
@@ -156,11 +248,17 @@ def deploy_space(opts: SpaceOptions, log: Callable[[str], None] = print) -> Publ
         parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".space-", dir=parent) as tmp:
         folder = assemble_space(opts, Path(tmp) / "space")
+        local = [_model_id(m) for m in opts.models if not looks_like_hub_id(_model_id(m))]
+        if local:
+            log(f"left out of the README's models: and preload_from_hub (no Hub page): {', '.join(local)}")
         if opts.dry_run:
             where = str(opts.to_dir) if opts.to_dir else hub.repo_url(opts.repo_id, "space")
             log(f"dry run: would write the Space to {where}, serving {', '.join(opts.models)}:")
             for line in describe_folder(folder):
                 log(line)
+            log("README.md front matter:")
+            for line in _front_matter_yaml(folder / "README.md").splitlines():
+                log(f"  {line}")
             log("dry run: nothing was written or uploaded")
             return None
         if opts.to_dir is not None:

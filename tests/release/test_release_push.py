@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,7 +245,8 @@ def test_space_deploy(hub, space_dir, merged, tmp_path):
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in files)
     meta = ModelCard(files["README.md"].decode()).data.to_dict()
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["sdk_version"]
-    assert meta["models"] == ["ns/tiny-smolvlm", "ns/tiny-blip"]
+    assert meta["models"] == meta["preload_from_hub"] == ["ns/tiny-smolvlm", "ns/tiny-blip"]
+    assert meta["suggested_hardware"] == "cpu-basic" and meta["python_version"] == "{}.{}".format(*sys.version_info)
     assert yaml.safe_load(files["models.yaml"])["models"] == ["ns/tiny-smolvlm;name=Fine-tuned", "ns/tiny-blip"]
     n = len(hub.commits)
     r, out = run(*args)
@@ -258,6 +260,7 @@ def test_space_deploy(hub, space_dir, merged, tmp_path):
     r, out = run("space", "--repo-id", "ns/captioner", "--models", merged["blip"], "--to-dir", local)
     assert r.exit_code == 0, out
     assert yaml.safe_load((local / "models.yaml").read_text())["models"] == [str(merged["blip"].resolve())]
+    assert "models" not in ModelCard((local / "README.md").read_text()).data.to_dict()
     assert (local / "app.py").is_file() and (local / "captioning" / "generation.py").is_file()
     assert_no_token(tmp_path, out)
 
