@@ -57,18 +57,19 @@ from caption_space.models import (
     unique_labels,
 )
 from caption_space.registry import DEFAULT_MAX_LOADED, ModelLoadError, ModelRegistry
-from caption_space.views import about_markdown, card_line, card_not_comparable, compare_html, metrics_line
+from caption_space.views import about_markdown, card_line, card_not_comparable, compare_html, esc, metrics_line
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
 
 #: what tests, the load benchmark and scripts use of the Space
 __all__ = ["MODELS_YAML", "CaptionSpace", "Limits", "ModelEntry", "ModelInfo", "ModelLoadError", "ModelRegistry",
            "UserError", "about_markdown", "build_demo", "card_not_comparable", "compare_html", "configured_models",
-           "gr", "launch_kwargs", "main", "metrics_line", "parse_models", "read_model_info", "same_model"]
+           "gr", "launch_kwargs", "main", "mcp_wanted", "metrics_line", "parse_models", "read_model_info", "same_model"]
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
 ENV_MAX_LOADED = "CAPTION_MAX_LOADED"
+ENV_MCP = "CAPTION_MCP"
 
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
                    font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
@@ -78,12 +79,34 @@ footer { opacity: .7; }
 """
 
 
-def launch_kwargs() -> dict[str, Any]:
+def launch_kwargs(mcp: bool = True) -> dict[str, Any]:
     """Arguments for ``demo.launch``: theme/css (Gradio 6 takes them here), no SSR
-    (a Node process that outlives close()), an upload size cap. System fonts only, so
-    the page never loads web fonts from a third party."""
+    (a Node process that outlives close()), an upload size cap, the MCP server (the four
+    public endpoints as tools) unless ``mcp`` is False. System fonts only, so the page
+    never loads web fonts from a third party. The examples folder is served so the API
+    page's sample image URL opens in a browser too."""
     return dict(theme=gr.themes.Soft(**THEME_FONTS), css=CSS, ssr_mode=False, max_file_size="50mb",
-                footer_links=["api", "settings"], share=False)
+                footer_links=["api", "settings"], share=False, mcp_server=mcp, allowed_paths=[str(EXAMPLES_DIR)])
+
+
+def mcp_wanted(no_mcp: bool = False, env: dict[str, str] | None = None) -> bool:
+    """Whether to serve MCP: on unless ``--no-mcp`` or ``CAPTION_MCP=0`` (or false/no/off)."""
+    env = os.environ if env is None else env
+    return not no_mcp and env.get(ENV_MCP, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def refuse_or_clear(app: CaptionSpace, image, outputs: list) -> tuple:
+    """At upload: a file that is not a readable image is taken off the input with a plain
+    message (a toast and in place of the result); a good one clears the previous result,
+    which described another image."""
+    message, ok = app.check_upload(image)
+    if ok:
+        return (gr.skip(), *[None] * len(outputs))
+    gr.Warning(message)
+    shown = f"**Not used:** {esc(message)}"
+    return (None, *[shown if isinstance(o, gr.Markdown) else
+                    f'<p class="upload-refused">{esc(message)}</p>' if isinstance(o, gr.HTML) else None
+                    for o in outputs])
 
 
 def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_MAX_LOADED, device: str = "auto",
@@ -105,70 +128,90 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
     unique_labels(infos)
     registry = ModelRegistry(infos, max_loaded=max_loaded, device=device, dtype=dtype, loader=loader)
     app = CaptionSpace(infos, registry, limits or Limits())
-    choices = [(i.label, i.key) for i in infos]
+    choices = app.choices
+    first_id = choices[0][1]
     first = infos[0]
     examples = sorted(p for p in Path(examples_dir).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
         if examples_dir and Path(examples_dir).is_dir() else []
+    private = dict(api_visibility="private")
+    # the handlers check model values themselves: Gradio's own check logs a traceback per bad value
+    pick = dict(allow_custom_value=True)
 
     with gr.Blocks(title="Image captioning", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        def root() -> str | None:
+            """Where this Space is reached, for the API page's sample image URL."""
+            host = os.environ.get("SPACE_HOST", "").strip()
+            return f"https://{host}" if host else getattr(demo, "local_url", None)
+
         gr.Markdown("# Image captioning\nCaption images with small vision-language models, and compare "
                     "base and fine-tuned models side by side.")
         with gr.Accordion("Generation settings (used by every tab)", open=True):
             with gr.Row():
-                max_new = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, label="Max new tokens",
+                max_new = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, precision=0, label="Max new tokens",
                                     elem_id="max_new_tokens")
-                beams = gr.Slider(1, MAX_BEAMS, value=1, step=1, label="Beams", elem_id="num_beams")
+                beams = gr.Slider(1, MAX_BEAMS, value=1, step=1, precision=0, label="Beams", elem_id="num_beams")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature",
                                         info="0 = deterministic (greedy / beam search)", elem_id="temperature")
                 top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", info="used when sampling",
                                   elem_id="top_p")
-                seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
+                seed = gr.Number(value=-1, precision=0, label="Seed",
+                                 info="-1 = random; the seed used is shown with each result", elem_id="seed")
         settings = [max_new, beams, temperature, top_p]
 
         with gr.Tabs():
             with gr.Tab("Caption", id="caption"):
                 with gr.Row():
                     with gr.Column():
-                        image = image_input(label="Image", elem_id="caption_image", height=320)
+                        image = image_input(label="Image", elem_id="caption_image", height=320, examples=examples,
+                                            root=root)
                         if examples:
                             gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples",
                                         examples_per_page=12)
                     with gr.Column():
-                        model = gr.Dropdown(choices, value=first.key, label="Model", elem_id="caption_model")
+                        model = gr.Dropdown(choices, value=first_id, label="Model", elem_id="caption_model", **pick)
                         card = gr.Markdown(card_line(first), label="card", elem_id="caption_card")
-                        prompt = gr.Textbox(label="Prompt (instruct models)", lines=1, max_lines=3,
+                        prompt = gr.Textbox(value="", label="Prompt (instruct models)", lines=1, max_lines=3,
                                             interactive=first.takes_prompt, elem_id="prompt",
                                             placeholder=(f"default: {first.prompt or '(none)'}" if first.takes_prompt
                                                          else f"{first.family} captions without a prompt"))
-                        variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, label="Variations",
+                        variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, precision=0, label="Variations",
                                                info="with temperature > 0: diverse samples; "
                                                     "else the best beams", elem_id="variations")
                         go = gr.Button("Caption", variant="primary", elem_id="caption_btn")
                         captions = gr.Textbox(label="Captions (one per line)", lines=2, max_lines=6,
                                               interactive=False, buttons=["copy"], elem_id="captions")
                         timing = gr.Markdown(label="timing", elem_id="caption_time")
-                model.change(app.model_info, inputs=model, outputs=[prompt, card], api_name="model_info")
-                go.click(app.caption, inputs=[image, model, prompt, *settings, variations, seed],
-                         outputs=[captions, timing], api_name="caption")
+                model.change(app.model_info, inputs=model, outputs=[prompt, card], **private)
+                image.upload(lambda img: refuse_or_clear(app, img, [captions, timing]), inputs=image,
+                             outputs=[image, captions, timing], **private)
+                go.click(lambda: ("", "*Captioning…*"), outputs=[captions, timing], queue=False,
+                         show_progress="hidden", **private) \
+                    .then(app.caption, inputs=[image, model, prompt, *settings, variations, seed],
+                          outputs=[captions, timing], api_name="caption")
 
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
-                    cmp_image = image_input(label="Image", elem_id="compare_image", height=260)
+                    cmp_image = image_input(label="Image", elem_id="compare_image", height=260, examples=examples,
+                                            root=root)
                     with gr.Column():
-                        cmp_models = gr.Dropdown(choices, value=[i.key for i in infos[:2]], multiselect=True,
+                        cmp_models = gr.Dropdown(choices, value=[c[1] for c in choices[:2]], multiselect=True,
                                                  max_choices=MAX_COMPARE, label=f"Models (2-{MAX_COMPARE})",
-                                                 elem_id="compare_models")
+                                                 elem_id="compare_models", **pick)
                         for n, (base, ft) in enumerate(app.pairs):
                             btn = gr.Button(f"Base vs fine-tuned: {base.label} vs {ft.label}", size="sm",
                                             elem_id=f"preset_{n}")
-                            btn.click(lambda n=n: app.preset(n), outputs=cmp_models, api_name=f"preset_{n}")
+                            btn.click(lambda n=n: app.preset(n), outputs=cmp_models, **private)
                         cmp_go = gr.Button("Compare", variant="primary", elem_id="compare_btn")
                         gr.Markdown("Same settings for every model; each uses its own prompt.")
                 cmp_out = gr.HTML(label="cards", elem_id="compare_cards")
                 with gr.Accordion("Raw results (JSON)", open=False):
                     cmp_json = gr.JSON(label="results", elem_id="compare_json")
-                cmp_go.click(app.compare, inputs=[cmp_image, cmp_models, *settings, seed],
-                             outputs=[cmp_out, cmp_json], api_name="compare")
+                cmp_image.upload(lambda img: refuse_or_clear(app, img, [cmp_out, cmp_json]), inputs=cmp_image,
+                                 outputs=[cmp_image, cmp_out, cmp_json], **private)
+                cmp_go.click(lambda: ("<p><em>Comparing…</em></p>", None), outputs=[cmp_out, cmp_json], queue=False,
+                             show_progress="hidden", **private) \
+                    .then(app.compare, inputs=[cmp_image, cmp_models, *settings, seed], outputs=[cmp_out, cmp_json],
+                          api_name="compare")
 
             with gr.Tab("Batch", id="batch"):
                 with gr.Row():
@@ -176,7 +219,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                                        label=f"Images or a .zip (up to {MAX_BATCH_IMAGES} images)",
                                        elem_id="batch_files")
                     with gr.Column():
-                        b_model = gr.Dropdown(choices, value=first.key, label="Model", elem_id="batch_model")
+                        b_model = gr.Dropdown(choices, value=first_id, label="Model", elem_id="batch_model", **pick)
                         b_go = gr.Button("Caption all", variant="primary", elem_id="batch_btn")
                         b_summary = gr.Markdown(label="summary", elem_id="batch_summary")
                         with gr.Row():
@@ -184,16 +227,21 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                             b_json = gr.DownloadButton("Download JSON", elem_id="batch_json")
                 b_table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True, label="captions",
                                        elem_id="batch_table")
-                b_go.click(app.batch, inputs=[files, b_model, *settings, seed],
-                           outputs=[b_table, b_csv, b_json, b_summary], api_name="batch")
+                b_go.click(lambda: (None, None, None, "*Captioning…*"), outputs=[b_table, b_csv, b_json, b_summary],
+                           queue=False, show_progress="hidden", **private) \
+                    .then(app.batch, inputs=[files, b_model, *settings, seed],
+                          outputs=[b_table, b_csv, b_json, b_summary], api_name="batch")
 
             with gr.Tab("About", id="about"):
                 status = gr.Dataframe(headers=MODELS_COLUMNS, interactive=False, label="Models (live status)",
                                       elem_id="models_table")
                 refresh = gr.Button("Refresh", size="sm", elem_id="models_refresh")
-                gr.Markdown(about_markdown(infos, first.key, [i.key for i in infos[:2]]), elem_id="about_md")
-                refresh.click(app.models_table, outputs=status, api_name="models")
-        demo.load(app.models_table, outputs=status, api_name="models_on_load")
+                with gr.Accordion("Models as the API returns them (/models)", open=False):
+                    models_json = gr.JSON(label="models", elem_id="models_json")
+                gr.Markdown(about_markdown(infos, first_id, [c[1] for c in choices[:2]]), elem_id="about_md")
+                refresh.click(app.models, outputs=models_json, api_name="models")
+                refresh.click(app.models_table, outputs=status, **private)
+        demo.load(app.models_table, outputs=status, **private)
 
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     demo.caption_space = app
@@ -231,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPUs, fp32 on CPU), fp32, bf16, fp16")
     parser.add_argument("--concurrency", type=int, default=2, help="requests worked on at once")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before new ones are refused")
+    parser.add_argument("--no-mcp", action="store_true",
+                        help="do not serve the MCP endpoint /gradio_api/mcp/ (also: CAPTION_MCP=0)")
     parser.add_argument("--max-pixels", type=int,
                         default=int(os.environ.get("CAPTION_MAX_PIXELS", SPACE_MAX_PIXELS)),
                         help=f"refuse uploads over this many pixels (default: $CAPTION_MAX_PIXELS, else "
@@ -251,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serving {len(demo.caption_space.infos)} model(s) on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           flush=True)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(mcp_wanted(args.no_mcp)))
     except KeyboardInterrupt:
         pass
     finally:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABCMeta
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import gradio as gr
 
@@ -22,26 +25,48 @@ def user_error(e: Exception) -> gr.Error:
     return gr.Error(esc(str(e)), print_exception=False)
 
 
-def _refuse_url(path) -> None:
+#: the route Gradio serves files under; an example's URL on this Space names its file there
+FILE_ROUTE = "/gradio_api/file="
+
+
+def own_file(url: str, allowed: set[Path]) -> Path | None:
+    """The local file an http(s) URL of this Space's file route names, when it is one of
+    ``allowed`` (the examples); None for any other URL. Only the path is looked at, so
+    the host the caller used (localhost, the Space's domain) does not matter."""
+    path = unquote(urlsplit(url).path)
+    if FILE_ROUTE not in path:
+        return None
+    try:
+        local = Path(path.split(FILE_ROUTE, 1)[1]).resolve()
+    except (OSError, ValueError):
+        return None
+    return local if local in allowed else None
+
+
+def _local_or_refuse(block, path):
+    """``path`` itself, an own example's local path for its URL, or a one-line refusal."""
     from gradio_client.utils import is_http_url_like
 
-    if path is not None and is_http_url_like(str(path)):
+    if path is None or not is_http_url_like(str(path)):
+        return path
+    local = own_file(str(path), getattr(block, "own_examples", set()))
+    if local is None:
         raise gr.Error("URLs are not fetched: upload the image file itself", print_exception=False)
+    return str(local)
 
 
 class _NoUrlFetch:
     """Gradio downloads an input given as an http(s) URL on the server (in
     Block.move_resource_to_block_cache and its async twin); this Space never fetches a URL
     a user sends, and Gradio has no switch for that, so such inputs are refused before any
-    request is made."""
+    request is made. The one exception is a URL of one of the Space's own example files
+    (what the API page's sample call passes): it is read from disk, not fetched."""
 
     def move_resource_to_block_cache(self, url_or_file_path):
-        _refuse_url(url_or_file_path)
-        return super().move_resource_to_block_cache(url_or_file_path)
+        return super().move_resource_to_block_cache(_local_or_refuse(self, url_or_file_path))
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
-        _refuse_url(url_or_file_path)
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
+        return await super().async_move_resource_to_block_cache(_local_or_refuse(self, url_or_file_path))
 
 
 def _raw_image(self, payload):
@@ -81,13 +106,44 @@ def _component_subclass(name: str, base: type, **methods) -> type:
     return ABCMeta.__new__(type(base), name, (_NoUrlFetch, base), attrs)
 
 
+def _example_url(self) -> str | None:
+    """The URL of the first example on this Space, or None before the Space knows its
+    address or when it has no examples."""
+    root = self.example_root() if getattr(self, "example_root", None) else None
+    examples = sorted(getattr(self, "own_examples", ()))
+    if not root or not examples:
+        return None
+    return f"{root.rstrip('/')}{FILE_ROUTE}{examples[0]}"
+
+
+def _example_payload(self):
+    """Replaces gr.Image.example_payload (the API page's sample input, which is a picture on
+    GitHub the Space would refuse): one of the Space's own examples, by its URL here."""
+    from gradio_client.utils import handle_file
+
+    url = _example_url(self)
+    return handle_file(url) if url else None
+
+
+def _example_value(self):
+    """Replaces gr.Image.example_value, for the same reason as :func:`_example_payload`."""
+    return _example_url(self)
+
+
 #: image input (upload, paste, webcam) handing the handler the raw upload, never fetching URLs
-ImageInput = _component_subclass("ImageInput", gr.Image, preprocess=_raw_image,
+ImageInput = _component_subclass("ImageInput", gr.Image, preprocess=_raw_image, example_payload=_example_payload,
+                                 example_value=_example_value,
                                  doc="gr.Image whose handler gets (path or bytes, name), undecoded.")
 #: file input that never fetches URLs
 FilesInput = _component_subclass("FilesInput", gr.File, doc="gr.File that refuses URL inputs.")
 
 
-def image_input(**kwargs) -> gr.Image:
-    """An image input for the handlers (type filepath, no conversion by Gradio)."""
-    return ImageInput(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"], **kwargs)
+def image_input(*, examples: list[Path] | tuple = (), root: Callable[[], str | None] | None = None,
+                **kwargs) -> gr.Image:
+    """An image input for the handlers (type filepath, no conversion by Gradio). ``examples``:
+    the Space's example files, the only URLs it accepts (its own, under ``root()``, the
+    address it is served at, which is known only once launched)."""
+    comp = ImageInput(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"], **kwargs)
+    comp.own_examples = {Path(p).resolve() for p in examples}
+    comp.example_root = root
+    return comp

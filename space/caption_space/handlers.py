@@ -8,6 +8,7 @@ import html
 import io
 import json
 import logging
+import secrets
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from captioning.images import load_image
 
 from .components import user_error
 from .models import ModelInfo, base_pairs
-from .registry import ModelLoadError, ModelRegistry, generate, register
+from .registry import ModelLoadError, ModelRegistry, generate, register, stable_ids
 from .views import card_line, card_not_comparable, compare_html, esc, fmt
 
 log = logging.getLogger("space")
@@ -48,6 +49,9 @@ MAX_MEMBER_BYTES = 32 * 2**20
 MAX_ZIP_BYTES = 256 * 2**20
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 BATCH_COLUMNS = ["file", "caption", "model", "error"]
+#: a batch export's columns: each row says which model and settings made it
+EXPORT_COLUMNS = ["file", "caption", "error", "model", "model_name", "max_new_tokens", "num_beams", "temperature",
+                  "top_p", "seed"]
 MODELS_COLUMNS = ["model", "name", "family", "CIDEr", "BLEU-4", "n_images", "split", "status"]
 
 
@@ -73,6 +77,18 @@ class CaptionSpace:
         self.token = register(registry)
         self._out_dir: Path | None = None
         self.pairs = base_pairs(self.infos)
+        #: API id -> model, in configured order (what the API and the dropdowns' values use)
+        self.by_id = stable_ids(self.infos)
+        self._id_of = {info.key: mid for mid, info in self.by_id.items()}
+
+    def model_id(self, info: ModelInfo) -> str:
+        """The stable id ``info`` is addressed by in API calls (see registry.stable_ids)."""
+        return self._id_of[info.key]
+
+    @property
+    def choices(self) -> list[tuple[str, str]]:
+        """(display name, id) for the model dropdowns."""
+        return [(info.label, mid) for mid, info in self.by_id.items()]
 
     @property
     def out_dir(self) -> Path:
@@ -97,11 +113,12 @@ class CaptionSpace:
             return load_image(source, name=name, max_pixels=self.limits.max_pixels,
                               downscale_pixels=self.limits.downscale_pixels)
         except UserError as e:
-            raise user_error(e) from None
+            raise gr.Error(esc(plain_image_error(str(e), name)), print_exception=False) from None
 
     @staticmethod
     def settings(max_new_tokens, num_beams, temperature, top_p, seed, num_captions: int = 1):
-        """UI values -> GenerationSettings (temperature 0: greedy or beam search)."""
+        """UI values -> GenerationSettings (temperature 0: greedy or beam search). Sampling
+        with seed -1 draws a seed here, so the one used can be shown and reused."""
         from captioning.generation import GenerationSettings
 
         try:
@@ -114,15 +131,18 @@ class CaptionSpace:
                   (1 <= num_beams <= MAX_BEAMS, f"beams must be 1-{MAX_BEAMS}"),
                   (1 <= num_captions <= MAX_VARIATIONS, f"variations must be 1-{MAX_VARIATIONS}"),
                   (0 <= temperature <= 2, "temperature must be 0-2 (0: no sampling)"),
-                  (0 < top_p <= 1, "top-p must be in (0, 1]")]
+                  (0 < top_p <= 1, "top-p must be in (0, 1]"),
+                  (seed is None or seed < 2**32, "seed must be -1 (random) or 0-4294967295")]
         for ok, msg in checks:
             if not ok:
                 raise gr.Error(msg, print_exception=False)
         sample = temperature > 0
+        if sample and seed is None:
+            seed = secrets.randbelow(2**31)
         try:
             return GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
                                       temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
-                                      num_captions=num_captions, seed=seed)
+                                      num_captions=num_captions, seed=seed if sample else None)
         except UserError as e:
             raise user_error(e) from None
 
@@ -152,17 +172,36 @@ class CaptionSpace:
                            print_exception=False) from None
         return out, captioner, load_s, time.perf_counter() - start
 
-    def _info(self, key) -> ModelInfo:
-        if not key:
-            raise gr.Error("Choose a model.", print_exception=False)
-        try:
-            return self.registry.info(str(key))
-        except UserError as e:
-            raise user_error(e) from None
+    def _info(self, model) -> ModelInfo:
+        """The model an API or UI value names (its id; None: the first served model)."""
+        if model is None or model == "":
+            return self.infos[0]
+        info = self.by_id.get(str(model))
+        if info is None:
+            raise gr.Error(esc(f"unknown model {str(model)[:200]!r}: use one of {', '.join(self.by_id)} "
+                               "(listed by /models)"), print_exception=False)
+        return info
 
     # --------------------------------------------------------------- handlers
-    def caption(self, image, model, prompt, max_new_tokens, num_beams, temperature, top_p, variations, seed):
-        """One image, one model -> captions (one per line) and the time it took."""
+    def caption(self, image: str, model: str | None = None, prompt: str = "", max_new_tokens: int = 30,
+                num_beams: int = 1, temperature: float = 0.0, top_p: float = 1.0, variations: int = 1,
+                seed: int = -1) -> tuple[str, str]:
+        """Caption one image with one model.
+
+        Args:
+            image: the image to caption (PNG, JPEG, WebP, GIF, BMP or TIFF).
+            model: id of the model to use (see the models tool); empty for the first one served.
+            prompt: instruction for instruct models (empty: the model's own default); BLIP models take none.
+            max_new_tokens: longest caption, in tokens (1-128).
+            num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
+            temperature: 0 for deterministic decoding; above 0 (up to 2) samples.
+            top_p: nucleus sampling threshold in (0, 1], used when sampling.
+            variations: number of captions (1-5): sampled ones when temperature > 0, else the best beams.
+            seed: seed for sampling; -1 draws one, which the timing line reports so it can be reused.
+
+        Returns:
+            The captions, one per line, and a line with the time taken, device and seed used.
+        """
         info = self._info(model)
         settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed, variations)
         img = self._image(image)
@@ -174,12 +213,29 @@ class CaptionSpace:
         timing = f"**{load_s + gen_s:.2f} s** · generation {gen_s:.2f} s"
         if load_s:
             timing += f" · model load {load_s:.2f} s"
-        timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')}"
+        timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')} · {seed_note(settings)}"
         return "\n".join(out[0]), timing
 
-    def compare(self, image, models, max_new_tokens, num_beams, temperature, top_p, seed):
-        """One image, 2-4 models, the same settings -> cards (HTML) and the raw results."""
-        models = [models] if isinstance(models, str) else list(models or [])
+    def compare(self, image: str, models: list[str] | None = None, max_new_tokens: int = 30, num_beams: int = 1,
+                temperature: float = 0.0, top_p: float = 1.0, seed: int = -1) -> tuple[str, list[dict]]:
+        """Caption one image with 2-4 models and the same settings, side by side.
+
+        Args:
+            image: the image to caption (PNG, JPEG, WebP, GIF, BMP or TIFF).
+            models: ids of 2 to 4 different models (see the models tool); empty for the first two served.
+            max_new_tokens: longest caption, in tokens (1-128).
+            num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
+            temperature: 0 for deterministic decoding; above 0 (up to 2) samples.
+            top_p: nucleus sampling threshold in (0, 1], used when sampling.
+            seed: seed for sampling, the same for every model; -1 draws one (reported per result).
+
+        Returns:
+            Cards as HTML, and per model: id, name, caption, seconds, error, card metrics (numbers),
+            why its card metrics are not comparable with the first model's (or null), seed used.
+        """
+        if models is None or models == []:
+            models = [self.model_id(i) for i in self.infos[:2]]
+        models = [models] if isinstance(models, str) else list(models)
         if not 2 <= len(models) <= MAX_COMPARE:
             raise gr.Error(f"Pick 2 to {MAX_COMPARE} models to compare (got {len(models)}).",
                            print_exception=False)
@@ -191,10 +247,10 @@ class CaptionSpace:
         results = []
         first = next((i for i in infos if i.metrics), None)
         for info in infos:
-            row: dict[str, Any] = {"model": info.key, "name": info.label, "family": info.family, "caption": None,
-                                   "seconds": None, "load_seconds": None, "error": None,
+            row: dict[str, Any] = {"model": self.model_id(info), "name": info.label, "family": info.family,
+                                   "caption": None, "seconds": None, "load_seconds": None, "error": None,
                                    "card_metrics": info.card_metrics() or None,
-                                   "card_not_comparable": card_not_comparable(first, info)}
+                                   "card_not_comparable": card_not_comparable(first, info), "seed": settings.seed}
             try:
                 out, _, load_s, gen_s = self._run(info.key, [img], None, settings)
                 row.update(caption=out[0][0], seconds=round(gen_s, 4), load_seconds=round(load_s, 4))
@@ -205,9 +261,25 @@ class CaptionSpace:
             results.append(row)
         return compare_html(results), results
 
-    def batch(self, files, model, max_new_tokens, num_beams, temperature, top_p, seed,
-              progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress tracker
-        """Several images (or zips of images) -> table + CSV + JSON downloads."""
+    def batch(self, files: list[str], model: str | None = None, max_new_tokens: int = 30, num_beams: int = 1,
+              temperature: float = 0.0, top_p: float = 1.0, seed: int = -1,
+              progress=gr.Progress()) -> tuple[list[list[str]], str, str, str]:  # noqa: B008 - how Gradio injects it
+        """Caption several images (or .zip files of images) with one model.
+
+        Args:
+            files: image files, or .zip files of images (up to 64 images in all).
+            model: id of the model to use (see the models tool); empty for the first one served.
+            max_new_tokens: longest caption, in tokens (1-128).
+            num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
+            temperature: 0 for deterministic decoding; above 0 (up to 2) samples.
+            top_p: nucleus sampling threshold in (0, 1], used when sampling.
+            seed: seed for sampling; -1 draws one (recorded in every exported row).
+
+        Returns:
+            A table (file, caption, model, error), a CSV and a JSON file with the model id, settings
+            and seed on every row, and a summary line with the total time.
+        """
+        start = time.perf_counter()
         info = self._info(model)
         settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed)
         paths = [files] if isinstance(files, str) else list(files or [])
@@ -215,10 +287,14 @@ class CaptionSpace:
             raise gr.Error("Upload images (or a .zip of images) first.", print_exception=False)
         progress(0, desc="reading images")
         items = self._batch_items(paths)
-        rows: list[dict[str, str]] = []
+        used = {"model": self.model_id(info), "model_name": info.label,
+                "max_new_tokens": settings.max_new_tokens, "num_beams": settings.num_beams,
+                "temperature": settings.temperature if settings.do_sample else 0.0,
+                "top_p": settings.top_p, "seed": settings.seed}
+        rows: list[dict[str, Any]] = []
         good: list[tuple[int, Any]] = []
         for name, source in items:
-            rows.append({"file": name, "caption": "", "model": info.label, "error": ""})
+            rows.append({"file": name, "caption": "", "error": "", **used})
             try:
                 good.append((len(rows) - 1, self._load(source, name)))
             except gr.Error as e:
@@ -231,8 +307,8 @@ class CaptionSpace:
                 raise user_error(e) from None
             done = 0
             progress((0, len(good)), desc="captioning", unit="images")
-            for start in range(0, len(good), 8):
-                chunk = good[start:start + 8]
+            for first in range(0, len(good), 8):
+                chunk = good[first:first + 8]
                 try:
                     out = self._run(info.key, [img for _, img in chunk], None, settings)[0]
                 except ModelLoadError as e:  # evicted by another request and now failing
@@ -243,10 +319,11 @@ class CaptionSpace:
                 progress((done, len(good)), desc="captioning", unit="images")
         csv_path, json_path = self._write_batch(rows)
         n_err = sum(1 for r in rows if r["error"])
-        summary = f"{len(rows) - n_err} of {len(rows)} images captioned with **{esc(info.label)}**"
+        summary = (f"{len(rows) - n_err} of {len(rows)} images captioned with **{esc(info.label)}** "
+                   f"in {time.perf_counter() - start:.1f} s · {seed_note(settings)}")
         if n_err:
             summary += f"; {n_err} could not be read (see the error column)"
-        table = [[r[c] for c in BATCH_COLUMNS] for r in rows]
+        table = [[r["model_name"] if c == "model" else r[c] for c in BATCH_COLUMNS] for r in rows]
         return table, str(csv_path), str(json_path), summary
 
     def _batch_items(self, paths: list) -> list[tuple[str, Any]]:
@@ -268,12 +345,23 @@ class CaptionSpace:
         _prune(self.out_dir, max_age_s=3600)
         stem = f"captions-{time.strftime('%Y%m%d-%H%M%S')}-{threading.get_ident() % 10000:04d}"
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=BATCH_COLUMNS)
+        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
         csv_path = write_atomic(self.out_dir / f"{stem}.csv", buf.getvalue())
         json_path = write_atomic(self.out_dir / f"{stem}.json", json.dumps(rows, indent=2, ensure_ascii=False))
         return csv_path, json_path
+
+    def check_upload(self, image):
+        """An image just uploaded (or picked) -> whether it can be captioned: (message, ok).
+        Runs at upload, so a file that is not a readable image is refused before any click."""
+        if image is None:
+            return "", True
+        try:
+            self._image(image)
+        except gr.Error as e:
+            return html.unescape(e.message), False
+        return "", True
 
     def model_info(self, model):
         """Model picked in the Caption tab -> prompt box state and a one-line card."""
@@ -285,22 +373,54 @@ class CaptionSpace:
                                 placeholder=f"{info.family or 'this model'} captions without a prompt")
         return prompt, card_line(info)
 
+    def _status(self, info: ModelInfo, loaded: set[str]) -> str:
+        failure = self.registry.failure(info.key)
+        return "in memory" if info.key in loaded else ("failed: " + failure if failure else "not loaded")
+
+    def models(self) -> list[dict]:
+        """The models this Space serves, with the metrics their cards report.
+
+        Returns:
+            One entry per model: id (what the other tools take as model), name, family, whether it
+            takes a prompt, the base model it was fine-tuned from (or null), card metrics as numbers
+            with the split, image count and dataset they were measured on (or null), and its status
+            (not loaded, in memory, or failed).
+        """
+        loaded = set(self.registry.loaded())
+        base_of = {ft.key: self.model_id(base) for base, ft in self.pairs}
+        return [{"id": mid, "name": info.label, "family": info.family, "takes_prompt": info.takes_prompt,
+                 "base_model": base_of.get(info.key) or info.base, "card_metrics": info.card_metrics() or None,
+                 "status": self._status(info, loaded)} for mid, info in self.by_id.items()]
+
     def models_table(self):
-        """Every configured model: key, name, family, card metrics, whether it is in memory."""
+        """Every configured model for the About tab: id, name, family, card metrics, status."""
         loaded = set(self.registry.loaded())
         rows = []
-        for info in self.infos:
+        for mid, info in self.by_id.items():
             m = info.card_metrics()
-            failure = self.registry.failure(info.key)
-            state = "in memory" if info.key in loaded else ("failed: " + failure if failure else "not loaded")
-            rows.append([info.key, info.label, info.family or "?", fmt(m.get("CIDEr")), fmt(m.get("Bleu_4")),
-                         m.get("n_images") or "", m.get("split") or "", state])
+            rows.append([mid, info.label, info.family or "?", fmt(m.get("CIDEr")), fmt(m.get("Bleu_4")),
+                         m.get("n_images") or "", m.get("split") or "", self._status(info, loaded)])
         return rows
 
     def preset(self, index: int):
         """The Compare tab's models for the ``index``-th base vs fine-tuned button."""
         base, ft = self.pairs[index]
-        return [base.key, ft.key]
+        return [self.model_id(base), self.model_id(ft)]
+
+
+def seed_note(settings) -> str:
+    """What the timing line says about the seed: the one used when sampling, so it can be reused."""
+    if settings.do_sample:
+        return f"seed {settings.seed}"
+    return "no seed needed (temperature 0)"
+
+
+def plain_image_error(message: str, name: str) -> str:
+    """The image reader's message in a visitor's words: size limits are kept as they are;
+    anything about a decoder becomes one plain line naming the formats that work."""
+    if "pixels" in message and "Pillow" not in message and "PIL" not in message:
+        return message
+    return f"{name}: not an image file we can read; upload a PNG, JPEG, WebP, GIF, BMP or TIFF image"
 
 
 def zip_members(path: Path) -> list[tuple[str, bytes]]:

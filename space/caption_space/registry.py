@@ -10,6 +10,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
@@ -28,6 +29,27 @@ log = logging.getLogger("space")
 DEFAULT_MAX_LOADED = 4
 #: a model that failed to load is retried after this long (the fix may be a re-upload)
 FAILED_RETRY_S = 60.0
+
+
+def stable_ids(infos: Sequence[ModelInfo]) -> dict[str, ModelInfo]:
+    """The id each model is addressed by in API calls, in configured order: a hub model's
+    repo id (``org/name``, ``org/name@rev`` for a pinned revision), a local folder's
+    ``name=`` from ``--models``, else the folder's own name. Never a server path: API
+    callers cannot know it, and it says where the server keeps its files. A repeated id
+    gets ``-2``, ``-3``... in the order the models are listed."""
+    out: dict[str, ModelInfo] = {}
+    for info in infos:
+        entry = info.entry
+        if entry.local:
+            base = entry.name or Path(entry.id).expanduser().resolve().name or "model"
+        else:
+            base = entry.key
+        key, n = base, 1
+        while key in out:
+            n += 1
+            key = f"{base}-{n}"
+        out[key] = info
+    return out
 
 
 class ModelLoadError(UserError):

@@ -166,8 +166,9 @@ def test_model_cards_read_once(tiny_space, space_models):
     assert (ft.family, base.family, blip.family) == ("idefics3", "idefics3", "blip")
     assert ft.takes_prompt and not blip.takes_prompt and blip.prompt is None
     assert ft.prompt == "Give a concise caption."
-    assert ft.card_metrics() == {"CIDEr": 0.876, "Bleu_4": 0.321, "n_images": 16, "split": "test",
-                                 "dataset": "shapes", "caption_transform": "none"}
+    expected = {"CIDEr": 0.876, "Bleu_4": 0.321, "n_images": 16, "split": "test", "dataset": "shapes",
+                "caption_transform": "none"}
+    assert {k: ft.card_metrics().get(k) for k in expected} == expected
     assert space_app_metrics_line(tiny_space) == "CIDEr 0.876 · BLEU-4 0.321 (16 images, test split)"
     # the release names its local base portably ("<local>/NAME") and by weights fingerprint, which pairs them
     assert ft.base == "<local>/tiny-smolvlm" and base.base is None
@@ -279,6 +280,16 @@ def test_registry_passes_trust_remote_code_only_when_configured(space_app, monke
     assert seen[1][1]["trust_remote_code"] is True and seen[1][1]["revision"] == "v1"
 
 
+def test_stable_ids(space_app, tmp_path):
+    """API ids: a hub model's repo id, a folder's name= or its own name, never its path;
+    repeats numbered in order."""
+    registry = space_part("registry")
+    entries = space_app.parse_models(f"org/a,org/a;revision=v1,{tmp_path / 'x' / 'model'},"
+                                     f"{tmp_path / 'y' / 'model'},{tmp_path / 'z'};name=Mine")
+    infos = [space_app.ModelInfo(entry=e, label=e.id) for e in entries]
+    assert list(registry.stable_ids(infos)) == ["org/a", "org/a@v1", "model", "model-2", "Mine"]
+
+
 # ------------------------------------------------------------------------ input hygiene
 
 def _settings():
@@ -291,7 +302,7 @@ def test_caption_handler_matches_core(tiny_space, space_models, png, core_captio
 
     app = tiny_space.caption_space
     path = png((60, 40))
-    text, timing = app.caption((str(path), "pic.png"), str(space_models["blip"]), "", variations=1,
+    text, timing = app.caption((str(path), "pic.png"), "tiny-blip", "", variations=1,
                                **_settings())
     expected = caption_images(core_captioners("blip"), [load_image(path)], None,
                               GenerationSettings(max_new_tokens=6))
@@ -306,10 +317,14 @@ def test_image_limits_and_errors(tiny_space, space_app, png, tmp_path):
         app._image((str(png((300, 300), "huge.png")), "huge.png"))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(space_app.gr.Error, match="bad.jpg: "):
+    with pytest.raises(space_app.gr.Error, match="bad.jpg: not an image file we can read") as err:
         app._image((str(bad), "bad.jpg"))
+    assert "Pillow" not in err.value.message and "PIL" not in err.value.message
+    assert app.check_upload((str(bad), "bad.jpg")) == (
+        "bad.jpg: not an image file we can read; upload a PNG, JPEG, WebP, GIF, BMP or TIFF image", False)
+    assert app.check_upload((str(png()), "pic.png")) == ("", True)
     with pytest.raises(space_app.gr.Error, match="Upload an image"):
-        app.caption(None, app.infos[0].key, "", variations=1, **_settings())
+        app.caption(None, app.model_id(app.infos[0]), "", variations=1, **_settings())
     # names are escaped before gr.Error renders them as HTML
     with pytest.raises(space_app.gr.Error, match="&lt;b&gt;.png"):
         app._image((str(bad), "<b>.png"))
@@ -326,7 +341,7 @@ def test_decompression_bomb_refused_before_decoding(space_app, tmp_path):
 def test_bad_settings_and_prompts(tiny_space, space_app, png):
     app = tiny_space.caption_space
     img = (str(png()), "pic.png")
-    ft, blip = app.infos[0].key, app.infos[2].key
+    ft, blip = app.model_id(app.infos[0]), app.model_id(app.infos[2])
     for bad, match in ((dict(num_beams=0), "beams"), (dict(max_new_tokens=999), "max new tokens"),
                        (dict(temperature=5), "temperature"), (dict(top_p=0), "top-p"),
                        (dict(seed="x"), "numbers")):
@@ -344,10 +359,21 @@ def test_bad_settings_and_prompts(tiny_space, space_app, png):
         app.compare(img, [ft, ft], **_settings())
 
 
+def test_sampling_seed_is_drawn_shown_and_reusable(tiny_space, png):
+    app = tiny_space.caption_space
+    img = (str(png()), "pic.png")
+    settings = {**_settings(), "temperature": 0.9}
+    text, timing = app.caption(img, "tiny-smolvlm", "", variations=2, **settings)
+    seed = int(timing.rsplit("seed ", 1)[1].split()[0])
+    again, timing2 = app.caption(img, "tiny-smolvlm", "", variations=2, **{**settings, "seed": seed})
+    assert again == text and f"seed {seed}" in timing2
+    assert "no seed needed" in app.caption(img, "tiny-smolvlm", "", variations=1, **_settings())[1]
+
+
 def test_failed_model_is_an_error_for_that_model_only(tiny_space, space_app, png):
     app = tiny_space.caption_space
     img = (str(png()), "pic.png")
-    broken, blip = app.infos[3].key, app.infos[2].key
+    broken, blip = app.model_id(app.infos[3]), app.model_id(app.infos[2])
     with pytest.raises(space_app.gr.Error, match="broken-model failed to load"):
         app.caption(img, broken, "", variations=1, **_settings())
     _, results = app.compare(img, [broken, blip], **_settings())
@@ -396,19 +422,21 @@ def test_batch_files_table_and_downloads(tiny_space, space_app, png, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     z = _zip(tmp_path / "more.zip", {"x.png": _png_bytes()})
-    table, csv_path, json_path, summary = app.batch([str(png()), str(bad), str(z)], app.infos[2].key,
+    table, csv_path, json_path, summary = app.batch([str(png()), str(bad), str(z)], app.model_id(app.infos[2]),
                                                     **_settings())
     assert [r[0] for r in table] == ["pic.png", "bad.png", "more.zip/x.png"]
     rows = json.loads(Path(json_path).read_text())
     assert [r["file"] for r in rows] == [r[0] for r in table] and rows[1]["caption"] == ""
     assert "bad.png: not an image file" in rows[1]["error"]
     assert rows[0]["caption"] and rows[2]["caption"] and rows[0]["model"] == "tiny-blip"
+    assert {(r["max_new_tokens"], r["num_beams"], r["temperature"], r["seed"]) for r in rows} == {(6, 1, 0.0, None)}
     import csv
 
-    assert list(csv.DictReader(io.StringIO(Path(csv_path).read_text()))) == rows
+    exported = list(csv.DictReader(io.StringIO(Path(csv_path).read_text())))
+    assert exported == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
     assert "2 of 3 images" in summary
     with pytest.raises(space_app.gr.Error, match="Upload images"):
-        app.batch([], app.infos[2].key, **_settings())
+        app.batch([], app.model_id(app.infos[2]), **_settings())
 
 
 def test_compare_cards_escape_text(space_app):
