@@ -1,10 +1,11 @@
 """The models a Space serves: the configured list, and what each model's files say about it
-(name, family, prompt, card metrics, the base it was fine-tuned from), read without loading
-weights."""
+(name, family, prompt, card metrics, whether it is a base, a fine-tune or untrained, the base
+it was fine-tuned from), read without loading weights."""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,21 @@ import yaml
 from captioning.errors import UserError
 from captioning.files import read_json_file
 from captioning.fingerprints import weights_fingerprint
-from captioning.records import KIND_RELEASE, METRICS, RELEASE, TRAIN_CONFIG, EvalRecord, TrainConfigRecord, read_record
+from captioning.records import (
+    KIND_RELEASE,
+    KIND_TRAINING,
+    LOCAL,
+    METRICS,
+    RELEASE,
+    TRAIN_CONFIG,
+    EvalRecord,
+    TrainConfigRecord,
+    TrainingRecord,
+    kind_of,
+    read_record,
+    read_scores,
+    scores_record,
+)
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
 MODELS_YAML = SPACE_DIR / "models.yaml"
@@ -148,6 +163,13 @@ def dedupe(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
 
 # ------------------------------------------------------------------------ model cards
 
+#: what a model is, as its records say: ``base`` (names no base: pretrained, trained from
+#: random init, or records silent), ``fine-tune`` (trained from a base it names), ``untrained``
+#: (random factory weights that no training step changed)
+KIND_BASE, KIND_FINE_TUNE, KIND_UNTRAINED = "base", "fine-tune", "untrained"
+_METHODS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
+
+
 @dataclass
 class ModelInfo:
     """What the Space shows about a model before loading it, read once at start."""
@@ -159,6 +181,7 @@ class ModelInfo:
     prompt: str | None = None
     #: False for families that caption without an instruction (BLIP)
     takes_prompt: bool = True
+    #: its metrics.json: an eval record, or a training record (validation during training)
     metrics: dict | None = None
     base: str | None = None
     #: weights fingerprints (captioning.records) of this model and of the base it names: a
@@ -167,21 +190,75 @@ class ModelInfo:
     base_fingerprint: str | None = None
     url: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: KIND_BASE, KIND_FINE_TUNE or KIND_UNTRAINED
+    kind: str = KIND_BASE
+    #: how a fine-tune was trained: "LoRA", "QLoRA", "full" (None: not recorded)
+    method: str | None = None
+    #: served as an adapter applied to its base (not merged into it)
+    adapter: bool = False
+    #: trained, starting from random factory weights (no pretrained base)
+    from_scratch: bool = False
+    #: the served model this fine-tune names as its base (set by :func:`unique_labels`)
+    paired_base: ModelInfo | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         """The entry's key (what the UI and the API name the model by)."""
         return self.entry.key
 
+    def scores(self) -> EvalRecord | TrainingRecord | None:
+        """The metrics.json as the typed record of its kind (None without one)."""
+        return scores_record(self.metrics) if self.metrics else None
+
     def card_metrics(self) -> dict[str, Any]:
-        """CIDEr and BLEU-4 with the set they were measured on (empty when unknown)."""
+        """CIDEr and BLEU-4 with the set they were measured on and how (``measured``: eval,
+        or training for validation during training); empty when unknown."""
         m = self.metrics or {}
         scores = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
         ds = m.get("dataset") if isinstance(m.get("dataset"), dict) else {}
         out = {"CIDEr": scores.get("CIDEr"), "Bleu_4": scores.get("Bleu_4"), "n_images": m.get("n_images"),
                "split": ds.get("split"), "dataset": ds.get("source") or ds.get("id") or ds.get("path"),
-               "caption_transform": ds.get("caption_transform") or "none"}
+               "caption_transform": ds.get("caption_transform") or "none",
+               "measured": "training" if kind_of(m) == KIND_TRAINING else "eval"}
         return out if any(out[k] is not None for k in ("CIDEr", "Bleu_4")) else {}
+
+
+def base_name(info: ModelInfo) -> str | None:
+    """The base a fine-tune names, as a person would call it: the served base's display name,
+    else its hub id, else a local folder's name."""
+    from captioning.loading import looks_local
+
+    if info.paired_base is not None:
+        return info.paired_base.label
+    if not info.base:
+        return None
+    if info.base.startswith(LOCAL) or looks_local(info.base):
+        return Path(info.base.rstrip("/")).name
+    return info.base
+
+
+def badge(info: ModelInfo) -> str:
+    """The short tag shown beside a model's name: ``base``, ``LoRA fine-tune``, ``LoRA
+    adapter``, ``full fine-tune``, ``fine-tune`` or ``untrained``."""
+    if info.kind == KIND_UNTRAINED:
+        return "untrained"
+    if info.kind == KIND_FINE_TUNE:
+        what = "adapter" if info.adapter else "fine-tune"
+        return f"{info.method} {what}" if info.method else what
+    return "base"
+
+
+def description(info: ModelInfo) -> str:
+    """What the records say the model is, in a phrase: ``LoRA fine-tune of shapes-tiny``,
+    ``LoRA adapter on shapes-tiny``, ``base model, trained from random init``,
+    ``untrained: random weights``."""
+    if info.kind == KIND_UNTRAINED:
+        return "untrained: random weights"
+    if info.kind == KIND_FINE_TUNE:
+        base = base_name(info)
+        on = f" {'on' if info.adapter else 'of'} {base}" if base else ""
+        return badge(info) + on
+    return "base model, trained from random init" if info.from_scratch else "base model"
 
 
 def _fetch_file(entry: ModelEntry, filename: str, notes: list[str]) -> Path | None:
@@ -263,7 +340,7 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
     from captioning.families import family_for_config, get_family
 
     notes: list[str] = []
-    metrics = _read(_fetch_file(entry, METRICS, notes), notes, lambda p: EvalRecord.read(p).doc)
+    metrics = _read(_fetch_file(entry, METRICS, notes), notes, lambda p: read_scores(p).doc)
     train_cfg = _read(_fetch_file(entry, TRAIN_CONFIG, notes), notes, lambda p: TrainConfigRecord.read(p).doc)
     card = _read(_fetch_file(entry, "README.md", notes), notes, _card_data) or {}
     config = _read(_fetch_file(entry, "config.json", notes), notes, _json_object)
@@ -288,20 +365,92 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
     base_fp = (manifest.get("base") or {}).get("fingerprint")
     if base and same_model(base, entry.id):
         base = None
-    return ModelInfo(entry=entry, label=label, family=fam.name if fam else None, prompt=prompt,
+    info = ModelInfo(entry=entry, label=label, family=fam.name if fam else None, prompt=prompt,
                      takes_prompt=fam is None or fam.default_prompt is not None, metrics=metrics, base=base,
                      fingerprint=manifest.get("weights_fingerprint"), base_fingerprint=base_fp,
                      url=None if entry.local else f"{HUB_URL}/{entry.id}", notes=notes)
+    _what_it_is(info, card, train_cfg, manifest)
+    return info
+
+
+def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: dict) -> None:
+    """Fill ``kind``, ``method``, ``adapter`` and ``from_scratch`` from the records: a base named
+    anywhere (card, train_config.yaml, metrics.json, release.json's fingerprint) makes a
+    fine-tune; the training record's method, else train_config.yaml's lora and quantization
+    sections, says how; random factory weights with no base are trained from scratch, or
+    untrained when the training record counts no step."""
+    cfg = TrainConfigRecord(path=Path(TRAIN_CONFIG), doc=train_cfg or {})
+    training = info.metrics if kind_of(info.metrics) == KIND_TRAINING else None
+    trained_model = training.get("model") if training and isinstance(training.get("model"), dict) else {}
+    method = _METHODS.get(str(trained_model.get("method") or "").lower())
+    lora = cfg.section("lora")
+    if method is None and "enabled" in lora:
+        method = "full" if not lora["enabled"] else ("QLoRA" if cfg.section("quantization").get("enabled") else "LoRA")
+    relation = card.get("base_model_relation") or (manifest.get("base") or {}).get("relation")
+    info.adapter = manifest.get("release") == "adapter" or (bool(info.base) and relation == "adapter") or (
+        info.entry.local and (Path(info.entry.id).expanduser() / "adapter_config.json").is_file())
+    if info.base or info.base_fingerprint or info.adapter:
+        info.kind, info.method = KIND_FINE_TUNE, method
+        return
+    if cfg.factory is not None or trained_model.get("factory"):
+        run = training.get("train") if training else None
+        if isinstance(run, dict) and run.get("global_step") == 0:
+            info.kind = KIND_UNTRAINED
+        else:
+            info.from_scratch = True
 
 
 def unique_labels(infos: list[ModelInfo]) -> None:
-    """Number repeated display names (``name (2)``) so every model can be told apart."""
-    seen: dict[str, int] = {}
+    """Make every display name tell its model apart, and link each fine-tune to the served
+    base it names (``paired_base``, from :func:`base_pairs`).
+
+    A name is kept as it is while no other model has it. Repeated names get, in turn, what
+    the records say each model is (``shapes-tiny-style (LoRA fine-tune of shapes-tiny)`` vs
+    ``shapes-tiny-style (LoRA adapter on shapes-tiny)``), then where it lives (the shortest
+    tail of the folder or the hub id that differs), then the model's key: never a bare
+    number, which says nothing about which is which.
+    """
+    for base, ft in base_pairs(infos):
+        ft.paired_base = base
+    names = {id(i): i.label for i in infos}
+    quals: dict[int, list[str]] = {id(i): [] for i in infos}
+
+    def shown(info: ModelInfo) -> str:
+        q = quals[id(info)]
+        return f"{names[id(info)]} ({', '.join(q)})" if q else names[id(info)]
+
+    for qualify in (_what_qualifier, _where_qualifier, lambda info, group: info.key):
+        counts = Counter(shown(i) for i in infos)
+        groups: dict[str, list[ModelInfo]] = {}
+        for info in infos:
+            if counts[shown(info)] > 1:
+                groups.setdefault(shown(info), []).append(info)
+        for group in groups.values():
+            extra = [qualify(i, group) for i in group]
+            if len(set(extra)) > 1:
+                for info, q in zip(group, extra, strict=True):
+                    quals[id(info)].append(q)
     for info in infos:
-        n = seen.get(info.label, 0) + 1
-        seen[info.label] = n
-        if n > 1:
-            info.label = f"{info.label} ({n})"
+        info.label = shown(info)
+
+
+def _what_qualifier(info: ModelInfo, group: list[ModelInfo]) -> str:
+    if info.kind == KIND_BASE:
+        return "trained from random init" if info.from_scratch else "base"
+    return description(info)
+
+
+def _where_qualifier(info: ModelInfo, group: list[ModelInfo]) -> str:
+    """The shortest tail of this model's id (folder or hub id) that no other in ``group`` shares."""
+    def parts(i: ModelInfo) -> list[str]:
+        return [p for p in i.entry.key.replace("\\", "/").split("/") if p]
+
+    mine = parts(info)
+    for n in range(1, len(mine) + 1):
+        tail = "/".join(mine[-n:])
+        if all("/".join(parts(o)[-n:]) != tail for o in group if o is not info):
+            return tail
+    return info.key
 
 
 def _fingerprint(info: ModelInfo) -> str | None:

@@ -169,7 +169,8 @@ def test_model_cards_read_once(tiny_space, space_models):
     expected = {"CIDEr": 0.876, "Bleu_4": 0.321, "n_images": 16, "split": "test", "dataset": "shapes",
                 "caption_transform": "none"}
     assert {k: ft.card_metrics().get(k) for k in expected} == expected
-    assert space_app_metrics_line(tiny_space) == "CIDEr 0.876 · BLEU-4 0.321 (16 images, test split)"
+    assert space_app_metrics_line(tiny_space) == \
+        "CIDEr 0.876 · BLEU-4 0.321 (eval on test, 16 images, plain references)"
     # the release names its local base portably ("<local>/NAME") and by weights fingerprint, which pairs them
     assert ft.base == "<local>/tiny-smolvlm" and base.base is None
     assert ft.base_fingerprint is not None and ft.base_fingerprint == base.fingerprint  # hashed to pair them
@@ -460,7 +461,7 @@ def test_compare_flags_card_numbers_that_are_not_comparable(space_app):
     assert space_app.card_not_comparable(base, base) is None
     assert space_app.card_not_comparable(base, same) is None
     assert space_app.card_not_comparable(base, styled) == \
-        "not comparable with base's: other references, caption transform linguistic_errors vs none"
+        "not comparable with base's: scored against style references (linguistic_errors) vs plain references"
     html = space_app.compare_html([
         {"name": "base", "family": "x", "caption": "c", "seconds": 0.1, "error": None,
          "card_metrics": base.card_metrics(), "card_not_comparable": None},
