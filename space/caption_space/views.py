@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from captioning.records import KIND_TRAINING, measured_words, references_words, why_not_comparable
@@ -109,8 +110,9 @@ def card_line(info: ModelInfo) -> str:
     """The Caption tab's one-line card: name and badge, family, what it is, card metrics and,
     for a fine-tune whose base is served too, whether their numbers compare."""
     bits = [f"**{esc(info.label)}** {badge_html(info)}", f"family: {info.family or '?'}"]
-    if info.kind != KIND_BASE or info.from_scratch:
-        bits.append(esc(description(info)))
+    what = description(info)
+    if (info.kind != KIND_BASE or info.from_scratch) and what not in info.label:
+        bits.append(esc(what))
     line = metrics_line(info)
     if line:
         bits.append(esc(line))
@@ -210,7 +212,8 @@ def about_markdown(infos: Sequence[ModelInfo], api_model: str | None, compare_mo
     basis: dict[str, str] = {}
     for info in infos:
         m = info.card_metrics()
-        link = f"[{info.entry.id}]({info.url})" if info.url else f"`{info.entry.id}` (local folder)"
+        # a folder's name only: where the server keeps its files is nobody's business
+        link = f"[{info.entry.id}]({info.url})" if info.url else f"`{Path(info.entry.id).name}` (local folder)"
         if info.key in sets:
             basis.setdefault(sets[info.key], basis_words(m))
         cells = [info.label, description(info), info.family or "?", fmt(m.get("CIDEr")), fmt(m.get("Bleu_4")),
@@ -219,8 +222,8 @@ def about_markdown(infos: Sequence[ModelInfo], api_model: str | None, compare_mo
     lines += ["", SCALE_NOTE]
     if len(basis) > 1:
         lines += ["", "Card numbers can be compared only within a set (column *set*): CIDEr and BLEU-4 depend on "
-                  "the images, the reference captions and how the captions were generated. "
-                  + "; ".join(f"set {k}: {esc(v)}" for k, v in basis.items()) + "."]
+                  "the images, the reference captions and how the captions were generated.", ""]
+        lines += [f"- set {k}: {esc(v)}" for k, v in basis.items()]
     elif basis and len(sets) > 1:
         lines += ["", f"Every card number here was measured the same way ({esc(next(iter(basis.values())))}): "
                   "they can be compared."]

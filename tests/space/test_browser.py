@@ -238,7 +238,7 @@ def test_compare_base_vs_finetuned(page, server, images, core_captioners, tmp_pa
         assert card.locator(".cmp-caption").inner_text() == expected
         assert " s" in card.locator(".cmp-latency").inner_text()
         metrics = card.locator(".cmp-metrics").inner_text()
-        assert "CIDEr" in metrics and "BLEU-4" in metrics and "16 images, test split" in metrics
+        assert "CIDEr" in metrics and "BLEU-4" in metrics and "eval on test, 16 images, plain references" in metrics
     assert "CIDEr 0.123" in cards.nth(0).inner_text() and "CIDEr 0.876" in cards.nth(1).inner_text()
     shot(page, tmp_path, "compare")
 
