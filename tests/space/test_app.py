@@ -105,6 +105,7 @@ def test_space_files(space_app):
     assert '"/caption"' in readme and '"/compare"' in readme and "gradio_client" in readme
     reqs = (REPO / "space" / "requirements.txt").read_text()
     assert "transformers" in reqs and "torchvision" not in reqs.replace("No torchvision", "")
+    assert "gradio[mcp]>=6" in reqs  # the MCP server app.py starts by default
     examples = sorted(p for p in (REPO / "space" / "examples").iterdir() if p.suffix in (".png", ".jpg"))
     assert len(examples) >= 6
     from captioning.images import load_image
