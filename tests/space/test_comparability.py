@@ -194,3 +194,26 @@ def test_badges_for_base_fine_tune_and_untrained(demo, tmp_path):
     assert "family: idefics3" in line
     line = views.card_line(untrained)
     assert 'badge-untrained"' in line and ">untrained</span>" in line and "untrained: random weights" in line
+
+
+def test_records_say_why_in_words(tmp_path):
+    """captioning.records.why_not_comparable: every difference named, b's side first; the
+    compact not_comparable that eval/compare.py prints is unchanged."""
+    from captioning.errors import UserError
+    from captioning.records import EvalRecord, not_comparable, read_scores, why_not_comparable
+
+    plain = _eval(tmp_path / "plain")
+    untokenized = tmp_path / "raw" / "metrics.json"
+    untokenized.parent.mkdir()
+    write_record(untokenized, KIND_EVAL, _scores_doc(0.5, 0.2) | {"scoring": {"tokenize": False}})
+    val = _training(tmp_path / "val", split="test", n=8)
+    a, raw, trained = read_scores(plain), read_scores(untokenized), read_scores(val)
+    assert type(a).__name__ == "EvalRecord" and type(trained).__name__ == "TrainingRecord"
+    assert why_not_comparable(a, a) == [] and not_comparable(a, EvalRecord(path=raw.path, doc=raw.doc)) == [
+        "not tokenized"]
+    assert why_not_comparable(a, raw) == ["scored without vs with tokenization"]
+    assert why_not_comparable(a, trained) == ["measured during training on test vs eval on test",
+                                              "different image count: 8 vs 16"]
+    write_record(tmp_path / "mc.json", "merge_check", {"passed": True, "max_abs_logit_diff": 0.0})
+    with pytest.raises(UserError, match="not an eval record"):
+        read_scores(tmp_path / "mc.json")
