@@ -198,6 +198,8 @@ class ModelInfo:
     adapter: bool = False
     #: trained, starting from random factory weights (no pretrained base)
     from_scratch: bool = False
+    #: the caption transform its training applied to the captions (None: plain captions)
+    trained_style: str | None = None
     #: the served model this fine-tune names as its base (set by :func:`unique_labels`)
     paired_base: ModelInfo | None = field(default=None, repr=False, compare=False)
 
@@ -386,6 +388,7 @@ def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: d
     lora = cfg.section("lora")
     if method is None and "enabled" in lora:
         method = "full" if not lora["enabled"] else ("QLoRA" if cfg.section("quantization").get("enabled") else "LoRA")
+    info.trained_style = cfg.caption_transform if cfg.caption_transform not in (None, "", "none") else None
     relation = card.get("base_model_relation") or (manifest.get("base") or {}).get("relation")
     info.adapter = manifest.get("release") == "adapter" or (bool(info.base) and relation == "adapter") or (
         info.entry.local and (Path(info.entry.id).expanduser() / "adapter_config.json").is_file())

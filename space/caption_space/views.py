@@ -116,6 +116,10 @@ def card_line(info: ModelInfo) -> str:
     line = metrics_line(info)
     if line:
         bits.append(esc(line))
+    scored = info.card_metrics().get("caption_transform")
+    if line and info.trained_style and scored != info.trained_style:
+        # a style fine-tune scored against other references looks worse than it captions
+        bits.append(esc(f"trained on {info.trained_style}-style captions, scored against {references_words(scored)}"))
     base = info.paired_base
     if base is not None:
         why = card_not_comparable(base, info) or card_comparable(base, info)
@@ -198,7 +202,8 @@ def models_table(infos: Sequence[ModelInfo], status: Mapping[str, str] | None = 
                      "measured": (m.get("measured") or None) if m else None,
                      "split": m.get("split"), "n_images": m.get("n_images") if isinstance(m.get("n_images"), int)
                      else None, "references": references_words(m.get("caption_transform")) if m else None,
-                     "comparable_set": sets.get(info.key), "status": (status or {}).get(info.key)})
+                     "comparable_set": sets.get(info.key), "trained_style": info.trained_style,
+                     "status": (status or {}).get(info.key)})
     return rows
 
 

@@ -121,6 +121,8 @@ def test_training_validation_is_never_comparable_with_an_eval(demo):
     why = views.card_not_comparable(base, rel)
     assert why.startswith(f"not comparable with {base.label}'s: eval on test vs measured during training on val")
     assert "scored against style references (linguistic_errors)" not in why  # the release was scored on plain ones
+    assert "trained on linguistic_errors-style captions, scored against plain references" in views.card_line(rel)
+    assert "trained on" not in views.card_line(base)
     # the card line of a fine-tune whose base is served says whether their numbers compare
     run = _infos(demo["base"], demo["run"])[1]
     assert "not comparable with shapes-tiny&#x27;s: scored against style references (linguistic_errors) vs plain " \
@@ -154,7 +156,7 @@ def test_models_table_rows_hold_numbers(demo):
     assert views.models_table([_info("none", None)])[0] | {"model": None} == {
         "model": None, "name": "none", "kind": "base", "badge": "base", "description": "base model", "base": None,
         "family": None, "CIDEr": None, "BLEU-4": None, "measured": None, "split": None, "n_images": None,
-        "references": None, "comparable_set": None, "status": None}
+        "references": None, "comparable_set": None, "trained_style": None, "status": None}
 
 
 # ------------------------------------------------------------------------------------ who is who
