@@ -379,8 +379,8 @@ def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: d
     """Fill ``kind``, ``method``, ``adapter`` and ``from_scratch`` from the records: a base named
     anywhere (card, train_config.yaml, metrics.json, release.json's fingerprint) makes a
     fine-tune; the training record's method, else train_config.yaml's lora and quantization
-    sections, says how; random factory weights with no base are trained from scratch, or
-    untrained when the training record counts no step."""
+    sections, says how; random factory weights with no base are trained from scratch when a
+    training record counts steps or a release was made of them, else untrained."""
     cfg = TrainConfigRecord(path=Path(TRAIN_CONFIG), doc=train_cfg or {})
     training = info.metrics if kind_of(info.metrics) == KIND_TRAINING else None
     trained_model = training.get("model") if training and isinstance(training.get("model"), dict) else {}
@@ -396,11 +396,13 @@ def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: d
         info.kind, info.method = KIND_FINE_TUNE, method
         return
     if cfg.factory is not None or trained_model.get("factory"):
+        # trained only when a training record counts steps, or a release was made of it
         run = training.get("train") if training else None
-        if isinstance(run, dict) and run.get("global_step") == 0:
-            info.kind = KIND_UNTRAINED
-        else:
+        steps = run.get("global_step") if isinstance(run, dict) else None
+        if (training and steps != 0) or manifest:
             info.from_scratch = True
+        else:
+            info.kind = KIND_UNTRAINED
 
 
 def unique_labels(infos: list[ModelInfo]) -> None:

@@ -189,6 +189,10 @@ def test_badges_for_base_fine_tune_and_untrained(demo, tmp_path):
     _train_config(full, base="org/pretrained")
     info = _infos(full)[0]
     assert (models.badge(info), models.description(info)) == ("full fine-tune", "full fine-tune of org/pretrained")
+    bare = tmp_path / "factory"
+    bare.mkdir()
+    _train_config(bare, factory={"family": "idefics3"})  # random weights, no training record, no release
+    assert models.badge(_infos(bare)[0]) == "untrained"
     plain = _infos(_eval(tmp_path / "plain"))[0]  # no record names a base or a factory: a base
     assert models.badge(plain) == "base" and not plain.from_scratch
     line = views.card_line(run)
