@@ -29,10 +29,12 @@ def user_error(e: Exception) -> gr.Error:
 FILE_ROUTE = "/gradio_api/file="
 
 
-def own_file(url: str, allowed: set[Path]) -> Path | None:
+def own_file(url: str, allowed: set[Path], folders: list[Path] = ()) -> Path | None:
     """The local file an http(s) URL of this Space's file route names, when it is one of
-    ``allowed`` (the examples); None for any other URL. Only the path is looked at, so
-    the host the caller used (localhost, the Space's domain) does not matter."""
+    ``allowed`` (the examples) or lies in one of ``folders`` (Gradio's upload folder, where
+    an MCP client's upload_file_to_gradio puts files); None for any other URL. Only the
+    path is looked at, so the host the caller used (localhost, the Space's domain) does
+    not matter, and nothing is fetched."""
     path = unquote(urlsplit(url).path)
     if FILE_ROUTE not in path:
         return None
@@ -40,16 +42,20 @@ def own_file(url: str, allowed: set[Path]) -> Path | None:
         local = Path(path.split(FILE_ROUTE, 1)[1]).resolve()
     except (OSError, ValueError):
         return None
-    return local if local in allowed else None
+    if local in allowed or (local.is_file() and any(local.is_relative_to(f) for f in folders)):
+        return local
+    return None
 
 
 def _local_or_refuse(block, path):
-    """``path`` itself, an own example's local path for its URL, or a one-line refusal."""
+    """``path`` itself, the local path of a file of this Space named by its URL, or a
+    one-line refusal."""
+    from gradio.utils import get_upload_folder
     from gradio_client.utils import is_http_url_like
 
     if path is None or not is_http_url_like(str(path)):
         return path
-    local = own_file(str(path), getattr(block, "own_examples", set()))
+    local = own_file(str(path), getattr(block, "own_examples", set()), [Path(get_upload_folder()).resolve()])
     if local is None:
         raise gr.Error("URLs are not fetched: upload the image file itself", print_exception=False)
     return str(local)
@@ -59,8 +65,8 @@ class _NoUrlFetch:
     """Gradio downloads an input given as an http(s) URL on the server (in
     Block.move_resource_to_block_cache and its async twin); this Space never fetches a URL
     a user sends, and Gradio has no switch for that, so such inputs are refused before any
-    request is made. The one exception is a URL of one of the Space's own example files
-    (what the API page's sample call passes): it is read from disk, not fetched."""
+    request is made. The exceptions are URLs of this Space's own files, an example (what
+    the API page's sample call passes) or an upload: they are read from disk, not fetched."""
 
     def move_resource_to_block_cache(self, url_or_file_path):
         return super().move_resource_to_block_cache(_local_or_refuse(self, url_or_file_path))

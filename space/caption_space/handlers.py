@@ -189,7 +189,8 @@ class CaptionSpace:
         """Caption one image with one model.
 
         Args:
-            image: the image to caption (PNG, JPEG, WebP, GIF, BMP or TIFF).
+            image: the image to caption (PNG, JPEG, WebP, GIF, BMP or TIFF): a file, a data: URL, or the
+                URL of a file uploaded to this Space; other URLs are not fetched.
             model: id of the model to use (see the models tool); empty for the first one served.
             prompt: instruction for instruct models (empty: the model's own default); BLIP models take none.
             max_new_tokens: longest caption, in tokens (1-128).
@@ -221,7 +222,8 @@ class CaptionSpace:
         """Caption one image with 2-4 models and the same settings, side by side.
 
         Args:
-            image: the image to caption (PNG, JPEG, WebP, GIF, BMP or TIFF).
+            image: the image to caption (PNG, JPEG, WebP, GIF, BMP or TIFF): a file, a data: URL, or the
+                URL of a file uploaded to this Space; other URLs are not fetched.
             models: ids of 2 to 4 different models (see the models tool); empty for the first two served.
             max_new_tokens: longest caption, in tokens (1-128).
             num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
@@ -267,7 +269,8 @@ class CaptionSpace:
         """Caption several images (or .zip files of images) with one model.
 
         Args:
-            files: image files, or .zip files of images (up to 64 images in all).
+            files: image files, or .zip files of images (up to 64 images in all); URLs only of files
+                uploaded to this Space.
             model: id of the model to use (see the models tool); empty for the first one served.
             max_new_tokens: longest caption, in tokens (1-128).
             num_beams: beams for beam search when temperature is 0 (1: greedy decoding).

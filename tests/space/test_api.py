@@ -179,7 +179,7 @@ def test_batch_exports_carry_model_settings_and_seed(client, image, tmp_path):
     assert again["data"][0][1] == row["caption"]
 
 
-def test_api_page_sample_call_works(client, api_info, server):
+def test_api_page_sample_call_works(client, api_info, server, image):
     """The API page's sample passes the image parameter's example as a URL: it is one of
     the Space's own examples, read from disk; other URLs are still refused, unfetched."""
     from gradio_client import handle_file
@@ -194,7 +194,15 @@ def test_api_page_sample_call_works(client, api_info, server):
 
     with urllib.request.urlopen(url, timeout=10) as r:  # and the URL opens in a browser as well
         assert r.read(8) == b"\x89PNG\r\n\x1a\n"
-    for other in ("https://example.com/cat.png", server["url"] + "gradio_api/file=/etc/passwd"):
+    # a file uploaded to this Space, named by its URL (how MCP clients' upload_file_to_gradio hands files over)
+    import httpx
+
+    with open(image, "rb") as fh:
+        uploaded = httpx.post(server["url"] + "gradio_api/upload", files={"files": fh}).json()
+    text_up, _ = client.predict(handle_file(server["url"] + "gradio_api/file=" + uploaded[0]), api_name="/caption")
+    assert text_up == client.predict(handle_file(str(image)), api_name="/caption")[0]
+    for other in ("https://example.com/cat.png", server["url"] + "gradio_api/file=/etc/passwd",
+                  server["url"] + "gradio_api/file=" + uploaded[0] + "/../../../etc/passwd"):
         with pytest.raises(AppError, match="URLs are not fetched"):
             client.predict(handle_file(other), api_name="/caption")
 
