@@ -117,6 +117,13 @@ def test_caption_with_only_an_image(client, server, image, core_captioners):
     # the defaults: the first served model (blip), 30 new tokens, greedy
     assert text == core_caption(core_captioners, "blip", image, max_new_tokens=30)[0]
     assert "generation" in timing and "no seed needed" in timing
+    # keyword arguments, as the README shows them; the seed drawn is reported and reproduces the samples
+    text, timing = client.predict(handle_file(str(image)), model="tiny-smolvlm", max_new_tokens=6, temperature=0.8,
+                                  variations=3, seed=-1, api_name="/caption")
+    seed = int(timing.rsplit("seed ", 1)[1])
+    assert len(text.splitlines()) == 3
+    assert client.predict(handle_file(str(image)), model="tiny-smolvlm", max_new_tokens=6, temperature=0.8,
+                          variations=3, seed=seed, api_name="/caption")[0] == text
 
 
 def test_models_are_named_by_a_stable_id(client, server, space_models):
