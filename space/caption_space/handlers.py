@@ -27,7 +27,8 @@ from captioning.images import load_image
 from .components import user_error
 from .models import ModelInfo, base_pairs
 from .registry import ModelLoadError, ModelRegistry, generate, register, stable_ids
-from .views import card_line, card_not_comparable, compare_html, esc, fmt
+from .views import card_fields, card_line, compare_html, esc
+from .views import models_table as views_models_table
 
 log = logging.getLogger("space")
 
@@ -52,7 +53,11 @@ BATCH_COLUMNS = ["file", "caption", "model", "error"]
 #: a batch export's columns: each row says which model and settings made it
 EXPORT_COLUMNS = ["file", "caption", "error", "model", "model_name", "max_new_tokens", "num_beams", "temperature",
                   "top_p", "seed"]
-MODELS_COLUMNS = ["model", "name", "family", "CIDEr", "BLEU-4", "n_images", "split", "status"]
+#: the About tab's table: (header, key of a /models row)
+MODELS_FIELDS = [("model", "model"), ("kind", "badge"), ("family", "family"), ("CIDEr", "CIDEr"),
+                 ("BLEU-4", "BLEU-4"), ("split", "split"), ("images", "n_images"), ("set", "comparable_set"),
+                 ("status", "status")]
+MODELS_COLUMNS = [header for header, _ in MODELS_FIELDS]
 
 
 @dataclass
@@ -232,8 +237,8 @@ class CaptionSpace:
             seed: seed for sampling, the same for every model; -1 draws one (reported per result).
 
         Returns:
-            Cards as HTML, and per model: id, name, caption, seconds, error, card metrics (numbers),
-            why its card metrics are not comparable with the first model's (or null), seed used.
+            Cards as HTML, and per model: model id, name, caption, seconds, error, badge, description,
+            card metrics (numbers), whether they compare with the first model's and why not, seed used.
         """
         if models is None or models == []:
             models = [self.model_id(i) for i in self.infos[:2]]
@@ -251,8 +256,7 @@ class CaptionSpace:
         for info in infos:
             row: dict[str, Any] = {"model": self.model_id(info), "name": info.label, "family": info.family,
                                    "caption": None, "seconds": None, "load_seconds": None, "error": None,
-                                   "card_metrics": info.card_metrics() or None,
-                                   "card_not_comparable": card_not_comparable(first, info), "seed": settings.seed}
+                                   **card_fields(first, info), "seed": settings.seed}
             try:
                 out, _, load_s, gen_s = self._run(info.key, [img], None, settings)
                 row.update(caption=out[0][0], seconds=round(gen_s, 4), load_seconds=round(load_s, 4))
@@ -376,34 +380,28 @@ class CaptionSpace:
                                 placeholder=f"{info.family or 'this model'} captions without a prompt")
         return prompt, card_line(info)
 
-    def _status(self, info: ModelInfo, loaded: set[str]) -> str:
-        failure = self.registry.failure(info.key)
-        return "in memory" if info.key in loaded else ("failed: " + failure if failure else "not loaded")
+    def _status(self) -> dict[str, str]:
+        loaded = set(self.registry.loaded())
+        out = {}
+        for info in self.infos:
+            failure = self.registry.failure(info.key)
+            out[info.key] = "in memory" if info.key in loaded else ("failed: " + failure if failure else "not loaded")
+        return out
 
     def models(self) -> list[dict]:
-        """The models this Space serves, with the metrics their cards report.
+        """The models this Space serves, what each is, and the metrics their cards report.
 
         Returns:
-            One entry per model: id (what the other tools take as model), name, family, whether it
-            takes a prompt, the base model it was fine-tuned from (or null), card metrics as numbers
-            with the split, image count and dataset they were measured on (or null), and its status
-            (not loaded, in memory, or failed).
+            One entry per model: model (the id the other tools take), name, kind and badge (base,
+            fine-tune, untrained), description, base (a served base by its id), family, CIDEr and
+            BLEU-4 as numbers (null when unknown), how and on what they were measured, comparable_set
+            (entries with the same letter can be compared), and status (not loaded, in memory, failed).
         """
-        loaded = set(self.registry.loaded())
-        base_of = {ft.key: self.model_id(base) for base, ft in self.pairs}
-        return [{"id": mid, "name": info.label, "family": info.family, "takes_prompt": info.takes_prompt,
-                 "base_model": base_of.get(info.key) or info.base, "card_metrics": info.card_metrics() or None,
-                 "status": self._status(info, loaded)} for mid, info in self.by_id.items()]
+        return views_models_table(self.infos, self._status(), ids=self._id_of)
 
     def models_table(self):
-        """Every configured model for the About tab: id, name, family, card metrics, status."""
-        loaded = set(self.registry.loaded())
-        rows = []
-        for mid, info in self.by_id.items():
-            m = info.card_metrics()
-            rows.append([mid, info.label, info.family or "?", fmt(m.get("CIDEr")), fmt(m.get("Bleu_4")),
-                         m.get("n_images") or "", m.get("split") or "", self._status(info, loaded)])
-        return rows
+        """The About tab's table: the rows of :meth:`models`, as MODELS_FIELDS says."""
+        return [[row.get(key) for _, key in MODELS_FIELDS] for row in self.models()]
 
     def preset(self, index: int):
         """The Compare tab's models for the ``index``-th base vs fine-tuned button."""

@@ -128,13 +128,14 @@ def test_caption_with_only_an_image(client, server, image, core_captioners):
 
 def test_models_are_named_by_a_stable_id(client, server, space_models):
     models = client.predict(api_name="/models")
-    ids = [m["id"] for m in models]
+    ids = [m["model"] for m in models]
     assert ids == ["tiny-blip", "tiny-smolvlm", "tiny-smolvlm-ft", "broken-model"]
     assert not any(str(space_models["blip"].parent) in json.dumps(m) for m in models)  # no server paths
     blip = models[0]
-    assert blip["card_metrics"]["CIDEr"] == pytest.approx(0.456) and isinstance(blip["card_metrics"]["n_images"], int)
-    assert blip["takes_prompt"] is False and models[2]["base_model"] == "tiny-smolvlm"
-    assert models[3]["card_metrics"] is None
+    assert blip["CIDEr"] == pytest.approx(0.456) and isinstance(blip["CIDEr"], float)
+    assert isinstance(blip["n_images"], int) and blip["status"] in ("not loaded", "in memory")
+    assert models[2]["base"] == "tiny-smolvlm"  # a served base, by its id
+    assert models[3]["CIDEr"] is None
     # the dropdowns hold the same ids, under display names
     dropdown = next(c for c in server["demo"].config["components"] if c["props"].get("elem_id") == "caption_model")
     assert [c[1] for c in dropdown["props"]["choices"]] == ids

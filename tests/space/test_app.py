@@ -44,13 +44,17 @@ def test_import_has_no_side_effects():
     def files():
         return sorted(p for p in APP_PATH.parent.rglob("*") if "__pycache__" not in p.parts)
 
-    before, threads = files(), threading.active_count()
+    def new_threads() -> set:
+        # threads started since, by identity: a server an earlier test closed may still be ending its own
+        return set(threading.enumerate()) - threads
+
+    before, threads = files(), set(threading.enumerate())
     with fresh_app_module("space_app_fresh_import") as module:
-        assert threading.active_count() == threads  # no server, no queue workers
+        assert new_threads() == set()  # no server, no queue workers
         assert callable(module.build_demo) and not hasattr(module, "demo")
         module.build_demo(["org/not-cached"], loader=lambda entry: None)
         assert files() == before  # nothing written next to app.py (e.g. Gradio's .pyi stubs)
-        assert threading.active_count() == threads
+        assert new_threads() == set()
 
 
 def test_import_changes_no_environment_or_path():

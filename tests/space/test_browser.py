@@ -364,7 +364,7 @@ def test_client_calls_each_api_name(server, client, images, core_captioners):
     assert "2 of 2" in summary
 
     models = client.predict(api_name="/models")
-    assert [m["id"] for m in models] == list(keys.values())
+    assert [m["model"] for m in models] == list(keys.values())
     assert server["app"].preset(0) == [keys["base"], keys["ft"]]
 
 
@@ -417,7 +417,7 @@ def test_broken_model_leaves_others_usable(client, server, images):
                                 api_name="/compare")
     assert "failed to load" in results[0]["error"] and results[0]["caption"] is None
     assert results[1]["caption"] and results[1]["error"] is None
-    status = {m["id"]: m["status"] for m in client.predict(api_name="/models")}
+    status = {m["model"]: m["status"] for m in client.predict(api_name="/models")}
     assert status[keys["broken"]].startswith("failed:") and status[keys["ft"]] == "in memory"
 
 
