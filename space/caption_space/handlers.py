@@ -237,8 +237,8 @@ class CaptionSpace:
             seed: seed for sampling, the same for every model; -1 draws one (reported per result).
 
         Returns:
-            Cards as HTML, and per model: model id, name, caption, seconds, error, badge, description,
-            card metrics (numbers), whether they compare with the first model's and why not, seed used.
+            Cards as HTML, and per model its id, name, caption, seconds, error and card metrics (numbers)
+            with whether those compare with the first model's (and why not) and the seed used.
         """
         if models is None or models == []:
             models = [self.model_id(i) for i in self.infos[:2]]
@@ -283,8 +283,8 @@ class CaptionSpace:
             seed: seed for sampling; -1 draws one (recorded in every exported row).
 
         Returns:
-            A table (file, caption, model, error), a CSV and a JSON file with the model id, settings
-            and seed on every row, and a summary line with the total time.
+            A table of file, caption, model and error; a CSV and a JSON file whose rows also carry
+            the model id, the settings and the seed; and a summary line with the total time.
         """
         start = time.perf_counter()
         info = self._info(model)
@@ -392,10 +392,10 @@ class CaptionSpace:
         """The models this Space serves, what each is, and the metrics their cards report.
 
         Returns:
-            One entry per model: model (the id the other tools take), name, kind and badge (base,
-            fine-tune, untrained), description, base (a served base by its id), family, CIDEr and
-            BLEU-4 as numbers (null when unknown), how and on what they were measured, comparable_set
-            (entries with the same letter can be compared), and status (not loaded, in memory, failed).
+            One entry per model: model (the id the other tools take), its name and what it is (base,
+            fine-tune or untrained; its base by id), family, CIDEr and BLEU-4 as numbers (null when
+            unknown) with what they were measured on, comparable_set (entries with the same letter
+            can be compared), and status (not loaded, in memory or failed).
         """
         return views_models_table(self.infos, self._status(), ids=self._id_of)
 

@@ -302,6 +302,36 @@ def close_toasts(page) -> None:
     page.eval_on_selector_all(".toast-close", "els => els.forEach(e => e.click())")
 
 
+def test_api_page_sample_runs_as_shown(browser, server, tmp_path):
+    """The *Use via API* page's Python sample for /caption, run as shown (only gradio_client's
+    telemetry switched off): it passes one of the Space's own examples by URL, which the
+    Space reads from disk."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(server["url"])
+        pg.wait_for_selector("#caption_btn")
+        pg.get_by_text("Use via API or MCP").click()
+        pg.locator("li.snippet", has_text="Python").click()  # with MCP on, the panel opens on MCP
+        snippet = pg.locator("code:visible").filter(has_text='api_name="/caption"').first
+        snippet.wait_for()
+        code = snippet.inner_text().strip()
+        shot(pg, tmp_path, "api_page")
+    finally:
+        context.close()
+    assert "handle_file('" + server["url"].rstrip("/") + "/gradio_api/file=" in code, code
+    assert "model=" in code and "max_new_tokens=30" in code, code
+    client_line = f'Client("{server["url"].rstrip("/")}")'
+    assert client_line in code, code
+    script = tmp_path / "sample.py"
+    script.write_text(code.replace(client_line, client_line[:-1] + ", analytics_enabled=False)"))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "generation" in run.stdout, run.stdout
+
+
 def test_about_tab(page, server, tmp_path):
     page.get_by_role("tab", name="About").click()
     page.wait_for_selector("#about_md table")
