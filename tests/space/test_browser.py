@@ -63,7 +63,7 @@ def server(guard, space_app, space_models):
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **space_app.launch_kwargs())
     keys = {n: space_models[n].name for n in names}  # API ids: the folders' names, never their paths
-    yield {"url": url, "demo": demo, "keys": keys, "app": demo.caption_space}
+    yield {"url": url, "demo": demo, "keys": keys, "app": demo.caption_space, "models": space_models}
     demo.close()
 
 
@@ -218,6 +218,23 @@ def test_three_variations(page, images, core_captioners, tmp_path):
     shot(page, tmp_path, "variations")
 
 
+def test_failed_action_clears_the_previous_result(page, server, images):
+    """A click that fails (a model that cannot load) leaves no caption of another model on
+    screen: every action clears its old result first."""
+    caption_tab(page, "tiny-blip")
+    settings(page)
+    page.set_input_files("#caption_image input[type=file]", str(images[0]))
+    page.wait_for_selector("#caption_image img")
+    assert run_caption(page)[0]
+    broken = next(i.label for i in server["app"].infos if i.entry.id == str(server["models"]["broken"]))
+    pick(page, "caption_model", broken)
+    page.click("#caption_btn")
+    page.locator(".toast-body").filter(has_text="failed to load").wait_for()
+    assert page.input_value("#captions textarea") == ""
+    assert "generation" not in page.inner_text("#caption_time")
+    close_toasts(page)
+
+
 def test_compare_base_vs_finetuned(page, server, images, core_captioners, tmp_path):
     page.get_by_role("tab", name="Compare").click()
     settings(page)
@@ -241,6 +258,20 @@ def test_compare_base_vs_finetuned(page, server, images, core_captioners, tmp_pa
         assert "CIDEr" in metrics and "BLEU-4" in metrics and "eval on test, 16 images, plain references" in metrics
     assert "CIDEr 0.123" in cards.nth(0).inner_text() and "CIDEr 0.876" in cards.nth(1).inner_text()
     shot(page, tmp_path, "compare")
+
+
+def test_compare_corrupt_upload_clears_the_cards(page, tmp_path):
+    """The cards of the previous comparison go when a file that is not an image replaces
+    its image, and the refusal says so in their place."""
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_selector("#compare_cards .cmp-card")  # left by the comparison before
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not a picture")
+    page.set_input_files("#compare_image input[type=file]", str(bad))
+    page.wait_for_selector("#compare_cards .upload-refused")
+    assert page.locator("#compare_cards .cmp-card").count() == 0
+    assert "notes.png: not an image file we can read" in page.inner_text("#compare_cards")
+    close_toasts(page)
 
 
 def test_batch_two_images_and_csv(page, images, core_captioners, tmp_path):
@@ -340,10 +371,11 @@ def test_about_tab(page, server, tmp_path):
         assert label in about
     assert "0.876" in about and "gradio_client" in about
     page.click("#models_refresh")
-    # models used by the earlier tests are listed as in memory; the rest not loaded
+    # models used by the earlier tests are listed as in memory, the one that cannot load as failed
     page.wait_for_function("document.querySelector('#models_table').innerText.includes('in memory')")
     page.wait_for_timeout(500)  # let the status spinner fade before the screenshot
-    assert "not loaded" in page.inner_text("#models_table")
+    rows = page.inner_text("#models_table")
+    assert "failed: " in rows and rows.count("in memory") == 3, rows
     shot(page, tmp_path, "about")
 
 
