@@ -245,9 +245,22 @@ def test_mcp_lists_the_tools_and_captions_like_the_api(server, client, image):
     assert captions == expected and "generation" in timing
 
 
-def test_mcp_is_on_by_default_and_can_be_turned_off(space_app):
+def test_mcp_is_on_by_default_and_can_be_turned_off(space_app, monkeypatch):
     assert space_app.launch_kwargs()["mcp_server"] is True
     assert space_app.launch_kwargs(space_app.mcp_wanted(no_mcp=True))["mcp_server"] is False
     assert space_app.mcp_wanted(env={}) is True
     assert space_app.mcp_wanted(env={"CAPTION_MCP": "0"}) is False
     assert space_app.mcp_wanted(env={"CAPTION_MCP": "off"}) is False
+    seen = []
+
+    def launch(self, **kwargs):
+        seen.append(kwargs["mcp_server"])
+        raise KeyboardInterrupt  # as Ctrl-C would: main closes the demo and returns 0
+
+    monkeypatch.setattr(space_app.gr.Blocks, "launch", launch)
+    monkeypatch.delenv("CAPTION_MCP", raising=False)
+    assert space_app.main(["--models", "org/a"]) == 0
+    assert space_app.main(["--models", "org/a", "--no-mcp"]) == 0
+    monkeypatch.setenv("CAPTION_MCP", "0")
+    assert space_app.main(["--models", "org/a"]) == 0
+    assert seen == [True, False, False]
