@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with PeakRSS() as rss:
                 run = subprocess.run([sys.executable, str(REPO / "tests" / "space" / "load_clients.py"), url,
-                                      str(model), *map(str, images), "--clients", str(args.clients), "--requests",
+                                      model.name, *map(str, images), "--clients", str(args.clients), "--requests",
                                       str(args.requests)], capture_output=True, text=True, timeout=1800)
         finally:
             demo.close()

@@ -348,10 +348,11 @@ def test_space_captions_with_a_bridge_model_only_when_trusted(bridge_dir, cap, s
     png = tmp_path / "probe.png"
     shapes_images[1].save(png)
     settings = dict(max_new_tokens=8, num_beams=1, temperature=0, top_p=1, seed=-1)
-    text, timing = space.caption((str(png), "probe.png"), str(bridge_dir), "", variations=1, **settings)
+    trusted_id, untrusted_id = space.model_id(space.infos[0]), space.model_id(space.infos[1])
+    text, timing = space.caption((str(png), "probe.png"), trusted_id, "", variations=1, **settings)
     assert text == caption_images(cap, shapes_images[1:2], None, GenerationSettings(max_new_tokens=8))[0][0]
     with pytest.raises(Exception, match="trust"):
-        space.caption((str(png), "probe.png"), str(untrusted), "", variations=1, **settings)
+        space.caption((str(png), "probe.png"), untrusted_id, "", variations=1, **settings)
 
 
 def test_compose_from_pretrained_backbone_and_lm(tmp_path, shapes_images):

@@ -239,22 +239,21 @@ def about_markdown(infos: Sequence[ModelInfo], api_model: str | None, compare_mo
     source = os.environ.get(ENV_SOURCE_URL, "").strip()
     if source.startswith(("https://", "http://")):
         lines += [f"Source of this Space and the training toolkit: [{source}]({source})", ""]
-    lines += ["## API", "",
-              "Every action is an API endpoint (see *Use via API* at the bottom of the page):", "",
+    lines += ["## API and MCP", "",
+              "Four endpoints are public: `/caption`, `/compare`, `/batch` and `/models` (see *Use via API* at "
+              "the bottom of the page). Every parameter but the image has a default, and models are named by "
+              "the ids `/models` lists:", "",
               "```python", "from gradio_client import Client, handle_file", "",
               f'client = Client("{os.environ.get("SPACE_ID", "OWNER/SPACE")}")'
               '  # or the local URL, e.g. "http://127.0.0.1:7860/"',
-              "captions, timing = client.predict(",
-              f'    handle_file("photo.jpg"), {api_model!r}, "",  # image, model, prompt ("" = model default)',
-              "    30, 1, 0.0, 1.0, 1, -1,  # max new tokens, beams, temperature (0 = greedy), top-p, "
-              "variations, seed",
-              '    api_name="/caption")',
-              "cards_html, results = client.predict(",
-              f'    handle_file("photo.jpg"), {compare_models!r},',
-              '    30, 1, 0.0, 1.0, -1, api_name="/compare")',
-              "table, csv_file, json_file, summary = client.predict(",
-              f'    [handle_file("a.jpg"), handle_file("b.png")], {api_model!r},',
-              '    30, 1, 0.0, 1.0, -1, api_name="/batch")',
+              'captions, timing = client.predict(handle_file("photo.jpg"), api_name="/caption")',
+              f'captions, timing = client.predict(handle_file("photo.jpg"), model={api_model!r}, max_new_tokens=30,',
+              '                                  temperature=0.8, variations=3, seed=-1, api_name="/caption")',
+              f'cards_html, results = client.predict(handle_file("photo.jpg"), models={compare_models!r},',
+              '                                     api_name="/compare")',
               'models = client.predict(api_name="/models")',
-              "```"]
+              "```", "",
+              "The same four are tools of this Space's MCP server (streamable HTTP at `/gradio_api/mcp/`, "
+              "SSE at `/gradio_api/mcp/sse`), e.g. for an MCP client: "
+              '`{"mcpServers": {"captioning": {"url": "https://OWNER-SPACE.hf.space/gradio_api/mcp/"}}}`.']
     return "\n".join(lines)

@@ -223,3 +223,13 @@ def test_records_say_why_in_words(tmp_path):
     write_record(tmp_path / "mc.json", "merge_check", {"passed": True, "max_abs_logit_diff": 0.0})
     with pytest.raises(UserError, match="not an eval record"):
         read_scores(tmp_path / "mc.json")
+
+
+def test_about_names_the_four_endpoints_by_model_id_and_the_mcp_server(demo):
+    infos = _infos(demo["base"], demo["run"], demo["release"])
+    about = views.about_markdown(infos, "shapes-tiny", ["shapes-tiny", "shapes-tiny-style"])
+    api = about.split("## API and MCP")[1]
+    assert all(f"`{e}`" in api for e in ("/caption", "/compare", "/batch", "/models"))
+    assert 'client.predict(handle_file("photo.jpg"), api_name="/caption")' in api  # the image alone is enough
+    assert "model='shapes-tiny'" in api and "models=['shapes-tiny', 'shapes-tiny-style']" in api
+    assert "/gradio_api/mcp/" in api and str(demo["base"]) not in api
