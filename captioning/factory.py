@@ -27,6 +27,7 @@ from typing import Any
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
 from captioning.files import check_writable
+from captioning.records import FACTORY, KIND_FACTORY, write_record
 
 SIZES = ("tiny", "real")
 
@@ -245,10 +246,17 @@ def build_model(family: str, size: str = "tiny", *, seed: int = 0):
 def build_random_model(family: str, out: str | Path, size: str = "tiny", *, seed: int = 0) -> Path:
     """Build and save a random model + processor to ``out``; returns the folder."""
     model, processor = build_model(family, size, seed=seed)
+    return save_random_model(model, processor, out, family=family, size=size, seed=seed)
+
+
+def save_random_model(model, processor, out: str | Path, *, family: str, size: str, seed: int) -> Path:
+    """Save a model from :func:`build_model` with its processor and the record saying how it was
+    made (records.FACTORY), so later stages (the Space's badge) know the weights are untrained."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    write_record(out / FACTORY, KIND_FACTORY, {"family": family, "size": size, "seed": seed})
     return out
 
 
@@ -298,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.out:
                 raise UserError("--out is required (or pass --params-only)")
             out = check_writable(args.out, "--out")
-            out.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(out)
-            processor.save_pretrained(out)
+            save_random_model(model, processor, out, family=args.family, size=args.size, seed=args.seed)
             print(f"saved {args.size} {args.family} to {out}")
 
     return guarded(run, debug=debug)

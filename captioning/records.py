@@ -43,11 +43,17 @@ KIND_TRAINING = "training"
 KIND_EVAL = "eval"
 KIND_MERGE_CHECK = "merge_check"
 KIND_RELEASE = "release"
-_KIND_NAMES = {KIND_TRAINING: "a training record (validation during training)",
+KIND_FACTORY = "factory"
+#: beside the weights of a random model captioning.factory saved (family, size, seed): it says
+#: the weights are untrained; training outputs and releases do not carry it
+FACTORY = "factory.json"
+_KIND_NAMES = {KIND_FACTORY: "a random-model record (captioning.factory)",
+               KIND_TRAINING: "a training record (validation during training)",
                KIND_EVAL: "an eval record (eval/run.py generate or score)",
                KIND_MERGE_CHECK: "a merge check (release merge)",
                KIND_RELEASE: "a release manifest (release push)"}
-_KIND_SOURCES = {KIND_TRAINING: "the output folder of training/train.py",
+_KIND_SOURCES = {KIND_FACTORY: "a folder written by python -m captioning.factory --out",
+                 KIND_TRAINING: "the output folder of training/train.py",
                  KIND_EVAL: "the --out folder of eval/run.py generate",
                  KIND_MERGE_CHECK: "a folder written by release merge",
                  KIND_RELEASE: "a release folder (release push --to-dir)"}

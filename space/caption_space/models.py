@@ -18,6 +18,8 @@ from captioning.errors import UserError
 from captioning.files import read_json_file
 from captioning.fingerprints import weights_fingerprint
 from captioning.records import (
+    FACTORY,
+    KIND_FACTORY,
     KIND_RELEASE,
     KIND_TRAINING,
     LOCAL,
@@ -364,6 +366,9 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
         label = f"{label}@{entry.revision}"
     base = _base_named(card, train_cfg, metrics)
     manifest = _read(_fetch_file(entry, RELEASE, notes), notes, lambda p: read_record(p, KIND_RELEASE)) or {}
+    # only a folder captioning.factory saved has one (releases and training outputs do not)
+    factory = _read(Path(entry.id).expanduser() / FACTORY, notes, lambda p: read_record(p, KIND_FACTORY)) \
+        if entry.local and (Path(entry.id).expanduser() / FACTORY).is_file() else None
     base_fp = (manifest.get("base") or {}).get("fingerprint")
     if base and same_model(base, entry.id):
         base = None
@@ -371,16 +376,18 @@ def read_model_info(entry: ModelEntry) -> ModelInfo:
                      takes_prompt=fam is None or fam.default_prompt is not None, metrics=metrics, base=base,
                      fingerprint=manifest.get("weights_fingerprint"), base_fingerprint=base_fp,
                      url=None if entry.local else f"{HUB_URL}/{entry.id}", notes=notes)
-    _what_it_is(info, card, train_cfg, manifest)
+    _what_it_is(info, card, train_cfg, manifest, factory)
     return info
 
 
-def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: dict) -> None:
+def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: dict,
+                factory: dict | None = None) -> None:
     """Fill ``kind``, ``method``, ``adapter`` and ``from_scratch`` from the records: a base named
     anywhere (card, train_config.yaml, metrics.json, release.json's fingerprint) makes a
     fine-tune; the training record's method, else train_config.yaml's lora and quantization
     sections, says how; random factory weights with no base are trained from scratch when a
-    training record counts steps or a release was made of them, else untrained."""
+    training record counts steps or a release was made of them, else untrained (as a folder
+    with captioning.factory's record is)."""
     cfg = TrainConfigRecord(path=Path(TRAIN_CONFIG), doc=train_cfg or {})
     training = info.metrics if kind_of(info.metrics) == KIND_TRAINING else None
     trained_model = training.get("model") if training and isinstance(training.get("model"), dict) else {}
@@ -394,6 +401,9 @@ def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: d
         info.entry.local and (Path(info.entry.id).expanduser() / "adapter_config.json").is_file())
     if info.base or info.base_fingerprint or info.adapter:
         info.kind, info.method = KIND_FINE_TUNE, method
+        return
+    if factory is not None and training is None and not manifest:
+        info.kind = KIND_UNTRAINED
         return
     if cfg.factory is not None or trained_model.get("factory"):
         # trained only when a training record counts steps, or a release was made of it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,16 @@ def test_about_names_the_four_endpoints_by_model_id_and_the_mcp_server(demo):
     assert 'client.predict(handle_file("photo.jpg"), api_name="/caption")' in api  # the image alone is enough
     assert "model='shapes-tiny'" in api and "models=['shapes-tiny', 'shapes-tiny-style']" in api
     assert "/gradio_api/mcp/" in api and str(demo["base"]) not in api
+
+
+def test_a_folder_saved_by_the_factory_is_badged_untrained(tmp_path):
+    """captioning.factory's record (factory.json) is what says the weights are random."""
+    from captioning.factory import build_random_model
+
+    folder = build_random_model("blip", tmp_path / "tiny-blip")
+    assert (folder / "factory.json").is_file()
+    plain = tmp_path / "copied-weights"
+    shutil.copytree(folder, plain, ignore=shutil.ignore_patterns("factory.json"))
+    random_info, plain_info = _infos(folder, plain)
+    assert random_info.kind == models.KIND_UNTRAINED and models.badge(random_info) == "untrained"
+    assert plain_info.kind == models.KIND_BASE  # no record: nothing says it is untrained
