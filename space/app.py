@@ -44,6 +44,7 @@ from caption_space.handlers import (
     SPACE_MAX_PIXELS,
     CaptionSpace,
     Limits,
+    decoding_note,
 )
 from caption_space.models import (
     MODELS_YAML,
@@ -76,7 +77,14 @@ THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
 CSS = """
 #captions textarea { font-size: 1.05em; }
 footer { opacity: .7; }
+/* a phone never scrolls the page sideways: a wide Markdown table scrolls in its own frame,
+   and its cells wrap between words only (else a column shrinks to a letter per line) */
+.prose table { display: block; max-width: 100%; overflow-x: auto; }
+.prose th, .prose td { overflow-wrap: normal; word-break: normal; }
+.prose th { white-space: nowrap; }
+.decoding-note p { margin: 0; font-size: .9em; opacity: .85; }
 """
+BEAMS_INFO = "for temperature 0; raised to Variations when lower; 1 while sampling"
 
 
 def launch_kwargs(mcp: bool = True) -> dict[str, Any]:
@@ -107,6 +115,47 @@ def refuse_or_clear(app: CaptionSpace, image, outputs: list) -> tuple:
     return (None, *[shown if isinstance(o, gr.Markdown) else
                     f'<p class="upload-refused">{esc(message)}</p>' if isinstance(o, gr.HTML) else None
                     for o in outputs])
+
+
+def beams_for(temperature) -> dict:
+    """Beams while sampling are 1 and greyed (the handlers refuse beams with sampling);
+    back at temperature 0 they can be set again."""
+    try:
+        sampling = float(temperature) > 0
+    except (TypeError, ValueError):
+        sampling = False
+    return gr.update(value=1, interactive=False) if sampling else gr.update(interactive=True)
+
+
+def settings_panel(tab: str, *, variations: bool = False) -> tuple[list, gr.Slider | None, gr.Number]:
+    """One tab's generation settings, collapsed beside its action: ``([max new tokens, beams,
+    temperature, top-p], variations or None, seed)``, in the order the handlers take them.
+    A line under them says how the request will decode, so Variations never changes Beams
+    unseen."""
+    private = dict(api_visibility="private", queue=False, show_progress="hidden")
+    with gr.Accordion("Settings", open=False, elem_id=f"{tab}_settings"):
+        with gr.Row():
+            max_new = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, precision=0, label="Max new tokens",
+                                elem_id=f"{tab}_max_new_tokens", min_width=160)
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", min_width=160,
+                                    info="0 = deterministic (greedy / beam search)", elem_id=f"{tab}_temperature")
+            beams = gr.Slider(1, MAX_BEAMS, value=1, step=1, precision=0, label="Beams", min_width=160,
+                              info=BEAMS_INFO if variations else "for temperature 0; 1 while sampling",
+                              elem_id=f"{tab}_num_beams")
+            var = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, precision=0, label="Variations", min_width=160,
+                            info="captions to return: samples when temperature > 0, else the best beams",
+                            elem_id=f"{tab}_variations") if variations else None
+            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", info="used when sampling", min_width=160,
+                              elem_id=f"{tab}_top_p")
+            seed = gr.Number(value=-1, precision=0, label="Seed", min_width=160,
+                             info="-1 = random; the seed used is shown with each result", elem_id=f"{tab}_seed")
+        note = gr.Markdown(f"Decoding: {decoding_note(1, 0, 1)}", elem_id=f"{tab}_decoding",
+                           elem_classes="decoding-note")
+    temperature.change(beams_for, inputs=temperature, outputs=beams, **private)
+    gr.on([c.change for c in (beams, temperature, var) if c is not None],
+          lambda b, t, v=1: f"Decoding: {decoding_note(b, t, v)}",
+          inputs=[c for c in (beams, temperature, var) if c is not None], outputs=note, **private)
+    return [max_new, beams, temperature, top_p], var, seed
 
 
 def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_MAX_LOADED, device: str = "auto",
@@ -145,18 +194,6 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
 
         gr.Markdown("# Image captioning\nCaption images with small vision-language models, and compare "
                     "base and fine-tuned models side by side.")
-        with gr.Accordion("Generation settings (used by every tab)", open=True):
-            with gr.Row():
-                max_new = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, precision=0, label="Max new tokens",
-                                    elem_id="max_new_tokens")
-                beams = gr.Slider(1, MAX_BEAMS, value=1, step=1, precision=0, label="Beams", elem_id="num_beams")
-                temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature",
-                                        info="0 = deterministic (greedy / beam search)", elem_id="temperature")
-                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", info="used when sampling",
-                                  elem_id="top_p")
-                seed = gr.Number(value=-1, precision=0, label="Seed",
-                                 info="-1 = random; the seed used is shown with each result", elem_id="seed")
-        settings = [max_new, beams, temperature, top_p]
 
         with gr.Tabs():
             with gr.Tab("Caption", id="caption"):
@@ -164,9 +201,9 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                     with gr.Column():
                         image = image_input(label="Image", elem_id="caption_image", height=320, examples=examples,
                                             root=root)
-                        if examples:
-                            gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples",
-                                        examples_per_page=12)
+                        shown_examples = gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples",
+                                                     examples_per_page=12, elem_id="caption_examples") \
+                            if examples else None
                     with gr.Column():
                         model = gr.Dropdown(choices, value=first_id, label="Model", elem_id="caption_model", **pick)
                         card = gr.Markdown(card_line(first), label="card", elem_id="caption_card")
@@ -174,9 +211,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                                             interactive=first.takes_prompt, elem_id="prompt",
                                             placeholder=(f"default: {first.prompt or '(none)'}" if first.takes_prompt
                                                          else f"{first.family} captions without a prompt"))
-                        variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, precision=0, label="Variations",
-                                               info="with temperature > 0: diverse samples; "
-                                                    "else the best beams", elem_id="variations")
+                        settings, variations, seed = settings_panel("caption", variations=True)
                         go = gr.Button("Caption", variant="primary", elem_id="caption_btn")
                         captions = gr.Textbox(label="Captions (one per line)", lines=2, max_lines=6,
                                               interactive=False, buttons=["copy"], elem_id="captions")
@@ -184,6 +219,10 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                 model.change(app.model_info, inputs=model, outputs=[prompt, card], **private)
                 image.upload(lambda img: refuse_or_clear(app, img, [captions, timing]), inputs=image,
                              outputs=[image, captions, timing], **private)
+                if shown_examples is not None:
+                    # an example replaces the image as an upload does, so the old result goes too
+                    shown_examples.dataset.click(lambda: ("", None), outputs=[captions, timing], queue=False,
+                                                 show_progress="hidden", **private)
                 go.click(lambda: ("", "*Captioning…*"), outputs=[captions, timing], queue=False,
                          show_progress="hidden", **private) \
                     .then(app.caption, inputs=[image, model, prompt, *settings, variations, seed],
@@ -201,6 +240,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                             btn = gr.Button(f"Base vs fine-tuned: {base.label} vs {ft.label}", size="sm",
                                             elem_id=f"preset_{n}")
                             btn.click(lambda n=n: app.preset(n), outputs=cmp_models, **private)
+                        cmp_settings, _, cmp_seed = settings_panel("compare")
                         cmp_go = gr.Button("Compare", variant="primary", elem_id="compare_btn")
                         gr.Markdown("Same settings for every model; each uses its own prompt.")
                 cmp_out = gr.HTML(label="cards", elem_id="compare_cards")
@@ -210,8 +250,8 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                                  outputs=[cmp_image, cmp_out, cmp_json], **private)
                 cmp_go.click(lambda: ("<p><em>Comparing…</em></p>", None), outputs=[cmp_out, cmp_json], queue=False,
                              show_progress="hidden", **private) \
-                    .then(app.compare, inputs=[cmp_image, cmp_models, *settings, seed], outputs=[cmp_out, cmp_json],
-                          api_name="compare")
+                    .then(app.compare, inputs=[cmp_image, cmp_models, *cmp_settings, cmp_seed],
+                          outputs=[cmp_out, cmp_json], api_name="compare")
 
             with gr.Tab("Batch", id="batch"):
                 with gr.Row():
@@ -220,6 +260,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                                        elem_id="batch_files")
                     with gr.Column():
                         b_model = gr.Dropdown(choices, value=first_id, label="Model", elem_id="batch_model", **pick)
+                        b_settings, _, b_seed = settings_panel("batch")
                         b_go = gr.Button("Caption all", variant="primary", elem_id="batch_btn")
                         b_summary = gr.Markdown(label="summary", elem_id="batch_summary")
                         with gr.Row():
@@ -229,7 +270,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                                        elem_id="batch_table")
                 b_go.click(lambda: (None, None, None, "*Captioning…*"), outputs=[b_table, b_csv, b_json, b_summary],
                            queue=False, show_progress="hidden", **private) \
-                    .then(app.batch, inputs=[files, b_model, *settings, seed],
+                    .then(app.batch, inputs=[files, b_model, *b_settings, b_seed],
                           outputs=[b_table, b_csv, b_json, b_summary], api_name="batch")
 
             with gr.Tab("About", id="about"):

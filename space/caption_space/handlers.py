@@ -137,7 +137,10 @@ class CaptionSpace:
                   (1 <= num_captions <= MAX_VARIATIONS, f"variations must be 1-{MAX_VARIATIONS}"),
                   (0 <= temperature <= 2, "temperature must be 0-2 (0: no sampling)"),
                   (0 < top_p <= 1, "top-p must be in (0, 1]"),
-                  (seed is None or seed < 2**32, "seed must be -1 (random) or 0-4294967295")]
+                  (seed is None or seed < 2**32, "seed must be -1 (random) or 0-4294967295"),
+                  # sampling draws each variation on its own; beams would silently change what that means
+                  (temperature == 0 or num_beams == 1, "beams are for temperature 0: set beams to 1 to sample, "
+                                                       "or temperature to 0 for beam search")]
         for ok, msg in checks:
             if not ok:
                 raise gr.Error(msg, print_exception=False)
@@ -199,10 +202,11 @@ class CaptionSpace:
             model: id of the model to use (see the models tool); empty for the first one served.
             prompt: instruction for instruct models (empty: the model's own default); BLIP models take none.
             max_new_tokens: longest caption, in tokens (1-128).
-            num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
+            num_beams: beams for beam search when temperature is 0 (1: greedy decoding); must be 1 when sampling.
             temperature: 0 for deterministic decoding; above 0 (up to 2) samples.
             top_p: nucleus sampling threshold in (0, 1], used when sampling.
-            variations: number of captions (1-5): sampled ones when temperature > 0, else the best beams.
+            variations: number of captions (1-5): sampled ones when temperature > 0, else the best beams
+                (beams are raised to this number when lower).
             seed: seed for sampling; -1 draws one, which the timing line reports so it can be reused.
 
         Returns:
@@ -219,7 +223,9 @@ class CaptionSpace:
         timing = f"**{load_s + gen_s:.2f} s** · generation {gen_s:.2f} s"
         if load_s:
             timing += f" · model load {load_s:.2f} s"
-        timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')} · {seed_note(settings)}"
+        decoding = decoding_note(settings.num_beams, temperature, settings.num_captions)
+        timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')}"
+        timing += f" · {decoding} · {seed_note(settings)}"
         return "\n".join(out[0]), timing
 
     def compare(self, image: str, models: list[str] | None = None, max_new_tokens: int = 30, num_beams: int = 1,
@@ -231,7 +237,7 @@ class CaptionSpace:
                 URL of a file uploaded to this Space; other URLs are not fetched.
             models: ids of 2 to 4 different models (see the models tool); empty for the first two served.
             max_new_tokens: longest caption, in tokens (1-128).
-            num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
+            num_beams: beams for beam search when temperature is 0 (1: greedy decoding); must be 1 when sampling.
             temperature: 0 for deterministic decoding; above 0 (up to 2) samples.
             top_p: nucleus sampling threshold in (0, 1], used when sampling.
             seed: seed for sampling, the same for every model; -1 draws one (reported per result).
@@ -277,7 +283,7 @@ class CaptionSpace:
                 uploaded to this Space.
             model: id of the model to use (see the models tool); empty for the first one served.
             max_new_tokens: longest caption, in tokens (1-128).
-            num_beams: beams for beam search when temperature is 0 (1: greedy decoding).
+            num_beams: beams for beam search when temperature is 0 (1: greedy decoding); must be 1 when sampling.
             temperature: 0 for deterministic decoding; above 0 (up to 2) samples.
             top_p: nucleus sampling threshold in (0, 1], used when sampling.
             seed: seed for sampling; -1 draws one (recorded in every exported row).
@@ -407,6 +413,22 @@ class CaptionSpace:
         """The Compare tab's models for the ``index``-th base vs fine-tuned button."""
         base, ft = self.pairs[index]
         return [self.model_id(base), self.model_id(ft)]
+
+
+def decoding_note(num_beams, temperature, variations=1) -> str:
+    """How a caption request decodes, in words: the one rule tying beams, temperature and
+    variations together, shown beside the settings and with each result."""
+    try:
+        beams, temperature, n = int(num_beams), float(temperature), int(variations)
+    except (TypeError, ValueError, OverflowError):
+        return ""
+    if temperature > 0:
+        return (f"sampling {n} caption{'s' if n > 1 else ''} at temperature {temperature:g}"
+                + ("" if beams == 1 else " (needs beams = 1)"))
+    if n > 1:
+        used = max(beams, n)
+        return f"the {n} best of {used} beams" + (f" (beams raised to {n}, one per variation)" if n > beams else "")
+    return "greedy decoding" if beams == 1 else f"beam search with {beams} beams"
 
 
 def seed_note(settings) -> str:

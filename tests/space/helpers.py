@@ -156,3 +156,103 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+# --------------------------------------------------------------------- browser helpers
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]
+TIMEOUT_MS = 60_000
+MAX_NEW = 12  # the browser tests' max new tokens: short captions keep every request fast
+
+
+def launch_chromium(playwright, home: Path):
+    """Debian's Chromium, headless, with its profile under ``home``."""
+    import os
+
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it via .ci/run)")
+    os.environ.setdefault("XDG_CONFIG_HOME", str(home))
+    os.environ.setdefault("XDG_CACHE_HOME", str(home))
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def open_space(browser, url: str, guard: NetworkGuard, width: int = 1280, height: int = 900):
+    """A page of the Space at ``url`` in a new context of ``width`` x ``height``, loaded;
+    requests leaving loopback are aborted and recorded as violations. Close its context."""
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+
+    def route(r):
+        target = r.request.url
+        if target.startswith(("http://127.0.0.1", "http://localhost", "data:", "blob:")):
+            r.continue_()
+        else:
+            guard.violations.append(f"page request {target}")
+            r.abort()
+
+    pg.route("**/*", route)
+    pg.goto(url)
+    pg.wait_for_selector("#caption_btn")
+    return pg
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type ``value`` into a slider's or number's box."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` in a dropdown."""
+    page.click(f"#{elem_id} input[role=combobox]")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def open_settings(page, tab: str) -> None:
+    """Open a tab's settings (collapsed by default) unless they are open."""
+    if not page.is_visible(f"#{tab}_max_new_tokens"):
+        page.click(f"#{tab}_settings .label-wrap")
+        page.wait_for_selector(f"#{tab}_max_new_tokens", state="visible")
+
+
+def settings(page, tab: str, *, max_new_tokens=MAX_NEW, beams=1, temperature=0, top_p=1, seed=-1,
+             variations=None) -> None:
+    """Set every generation setting of ``tab`` (tests share one page). Temperature first:
+    beams are greyed while sampling."""
+    open_settings(page, tab)
+    for name, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p),
+                        ("variations", variations)):
+        if value is not None:
+            set_number(page, f"{tab}_{name}", value)
+    if temperature == 0:
+        page.wait_for_selector(f"#{tab}_num_beams input[type=number]:not([disabled])")
+        set_number(page, f"{tab}_num_beams", beams)
+    page.fill(f"#{tab}_seed input", str(seed))
+    page.press(f"#{tab}_seed input", "Enter")
+
+
+def shot(page, folder: Path, name: str) -> Path:
+    """A full-page screenshot ``folder/name.png`` (also copied to $SPACE_SCREENS_DIR when set)."""
+    import os
+    import shutil
+
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    extra = os.environ.get("SPACE_SCREENS_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(extra) / path.name)
+    return path
+
+
+def close_toasts(page) -> None:
+    """Close every toast still open (the page is shared with later tests); some close
+    themselves meanwhile, so this clicks whatever is there at once."""
+    page.eval_on_selector_all(".toast-close", "els => els.forEach(e => e.click())")

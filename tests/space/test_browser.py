@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.space.helpers import NetworkGuard, PeakRSS, free_port
+from tests.space.helpers import (
+    MAX_NEW,
+    NetworkGuard,
+    PeakRSS,
+    close_toasts,
+    free_port,
+    launch_chromium,
+    open_space,
+    pick,
+    settings,
+    shot,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -28,12 +38,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
 ]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]
-MAX_NEW = 12  # the tests' max new tokens: short captions keep every request fast
-TIMEOUT_MS = 60_000
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -71,13 +75,8 @@ def server(guard, space_app, space_models):
 def browser(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it via .ci/run)")
-    xdg = tmp_path_factory.mktemp("chromium-home")
-    os.environ.setdefault("XDG_CONFIG_HOME", str(xdg))
-    os.environ.setdefault("XDG_CACHE_HOME", str(xdg))
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch_chromium(p, tmp_path_factory.mktemp("chromium-home"))
         yield b
         b.close()
 
@@ -85,25 +84,10 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shared_page(browser, server, guard):
     """One page for the module (a Gradio page takes ~3 s to start here); each test
-    selects its tab and sets every setting it relies on. Requests leaving loopback
-    are aborted and recorded as violations."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-
-    def route(r):
-        url = r.request.url
-        if url.startswith(("http://127.0.0.1", "http://localhost", "data:", "blob:")):
-            r.continue_()
-        else:
-            guard.violations.append(f"page request {url}")
-            r.abort()
-
-    pg.route("**/*", route)
-    pg.goto(server["url"])
-    pg.wait_for_selector("#caption_btn")
+    selects its tab and sets every setting it relies on."""
+    pg = open_space(browser, server["url"], guard)
     yield pg
-    context.close()
+    pg.context.close()
 
 
 @pytest.fixture
@@ -111,40 +95,11 @@ def page(shared_page):
     return shared_page
 
 
-def settings(page, *, max_new_tokens=MAX_NEW, beams=1, temperature=0, top_p=1, seed=-1):
-    """Set every shared generation setting (tests share one page)."""
-    for elem_id, value in (("max_new_tokens", max_new_tokens), ("num_beams", beams), ("temperature", temperature),
-                           ("top_p", top_p)):
-        set_number(page, elem_id, value)
-    page.fill("#seed input", str(seed))
-    page.press("#seed input", "Enter")
-
-
-def caption_tab(page, model: str, variations: int = 1):
+def caption_tab(page, model: str, variations: int = 1, **kw):
+    """The Caption tab with ``model`` and every setting chosen."""
     page.get_by_role("tab", name="Caption").click()
     pick(page, "caption_model", model)
-    set_number(page, "variations", variations)
-
-
-def shot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    extra = os.environ.get("SPACE_SCREENS_DIR")
-    if extra:
-        Path(extra).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(extra) / path.name)
-    return path
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    page.click(f"#{elem_id} input[role=combobox]")
-    page.get_by_role("option", name=option, exact=True).click()
+    settings(page, "caption", variations=variations, **kw)
 
 
 def run_caption(page, lines: int = 1) -> list[str]:
@@ -173,8 +128,7 @@ def core(captioners, name, paths, **settings):
 # --------------------------------------------------------------------------- browser
 
 def test_caption_matches_core(page, server, images, core_captioners, tmp_path):
-    caption_tab(page, "tiny-smolvlm-ft")
-    settings(page, beams=2)
+    caption_tab(page, "tiny-smolvlm-ft", beams=2)
     page.set_input_files("#caption_image input[type=file]", str(images[0]))
     page.wait_for_selector("#caption_image img")
     shown = run_caption(page)
@@ -188,12 +142,17 @@ def test_caption_matches_core(page, server, images, core_captioners, tmp_path):
     shot(page, tmp_path, "caption")
 
 
-def test_example_image_captions(page):
+def test_example_image_captions(page, images):
+    """An example image captions, and choosing it clears the result of the image before."""
     caption_tab(page, "tiny-blip")
-    settings(page)
-    page.locator("#caption_image").locator("xpath=ancestor::div[contains(@class,'column')][1]") \
-        .locator(".gallery-item").nth(1).click()  # the house picture
+    page.set_input_files("#caption_image input[type=file]", str(images[0]))
+    page.wait_for_selector("#caption_image img")
+    assert run_caption(page)[0]
+    page.wait_for_function("document.querySelector('#caption_time').innerText.includes('generation')")
+    page.locator("#caption_examples .gallery-item").nth(1).click()  # the house picture
     page.wait_for_selector("#caption_image img[src*='house']")
+    page.wait_for_function("document.querySelector('#captions textarea').value === ''"
+                           " && !document.querySelector('#caption_time').innerText.includes('generation')")
     assert run_caption(page)[0]
 
 
@@ -206,8 +165,7 @@ def test_prompt_disabled_for_blip(page):
 
 
 def test_three_variations(page, images, core_captioners, tmp_path):
-    caption_tab(page, "tiny-smolvlm-ft", variations=3)
-    settings(page, temperature=0.9, seed=7)
+    caption_tab(page, "tiny-smolvlm-ft", variations=3, temperature=0.9, seed=7)
     page.set_input_files("#caption_image input[type=file]", str(images[1]))
     page.wait_for_selector("#caption_image img")
     shown = run_caption(page, lines=3)
@@ -222,7 +180,6 @@ def test_failed_action_clears_the_previous_result(page, server, images):
     """A click that fails (a model that cannot load) leaves no caption of another model on
     screen: every action clears its old result first."""
     caption_tab(page, "tiny-blip")
-    settings(page)
     page.set_input_files("#caption_image input[type=file]", str(images[0]))
     page.wait_for_selector("#caption_image img")
     assert run_caption(page)[0]
@@ -237,7 +194,7 @@ def test_failed_action_clears_the_previous_result(page, server, images):
 
 def test_compare_base_vs_finetuned(page, server, images, core_captioners, tmp_path):
     page.get_by_role("tab", name="Compare").click()
-    settings(page)
+    settings(page, "compare")
     page.set_input_files("#compare_image input[type=file]", str(images[2]))
     page.wait_for_selector("#compare_image img")
     page.click("#preset_0")  # "Base vs fine-tuned": the release names its base
@@ -276,7 +233,7 @@ def test_compare_corrupt_upload_clears_the_cards(page, tmp_path):
 
 def test_batch_two_images_and_csv(page, images, core_captioners, tmp_path):
     page.get_by_role("tab", name="Batch").click()
-    settings(page)
+    settings(page, "batch")
     page.set_input_files("#batch_files input[type=file]", [str(images[0]), str(images[1])])
     pick(page, "batch_model", "tiny-blip")
     page.wait_for_timeout(300)  # the upload finishes before the click is queued
@@ -301,7 +258,6 @@ def test_corrupt_upload_refused_and_old_result_cleared(page, images, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
     caption_tab(page, "tiny-smolvlm")
-    settings(page)
     page.set_input_files("#caption_image input[type=file]", str(images[0]))
     page.wait_for_selector("#caption_image img")
     assert run_caption(page)[0]
@@ -327,22 +283,12 @@ def test_corrupt_upload_refused_and_old_result_cleared(page, images, tmp_path):
     close_toasts(page)
 
 
-def close_toasts(page) -> None:
-    """Close every toast still open (the page is shared with later tests); some close
-    themselves meanwhile, so this clicks whatever is there at once."""
-    page.eval_on_selector_all(".toast-close", "els => els.forEach(e => e.click())")
-
-
-def test_api_page_sample_runs_as_shown(browser, server, tmp_path):
+def test_api_page_sample_runs_as_shown(browser, server, guard, tmp_path):
     """The *Use via API* page's Python sample for /caption, run as shown (only gradio_client's
     telemetry switched off): it passes one of the Space's own examples by URL, which the
     Space reads from disk."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
+    pg = open_space(browser, server["url"], guard)
     try:
-        pg.goto(server["url"])
-        pg.wait_for_selector("#caption_btn")
         pg.get_by_text("Use via API or MCP").click()
         pg.locator("li.snippet", has_text="Python").click()  # with MCP on, the panel opens on MCP
         snippet = pg.locator("code:visible").filter(has_text='api_name="/caption"').first
@@ -350,7 +296,7 @@ def test_api_page_sample_runs_as_shown(browser, server, tmp_path):
         code = snippet.inner_text().strip()
         shot(pg, tmp_path, "api_page")
     finally:
-        context.close()
+        pg.context.close()
     assert "handle_file('" + server["url"].rstrip("/") + "/gradio_api/file=" in code, code
     assert "model=" in code and "max_new_tokens=30" in code, code
     client_line = f'Client("{server["url"].rstrip("/")}")'
