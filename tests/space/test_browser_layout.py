@@ -290,6 +290,10 @@ def test_screenshot_each_tab(chromium, server, guard, screens, size):
             if size == PHONE:
                 width, inner = no_side_scroll(pg)
                 assert width <= inner, f"{tab}: the page scrolls sideways ({width} > {inner} px)"
+        # and the Caption tab's settings opened, to show them beside the action
+        pg.get_by_role("tab", name="Caption").click()
+        open_settings(pg, "caption")
+        assert shot(pg, screens, f"caption-settings-{size[0]}px").stat().st_size > 1000
     finally:
         pg.context.close()
-    assert len(list(screens.glob(f"*-{size[0]}px.png"))) == len(TABS)
+    assert len(list(screens.glob(f"*-{size[0]}px.png"))) == len(TABS) + 1
