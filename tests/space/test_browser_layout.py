@@ -185,8 +185,10 @@ def test_decoding_note_says_how_beams_and_variations_combine():
     assert note(1, 0.7, 3) == "sampling 3 captions at temperature 0.7"
 
 
-def test_beams_with_sampling_are_refused(server, space_app):
+def test_beams_with_sampling_are_refused_and_the_result_says_how_it_decoded(server, space_app, images):
     app = server["app"]
+    _, timing = app.caption((str(images[0]), "pic.png"), "tiny-blip", "", 6, 1, 0, 1, 2, -1)
+    assert "the 2 best of 2 beams (beams raised to 2, one per variation) · no seed needed" in timing
     with pytest.raises(space_app.gr.Error, match="beams are for temperature 0: set beams to 1"):
         app.settings(12, 2, 0.8, 1, -1, 1)
     assert app.settings(12, 1, 0.8, 1, 5, 3).num_captions == 3  # sampling with one beam stays
