@@ -83,3 +83,27 @@ def core_captioners(space_models):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def guard():
+    """Refuse (and record) every non-loopback connection for a module's tests."""
+    from tests.space.helpers import NetworkGuard
+
+    g = NetworkGuard().install()
+    yield g
+    g.uninstall()
+    assert not g.violations, f"non-loopback network use: {g.violations}"
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """Debian's chromium through Playwright, one per module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.space.helpers import launch_chromium
+
+    with sync_playwright() as p:
+        b = launch_chromium(p, tmp_path_factory.mktemp("chromium-home"))
+        yield b
+        b.close()

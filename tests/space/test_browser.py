@@ -19,11 +19,9 @@ import pytest
 
 from tests.space.helpers import (
     MAX_NEW,
-    NetworkGuard,
     PeakRSS,
     close_toasts,
     free_port,
-    launch_chromium,
     open_space,
     pick,
     settings,
@@ -42,12 +40,6 @@ pytestmark = [
 
 # ----------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def guard():
-    g = NetworkGuard().install()
-    yield g
-    g.uninstall()
-    assert not g.violations, f"non-loopback network use: {g.violations}"
 
 
 @pytest.fixture(autouse=True)
@@ -71,21 +63,13 @@ def server(guard, space_app, space_models):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p, tmp_path_factory.mktemp("chromium-home"))
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
-def shared_page(browser, server, guard):
+def shared_page(chromium, server, guard):
     """One page for the module (a Gradio page takes ~3 s to start here); each test
     selects its tab and sets every setting it relies on."""
-    pg = open_space(browser, server["url"], guard)
+    pg = open_space(chromium, server["url"], guard)
     yield pg
     pg.context.close()
 
@@ -283,11 +267,11 @@ def test_corrupt_upload_refused_and_old_result_cleared(page, images, tmp_path):
     close_toasts(page)
 
 
-def test_api_page_sample_runs_as_shown(browser, server, guard, tmp_path):
+def test_api_page_sample_runs_as_shown(chromium, server, guard, tmp_path):
     """The *Use via API* page's Python sample for /caption, run as shown (only gradio_client's
     telemetry switched off): it passes one of the Space's own examples by URL, which the
     Space reads from disk."""
-    pg = open_space(browser, server["url"], guard)
+    pg = open_space(chromium, server["url"], guard)
     try:
         pg.get_by_text("Use via API or MCP").click()
         pg.locator("li.snippet", has_text="Python").click()  # with MCP on, the panel opens on MCP

@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.space.helpers import (
-    NetworkGuard,
     close_toasts,
     free_port,
-    launch_chromium,
     open_settings,
     open_space,
     pick,
@@ -51,12 +49,6 @@ TABS = ["Caption", "Compare", "Batch", "About"]
 
 # ----------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def guard():
-    g = NetworkGuard().install()
-    yield g
-    g.uninstall()
-    assert not g.violations, f"non-loopback network use: {g.violations}"
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +73,6 @@ def server(guard, space_app, space_models, val_copy):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p, tmp_path_factory.mktemp("chromium-home"))
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
