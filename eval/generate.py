@@ -365,6 +365,22 @@ def _prepare_out(cfg: GenerateConfig, captioner, dataset, model_block: dict, set
     log("generate: " + json.dumps(config_echo, ensure_ascii=False))
 
 
+def _scene_accuracy(dataset, predictions: list[dict], log: Callable[[str], None]) -> dict | None:
+    """eval.scene's corpus numbers when the dataset records each image's scene (the shapes
+    set), over the images that were captioned; None for other datasets."""
+    from eval.scene import scene_accuracy
+
+    scenes = dataset.scenes()
+    if scenes is None:
+        return None
+    captioned = {p["image_id"] for p in predictions}
+    result = scene_accuracy({i: s for i, s in scenes.items() if i in captioned}, predictions)
+    result.pop("per_image")
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
+    log(f"scene accuracy (captions checked against each image's objects): {shown}")
+    return result
+
+
 def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list[dict], skipped: list[dict],
                       timing: dict, model_block: dict, settings: dict, fp: str, *, scorer: Any,
                       command: str | None, t_start: float, log: Callable[[str], None]) -> GenerateResult:
@@ -385,6 +401,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
     if result["empty_captions"]:
         log(f"note: {len(result['empty_captions'])} of {len(predictions)} captions are empty (the model stopped at "
             "once); each scores 0 and is listed under empty_captions in metrics.json")
+    scene = _scene_accuracy(dataset, predictions, log)
     scoring_s = time.perf_counter() - t_score
     n_new, generation_s = timing["images_captioned"], timing["generation_s"]
     record = {
@@ -394,6 +411,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
         "n_images": result.get("n_images", len(predictions)),
         "empty_captions": result["empty_captions"],
         "skipped_images": skipped,
+        **({"scene_accuracy": scene} if scene else {}),
         "dataset": _dataset_block(cfg, dataset),
         "model": model_block,
         "generation": cfg.generation.to_dict() | {"image_longest_edge": cfg.image_longest_edge,

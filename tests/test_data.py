@@ -537,3 +537,21 @@ def test_offline_cache_check_reads_the_libraries_cache_locations(tmp_path):
     assert not hub._cached("ariG23498/flickr8k")
     (tmp_path / "hf_home" / "datasets" / "ariG23498___flickr8k").mkdir(parents=True)
     assert hub._cached("ariG23498/flickr8k")
+
+
+def test_scenes_come_from_annotations_that_record_them(tmp_path):
+    """The shapes set's images[].shapes travel with each example (eval.scene reads them);
+    annotations without them give no scenes rather than partial ones."""
+    from captioning import shapes
+
+    root = shapes.generate(tmp_path / "shapes", n_train=0, n_val=0, n_test=4)
+    ds = load_captions(str(root), "test", max_samples=3)
+    scenes = ds.scenes()
+    raw = json.loads((root / "annotations" / "captions_test.json").read_text())
+    assert scenes == {im["id"]: im["shapes"] for im in raw["images"] if im["id"] in scenes} and len(scenes) == 3
+    assert ds.with_caption_transform("linguistic_errors").scenes() == scenes
+    for im in raw["images"][:1]:
+        del im["shapes"]
+    (tmp_path / "partial.json").write_text(json.dumps(raw))
+    (tmp_path / "images").symlink_to(root / "images")
+    assert load_captions(str(tmp_path / "partial.json"), "test").scenes() is None

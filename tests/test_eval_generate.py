@@ -77,6 +77,14 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     assert rec["metrics"] == again["metrics"]
     assert set(rec["metrics"]) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
     assert rec["n_images"] == N_IMAGES
+    # the shapes set records each image's objects: scene accuracy of the same captions, beside the COCO metrics
+    from eval.scene import scene_accuracy
+
+    scenes = ds.scenes()
+    assert scenes is not None and len(scenes) == N_IMAGES
+    want = scene_accuracy(scenes, preds)
+    want.pop("per_image")
+    assert rec["scene_accuracy"] == want and want["n_images"] == N_IMAGES
     # provenance (issue 4 item 3)
     assert rec["dataset"]["source"] == str(shapes_dir) and rec["dataset"]["split"] == "test"
     assert rec["dataset"]["hash"] == ds.content_hash()

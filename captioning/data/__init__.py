@@ -89,8 +89,8 @@ def load_captions(
                 f"{source}: a file dataset must be a COCO captions .json; for an image folder "
                 "pass the folder holding metadata.jsonl or metadata.csv"
             )
-        rows, roots = coco_rows_from_json(path, split, images_root)
-        return finish(rows, roots, source, split, max_samples, shuffle, seed)
+        rows, roots, scenes = coco_rows_from_json(path, split, images_root)
+        return finish(rows, roots, source, split, max_samples, shuffle, seed, scenes=scenes)
     if path.is_dir():
         if (path / "annotations").is_dir():
             json_path = path / "annotations" / f"captions_{split}.json"
@@ -103,8 +103,8 @@ def load_captions(
                     f"{source}: no annotations/captions_{split}.json; splits found: "
                     f"{', '.join(found) or 'none'}"
                 )
-            rows, roots = coco_rows_from_json(json_path, split, images_root, anchor=path)
-            return finish(rows, roots, source, split, max_samples, shuffle, seed)
+            rows, roots, scenes = coco_rows_from_json(json_path, split, images_root, anchor=path)
+            return finish(rows, roots, source, split, max_samples, shuffle, seed, scenes=scenes)
         if images_root is not None:
             raise UserError(
                 f"--images-dir applies to COCO .json sources; {source} is an image folder "

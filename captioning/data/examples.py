@@ -32,6 +32,9 @@ class CaptionExample:
     returning one of those (hub rows are fetched from Arrow only when asked)."""
     max_pixels: int | None = field(default=images.MAX_PIXELS, repr=False, compare=False)
     """Refuse images larger than this (a decompression-bomb guard; see CaptionDataset.with_max_pixels)."""
+    scene: list[dict] | None = field(default=None, repr=False, compare=False)
+    """The objects in the picture, when the annotations record them (the shapes set's
+    ``images[].shapes``): what eval.scene checks captions against."""
 
     @property
     def image_path(self) -> Path | None:
@@ -183,6 +186,12 @@ class CaptionDataset(Sequence[CaptionExample]):
             canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
             self._hash = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         return self._hash
+
+    def scenes(self) -> dict[Any, list[dict]] | None:
+        """{image_id: its scene} when every example has one (the shapes set), else None."""
+        if not self._examples or any(ex.scene is None for ex in self._examples):
+            return None
+        return {ex.image_id: ex.scene for ex in self._examples}
 
     def describe(self) -> dict:
         """The ``dataset`` block of metrics.json: source, split, sizes and content hash."""

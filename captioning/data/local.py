@@ -32,13 +32,14 @@ def finish(
     shuffle: bool,
     seed: int,
     hint: str = "pass --images-dir with the folder that holds the images",
+    scenes: dict[Any, list[dict]] | None = None,
 ) -> CaptionDataset:
     if not rows:
         raise UserError(f"{source}: split {split!r} holds no captioned images")
     rows = select(rows, key=lambda r: r[0], shuffle=shuffle, seed=seed, max_samples=max_samples)
     resolve = _Resolver(roots, source, hint)
     examples = [
-        CaptionExample(image_id, refs, file_name, resolve(file_name))
+        CaptionExample(image_id, refs, file_name, resolve(file_name), scene=(scenes or {}).get(image_id))
         for image_id, refs, file_name in rows
     ]
     return CaptionDataset(examples, source=source, split=split)
@@ -67,7 +68,9 @@ class _Resolver:
 
 def coco_rows_from_json(
     json_path: Path, split: str, images_root: Path | None, anchor: Path | None = None
-) -> tuple[list[_Row], list[Path]]:
+) -> tuple[list[_Row], list[Path], dict[Any, list[dict]] | None]:
+    """(rows, the folders images may be in, {image_id: scene} when every image records the
+    objects it shows (the shapes set's ``shapes``), else None)."""
     data = read_json_file(json_path)
     if isinstance(data, list):
         raise UserError(
@@ -123,7 +126,9 @@ def coco_rows_from_json(
             parent = json_path.parent
             anchor = parent.parent if parent.name == "annotations" else parent
         roots = [anchor / "images", anchor / "images" / image_split, anchor / image_split, anchor]
-    return rows, [r for r in roots if r.is_dir()]
+    scenes = {im["id"]: im["shapes"] for im in data["images"]} \
+        if all(isinstance(im.get("shapes"), list) for im in data["images"]) else None
+    return rows, [r for r in roots if r.is_dir()], scenes
 
 
 def _metadata_file(folder: Path) -> Path | None:
