@@ -16,6 +16,17 @@ APP_PATH = REPO / "space" / "app.py"
 PARTS = "caption_space"
 
 
+def browser_marks() -> list:
+    """The marks of a browser test: ``browser``, and the warnings of Gradio's queue calling
+    pandas options that pandas 3 deprecates (not ours to fix)."""
+    import pytest
+
+    return [pytest.mark.browser,
+            pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
+            pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+            pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'")]
+
+
 def _space_importable() -> None:
     # app.py imports its parts from its own folder, where `python app.py` finds them; the
     # end of sys.path, so nothing else is shadowed by space/'s files

@@ -20,6 +20,7 @@ import pytest
 from tests.space.helpers import (
     MAX_NEW,
     PeakRSS,
+    browser_marks,
     close_toasts,
     free_port,
     open_space,
@@ -28,13 +29,7 @@ from tests.space.helpers import (
     shot,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    # Gradio's queue calls pandas options that pandas 3 deprecates: not ours to fix
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
-]
+pytestmark = browser_marks()
 
 
 

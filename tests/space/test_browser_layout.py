@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.space.helpers import (
+    browser_marks,
     close_toasts,
     free_port,
     open_settings,
@@ -26,18 +27,10 @@ from tests.space.helpers import (
     space_part,
 )
 
-browser_test = [
-    pytest.mark.browser,
-    # Gradio's queue calls pandas options that pandas 3 deprecates: not ours to fix
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
-]
-
 
 def browser(fn):
     """Marks a test as a browser test (the module also holds plain ones)."""
-    for mark in reversed(browser_test):
+    for mark in reversed(browser_marks()):
         fn = mark(fn)
     return fn
 
