@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.files import read_json_file
 from captioning.records import METRICS, EvalRecord
 
 JOURNAL = "predictions.partial.jsonl"
@@ -172,9 +173,9 @@ def finished_run(out: Path, fp: str, settings: dict, ids: Sequence) -> tuple[lis
         raise UserError(f"{what} (predictions.json / metrics.json) that this command did not make: "
                         "pass --overwrite or another --out")
     try:
-        predictions = json.loads(preds_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{preds_path}: unreadable ({e.__class__.__name__}); pass --overwrite") from None
+        predictions = read_json_file(preds_path)
+    except UserError as e:
+        raise UserError(f"{e}; or pass --overwrite") from None
     skipped = (old.get("skipped_images") or []) if isinstance(old, dict) else []
     not_scored = {json.dumps(s.get("image_id")) for s in skipped}
     got = [p.get("image_id") for p in predictions] if isinstance(predictions, list) else None
