@@ -365,20 +365,21 @@ def _prepare_out(cfg: GenerateConfig, captioner, dataset, model_block: dict, set
     log("generate: " + json.dumps(config_echo, ensure_ascii=False))
 
 
-def _scene_accuracy(dataset, predictions: list[dict], log: Callable[[str], None]) -> dict | None:
-    """eval.scene's corpus numbers when the dataset records each image's scene (the shapes
-    set), over the images that were captioned; None for other datasets."""
+def _scene_accuracy(dataset, predictions: list[dict], log: Callable[[str], None]) -> tuple[dict | None, dict | None]:
+    """eval.scene's corpus numbers (for metrics.json) and per-image scores (for report.html)
+    when the dataset records each image's scene (the shapes set), over the images that were
+    captioned; (None, None) for other datasets."""
     from eval.scene import scene_accuracy
 
     scenes = dataset.scenes()
     if scenes is None:
-        return None
+        return None, None
     captioned = {p["image_id"] for p in predictions}
     result = scene_accuracy({i: s for i, s in scenes.items() if i in captioned}, predictions)
-    result.pop("per_image")
+    per_image = result.pop("per_image")
     shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
     log(f"scene accuracy (captions checked against each image's objects): {shown}")
-    return result
+    return result, per_image
 
 
 def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list[dict], skipped: list[dict],
@@ -401,7 +402,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
     if result["empty_captions"]:
         log(f"note: {len(result['empty_captions'])} of {len(predictions)} captions are empty (the model stopped at "
             "once); each scores 0 and is listed under empty_captions in metrics.json")
-    scene = _scene_accuracy(dataset, predictions, log)
+    scene, scene_per_image = _scene_accuracy(dataset, predictions, log)
     scoring_s = time.perf_counter() - t_score
     n_new, generation_s = timing["images_captioned"], timing["generation_s"]
     record = {
@@ -439,7 +440,8 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
     if cfg.report:
         from eval.report import write_report
 
-        write_report(out / REPORT, record, dataset, predictions, result, rows=cfg.report_rows)
+        write_report(out / REPORT, record, dataset, predictions, result, rows=cfg.report_rows,
+                     scene_scores=scene_per_image)
     record["seconds"] = round(time.perf_counter() - t_start, 3)
     write_record(out / METRICS, KIND_EVAL, record)
     for p in journal_files(out):  # the run is complete: its journal has served its purpose

@@ -2,7 +2,9 @@
 
 Written by ``python eval/run.py generate`` next to metrics.json. It holds the metric table
 and one row per image (thumbnail, prediction, references, per-image CIDEr and BLEU-4),
-ordered worst-first, with a switch to best-first. Thumbnails are inline base64 JPEGs and the
+ordered worst-first, with a switch to best-first. When the dataset records each image's scene
+(the shapes set), the corpus scene accuracy sits beside the metrics and each row says whether
+its caption names exactly the image's objects, and which it missed or added. Thumbnails are inline base64 JPEGs and the
 switch is plain CSS (radio buttons + flex order), so the file opens anywhere, offline, with
 no scripts. Long splits show the ``rows`` worst and ``rows`` best images.
 """
@@ -23,6 +25,13 @@ THUMB_EDGE = 128
 THUMB_QUALITY = 80
 #: per-image columns, in order; the first one present is the sort key
 ROW_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
+#: metrics.json's scene_accuracy keys, labelled for readers who have not read eval/scene.py
+SCENE_LABELS = (("exact", "exact object-set match (share of captions)"),
+                ("object_precision", "object precision (named objects that are in the image)"),
+                ("object_recall", "object recall (image objects the caption names)"),
+                ("count", "object count right (share of captions)"),
+                ("relation", "stated relations that hold"),
+                ("n_images", "images"))
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -72,7 +81,8 @@ def _fmt(value: Any) -> str:
 
 def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = None) -> str:
     """The HTML text. ``rows``: dicts with image_id, file_name, prediction, references,
-    scores ({metric: value}) and thumb (data URI or None), already ordered worst-first.
+    scores ({metric: value}), thumb (data URI or None) and, for a dataset with scenes, scene
+    (eval.scene's per-image scores), already ordered worst-first.
     When ``shown`` is given and there are more than ``2 * shown`` rows, only the ``shown``
     worst and ``shown`` best are rendered."""
     esc = html.escape
@@ -109,6 +119,18 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
         note = f' <span class="muted">({esc(unavailable.get(name, ""))})</span>' if value is None else ""
         parts.append(f'<tr><td>{esc(name)}</td><td class="v">{_fmt(value)}{note}</td></tr>')
     parts.append("</table>")
+    scene = record.get("scene_accuracy")
+    if scene:
+        parts.append("<h2>Scene accuracy (shapes): does the caption name the image's objects?</h2>"
+                     '<p class="muted">The dataset records every object in each image (colour, shape, size, '
+                     "position); each caption is read in the shapes grammar and checked against it "
+                     "(eval/scene.py). CIDEr can reward a caption that names the wrong objects; this cannot.</p>")
+        parts.append('<table class="metrics"><tr><th>scene accuracy</th><th>value</th></tr>')
+        for key, label in SCENE_LABELS:
+            if key in scene:
+                note = ' <span class="muted">(no caption states one)</span>' if scene[key] is None else ""
+                parts.append(f'<tr><td>{esc(label)}</td><td class="v">{_fmt(scene[key])}{note}</td></tr>')
+        parts.append("</table>")
 
     rows = list(rows)
     metric = rows and next((m for m in ROW_METRICS if m in rows[0]["scores"]), None)
@@ -131,18 +153,30 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
         scores = "".join(f"<div>{esc(m)} {_fmt(row['scores'].get(m))}</div>" for m in ROW_METRICS
                          if m in row["scores"])
         data = " ".join(f'data-{m.lower()}="{row["scores"][m]!r}"' for m in ROW_METRICS if m in row["scores"])
+        wrong = ""
+        if row.get("scene"):
+            sc = row["scene"]
+            data += f' data-scene-exact="{int(sc["exact"])}"'
+            scores += (f'<div class="scene">scene exact {"yes" if sc["exact"] else "no"}</div>'
+                       f"<div>objects P {_fmt(sc['object_precision'])}</div>"
+                       f"<div>objects R {_fmt(sc['object_recall'])}</div>")
+            wrong = "; ".join(f"{what}: {esc(', '.join(sc[key]))}" for key, what in
+                              (("missing", "missing"), ("extra", "not in the image")) if sc.get(key))
+            wrong = f'<div class="muted scene-wrong">{wrong}</div>' if wrong else ""
         parts.append(
             f'<div class="row" data-image-id="{esc(str(row["image_id"]))}" {data}>'
             f"<div>{thumb}</div>"
             f'<div><div class="muted">{esc(str(row.get("file_name") or row["image_id"]))}</div>'
-            f'<div class="pred">{esc(row["prediction"])}</div><ul class="refs">{refs}</ul></div>'
+            f'<div class="pred">{esc(row["prediction"])}</div>{wrong}<ul class="refs">{refs}</ul></div>'
             f'<div class="scores">{scores}</div></div>')
     parts.append("</div></body></html>")
     return "\n".join(parts) + "\n"
 
 
-def build_rows(dataset, predictions: Sequence[dict], per_image: dict) -> list[dict]:
-    """One row per predicted image (no thumbnails yet), in dataset order."""
+def build_rows(dataset, predictions: Sequence[dict], per_image: dict,
+               scene_scores: dict | None = None) -> list[dict]:
+    """One row per predicted image (no thumbnails yet), in dataset order; ``scene_scores``
+    ({image_id: eval.scene's per-image scores}) adds each row's ``scene``."""
     caption_of = {repr(p["image_id"]): p["caption"] for p in predictions}
     rows = []
     for ex in dataset:
@@ -152,16 +186,20 @@ def build_rows(dataset, predictions: Sequence[dict], per_image: dict) -> list[di
         rows.append({"image_id": ex.image_id, "file_name": ex.file_name, "prediction": caption_of[key],
                      "references": list(ex.references), "scores": dict(per_image.get(ex.image_id, {})),
                      "example": ex, "thumb": None})
+        if scene_scores is not None and ex.image_id in scene_scores:
+            rows[-1]["scene"] = scene_scores[ex.image_id]
     return rows
 
 
 def write_report(path: str | os.PathLike, record: dict, dataset, predictions: Sequence[dict],
-                 result: dict, *, rows: int = 100) -> Path:
+                 result: dict, *, rows: int = 100, scene_scores: dict | None = None) -> Path:
     """Render report.html for a scored run and write it atomically.
 
-    Only the rows that are shown get a thumbnail (images are decoded again here)."""
+    ``scene_scores``: eval.scene's per-image scores when the dataset records scenes (the
+    corpus numbers come from ``record["scene_accuracy"]``). Only the rows that are shown get a
+    thumbnail (images are decoded again here)."""
     per_image = result.get("per_image") or {}
-    ordered = order_rows(build_rows(dataset, predictions, per_image), sort_key_metric(per_image))
+    ordered = order_rows(build_rows(dataset, predictions, per_image, scene_scores), sort_key_metric(per_image))
     visible = ordered if len(ordered) <= 2 * rows else ordered[:rows] + ordered[-rows:]
     for row in visible:
         try:

@@ -118,12 +118,16 @@ class SceneScore:
     count_right: bool
     relations_stated: int
     relations_right: int
+    #: scene objects the caption does not name ("large red circle"), and named objects that are
+    #: not in the scene (as stated: "blue square"): what a report shows the caption got wrong
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"exact": self.exact, "object_precision": self.matched / self.named if self.named else 0.0,
                 "object_recall": self.matched / self.in_scene if self.in_scene else 1.0,
                 "count_right": self.count_right, "relations_stated": self.relations_stated,
-                "relations_right": self.relations_right}
+                "relations_right": self.relations_right, "missing": list(self.missing), "extra": list(self.extra)}
 
 
 def score_caption(caption: str, scene: Sequence[Mapping[str, Any]]) -> SceneScore:
@@ -135,9 +139,12 @@ def score_caption(caption: str, scene: Sequence[Mapping[str, Any]]) -> SceneScor
     exact = (Counter((c, k) for _, c, k in claims.objects) == Counter((s["color"], s["shape"]) for s in scene)
              and hits == len(scene) == len(claims.objects))
     right = _relations_right(claims, matched, scene)
+    used = set(matched)
+    missing = [f"{s['size']} {s['color']} {s['shape']}" for j, s in enumerate(scene) if j not in used]
+    extra = [" ".join(w for w in obj if w) for obj, m in zip(claims.objects, matched) if m is None]
     return SceneScore(exact=exact, named=len(claims.objects), in_scene=len(scene), matched=hits,
                       count_right=stated == len(scene), relations_stated=len(claims.relations),
-                      relations_right=right)
+                      relations_right=right, missing=missing, extra=extra)
 
 
 def scenes_of(references: Mapping[str, Any]) -> dict[Any, list[dict]] | None:

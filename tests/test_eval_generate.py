@@ -83,7 +83,7 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     scenes = ds.scenes()
     assert scenes is not None and len(scenes) == N_IMAGES
     want = scene_accuracy(scenes, preds)
-    want.pop("per_image")
+    per_scene = want.pop("per_image")
     assert rec["scene_accuracy"] == want and want["n_images"] == N_IMAGES
     # provenance (issue 4 item 3)
     assert rec["dataset"]["source"] == str(shapes_dir) and rec["dataset"]["split"] == "test"
@@ -104,6 +104,63 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     cider = [float(v) for v in re.findall(r'data-cider="([^"]+)"', html)]
     assert cider == sorted(cider)  # worst first
     assert "http://" not in html and "https://" not in html and "<script" not in html
+    # scene accuracy: the corpus numbers beside the metrics, and in every row what its caption got right and wrong
+    assert "<h2>Scene accuracy (shapes)" in html
+    assert f'<td>exact object-set match (share of captions)</td><td class="v">{want["exact"]:.4f}</td>' in html
+    assert f'<td>object recall (image objects the caption names)</td><td class="v">{want["object_recall"]:.4f}' in html
+    rows = re.findall(r'<div class="row" data-image-id="(\d+)"[^>]*data-scene-exact="(\d)">(.*?)</div></div>\n', html)
+    assert len(rows) == N_IMAGES
+    for image_id, exact, body in rows:
+        got = per_scene[int(image_id)]
+        assert exact == str(int(got["exact"])) and f"scene exact {'yes' if got['exact'] else 'no'}" in body
+        assert f"objects P {got['object_precision']:.4f}" in body and f"objects R {got['object_recall']:.4f}" in body
+        assert ("missing: " + ", ".join(got["missing"]) in body) is bool(got["missing"])
+        assert ("not in the image: " + ", ".join(got["extra"]) in body) is bool(got["extra"])
+
+
+def test_report_names_what_a_caption_got_wrong_about_its_scene():
+    """A row of a shapes eval says exact yes/no, object precision/recall and the objects missed
+    or made up; a row without a scene (another dataset) shows none of it."""
+    from eval.report import render_report
+    from eval.scene import score_caption
+
+    scene = [{"shape": "diamond", "color": "black", "size": "large", "row": 0, "col": 0},
+             {"shape": "cross", "color": "purple", "size": "large", "row": 2, "col": 1}]
+    rows = [{"image_id": i, "file_name": f"{i}.png", "prediction": cap, "references": ["r"], "scores": {"CIDEr": 0.5},
+             "thumb": None, "scene": score_caption(cap, scene).as_dict()}
+            for i, cap in ((1, "a black diamond and a small purple diamond"),
+                           (2, "a black diamond above a purple cross"))]
+    record = {"metrics": {"CIDEr": 0.5}, "scene_accuracy": {"exact": 0.5, "object_precision": 0.75,
+                                                             "object_recall": 0.5, "count": 1.0, "relation": None,
+                                                             "n_images": 2}}
+    html = render_report(record, rows)
+    wrong, right = html.split('data-image-id="2"')
+    assert 'data-scene-exact="0"' in wrong and "scene exact no" in wrong and "objects P 0.5000" in wrong
+    assert "missing: large purple cross; not in the image: small purple diamond" in wrong
+    assert 'data-scene-exact="1"' in right and "scene exact yes" in right and "missing" not in right
+    assert '<td>stated relations that hold</td><td class="v">n/a <span class="muted">(no caption states one)' in html
+    for row in rows:
+        del row["scene"]
+    plain = render_report({"metrics": {"CIDEr": 0.5}}, rows)
+    assert "scene" not in plain.lower() and "missing" not in plain
+
+
+def test_dataset_without_scenes_has_no_scene_accuracy(tmp_path, tiny_models, shapes_dir):
+    """The same images as a plain COCO captions file (no images[].shapes): metrics.json and
+    report.html carry no scene accuracy at all."""
+    refs = _load(shapes_dir / "annotations" / "captions_test.json")
+    for im in refs["images"]:
+        im.pop("shapes")
+    plain = tmp_path / "captions_test.json"
+    plain.write_text(json.dumps(refs))
+    out = tmp_path / "run"
+    assert main(["generate", "--model", str(tiny_models["blip"]), "--dataset", str(plain), "--images-dir",
+                 str(shapes_dir / "images"), "--split", "test", "--max-images", "2", "--batch-size", "2",
+                 "--max-new-tokens", "4", "--no-progress", "--metrics", *METRICS, "--out", str(out)]) == 0
+    assert "scene_accuracy" not in _load(out / "metrics.json")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count('class="row"') == 2
+    assert "Scene accuracy" not in html and "data-scene-exact" not in html and "scene exact" not in html
 
 
 def test_train_config_prompt_is_used_and_recorded(tmp_path, tiny_models, shapes_dir):
