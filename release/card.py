@@ -28,6 +28,12 @@ __all__ = ["DEFAULT_TEMPLATE", "TEMPLATES_DIR", "CardInputs", "card_data", "coll
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
+#: metrics.json's scene_accuracy keys (eval/scene.py) as the card names them
+SCENE_ROWS = (("exact", "exact object set (share of captions)"),
+              ("object_precision", "object precision (named objects in the image)"),
+              ("object_recall", "object recall (image objects named)"),
+              ("count", "object count right (share of captions)"),
+              ("relation", "stated relations that hold"))
 
 
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",
@@ -119,6 +125,24 @@ def _dataset_label(metrics: dict[str, Any]) -> tuple[str, str]:
     return name, f"{name} (local)"
 
 
+def _scene_accuracy(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's scene accuracy table, rounded like every metric; None when the evaluated
+    dataset records no scenes. Kept out of the badges and model-index: it is no standard
+    captioning metric and means something only on the synthetic shapes set."""
+    scene = metrics.get("scene_accuracy")
+    if not isinstance(scene, dict):
+        return None
+    rows = []
+    for key, name in SCENE_ROWS:
+        value = scene.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append({"name": name, "value": fmt(value)})
+        elif key in scene:
+            rows.append({"name": name, "value": "not measured: no caption states a relation"
+                         if key == "relation" else "not measured"})
+    return {"rows": rows, "n_images": scene.get("n_images")}
+
+
 def card_data(inputs: CardInputs):
     """The YAML front matter as huggingface_hub ModelCardData (model-index from metrics.json)."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -206,7 +230,8 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
                       "split": ds.get("split"), "dataset": _dataset_label(m)[1], "hash": ds.get("hash"),
                       "caption_transform": ds.get("caption_transform"),
                       "generation": m.get("generation") or {}, "created": m.get("created"),
-                      "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt")}
+                      "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt"),
+                      "scene": _scene_accuracy(m)}
     else:
         not_measured.append("captioning metrics (no metrics.json: the model was not evaluated)")
     if inputs.loss:

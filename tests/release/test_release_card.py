@@ -76,6 +76,34 @@ def test_card_with_metrics(merged, adapters, tmp_path, no_network):
     assert "logs/ (TensorBoard)" in text and "last validation loss 1.1000 at step 10" in text
 
 
+def test_scene_accuracy_has_its_own_named_table_and_nothing_else_changes(merged, tmp_path, no_network):
+    """An eval on the shapes set records scene accuracy: the card prints it in a table of its
+    own, explained, rounded like the metrics, and leaves model-index, badges and the rest of
+    the card exactly as they are without it."""
+    scene = {"exact": 0.625, "object_precision": 0.8123456, "object_recall": 0.7, "count": 0.875,
+             "relation": None, "n_images": 16}
+    texts, files = {}, {}
+    for name, doc in (("plain", METRICS), ("scene", dict(METRICS, scene_accuracy=scene))):
+        mfile = tmp_path / f"{name}.json"
+        mfile.write_text(json.dumps(doc))
+        texts[name], files[name] = render_card(collect_inputs(merged["idefics3"], repo_id="ns/m", metrics=mfile))
+    text = texts["scene"]
+    assert "### Scene accuracy (synthetic shapes set)" in text
+    assert "fraction of captions that name exactly the image's objects" in text and "(16 images)" in text
+    for row in ("| exact object set (share of captions) | 0.6250 |",
+                "| object precision (named objects in the image) | 0.8123 |",
+                "| object recall (image objects named) | 0.7000 |",
+                "| object count right (share of captions) | 0.8750 |",
+                "| stated relations that hold | not measured: no caption states a relation |"):
+        assert row in text
+    assert files["scene"] == files["plain"]  # no badge of its own
+    card = ModelCard(text)
+    assert card.data.to_dict() == ModelCard(texts["plain"]).data.to_dict()  # model-index: captioning metrics only
+    start = text.index("\n### Scene accuracy")
+    section = text[start:text.index("\n## Usage")]
+    assert text.replace(section, "") == texts["plain"] and "Scene accuracy" not in texts["plain"]
+
+
 def test_card_without_metrics_or_logs_says_not_measured(merged, tmp_path, no_network):
     import shutil
 
