@@ -8,6 +8,7 @@ import json
 import pytest
 
 from captioning import shapes
+from captioning.data import caption_transform
 from eval.scene import read_claims, scene_accuracy, scenes_of, score_caption
 
 
@@ -18,12 +19,15 @@ def test_split(tmp_path_factory):
     return refs
 
 
-def test_all_five_references_of_every_image_score_one(test_split):
+@pytest.mark.parametrize("style", ["none", "linguistic_errors"])
+def test_all_five_references_of_every_image_score_one(test_split, style):
+    """Each reference form, plain and in the style fine-tune's style (articles dropped)."""
+    transform = caption_transform(style)
     scenes = scenes_of(test_split)
     assert scenes is not None and len(scenes) == 120
     by_image: dict = {}
     for a in test_split["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a["caption"])
+        by_image.setdefault(a["image_id"], []).append(transform(a["caption"]))
     assert all(len(c) == 5 for c in by_image.values())
     for k in range(5):  # reference k of every image, as a set of predictions
         preds = [{"image_id": i, "caption": caps[k]} for i, caps in by_image.items()]
