@@ -5,7 +5,9 @@ normal Hugging Face layout that AutoProcessor and AutoModelForImageTextToText lo
     python -m captioning.factory --family blip --size real --out models/blip-base-random --params-only
 
 Sizes:
-  tiny  well under 1 MB, builds in about a second: tests and the offline demo.
+  tiny  well under 1 MB, builds in about a second: the tests.
+  demo  a few MB, the full 64 px shapes image: the offline demo, where a model trained
+        for a few minutes on 2 CPU cores must name the right shapes.
   real  the published architectures of SmolVLM-256M-Instruct and BLIP base
         (config values from their published configs, vocabulary sizes included),
         and for ``bridge`` DINOv2-large + Gemma-2-2B, for speed, memory and
@@ -29,7 +31,7 @@ from captioning.errors import UserError
 from captioning.files import check_writable
 from captioning.records import FACTORY, KIND_FACTORY, write_record
 
-SIZES = ("tiny", "real")
+SIZES = ("tiny", "demo", "real")
 
 # SmolVLM's chat template (HuggingFaceTB/SmolVLM-*-Instruct), verbatim in behaviour:
 # User:<image>instruction<end_of_utterance>\nAssistant: caption<end_of_utterance>\n
@@ -122,6 +124,17 @@ def _idefics3(size: str, folder: Path):
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     tie_word_embeddings=False, rms_norm_eps=1e-5)
         longest, splitting = image, False
+    elif size == "demo":
+        # The 64 px image is upscaled to 96 (nothing lost) so that 8 px patches (12x12) pixel-shuffle
+        # into 3x3 image tokens, one per cell of the shapes grid: the k-th object named is then
+        # the k-th occupied token, and the from-scratch model learns to read it in minutes.
+        image, patch, scale = 96, 8, 4
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=image, patch_size=patch)
+        text = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    tie_word_embeddings=False, rms_norm_eps=1e-5)
+        longest, splitting = image, False
     else:  # HuggingFaceTB/SmolVLM-256M-Instruct config.json
         image, patch, scale = 512, 16, 4
         vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -159,6 +172,12 @@ def _blip(size: str, folder: Path):
                       image_size=image, patch_size=patch)
         text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                     num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64)
+    elif size == "demo":
+        image, patch = 96, 8  # as the idefics3 demo model: 64 px upscaled, 12x12 patches of 8 px
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=image, patch_size=patch)
+        text = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                    num_attention_heads=4, encoder_hidden_size=64, max_position_embeddings=64)
     else:  # Salesforce/blip-image-captioning-base config.json
         image, patch = 384, 16
         vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -200,6 +219,15 @@ def _bridge(size: str, folder: Path):
                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     tie_word_embeddings=True, rms_norm_eps=1e-5, **special)  # tied, as Gemma-2
         bridge = dict(cross_attention_layers=[0, 1], bridge_hidden_size=32, bridge_num_heads=2, bridge_ffn_mult=1.0)
+    elif size == "demo":
+        # as the idefics3 demo model: the 64 px image upscaled to 96, 12x12 patches of 8 px
+        image, crop = 96, 96
+        vision = dict(model_type="dinov2", hidden_size=64, intermediate_size=128, mlp_ratio=2, num_hidden_layers=2,
+                      num_attention_heads=4, image_size=image, patch_size=8)
+        text = dict(model_type="llama", vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    tie_word_embeddings=True, rms_norm_eps=1e-5, **special)
+        bridge = dict(cross_attention_layers=[0, 1], bridge_hidden_size=64, bridge_num_heads=4, bridge_ffn_mult=1.0)
     else:
         # facebook/dinov2-large config.json; its processor: shortest edge 256, centre crop 224
         image, crop = 256, 224

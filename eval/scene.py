@@ -31,7 +31,8 @@ from captioning import shapes
 
 # the article is optional so captions in the linguistic_errors style ("there iz orange circle
 # thwisss iz funny": articles dropped) read the same as the plain ones
-_NP = re.compile(rf"\b(?:an? )?(?:({'|'.join(shapes.SIZES)}) )?({'|'.join(shapes.COLORS)}) ({'|'.join(shapes.SHAPES)})\b")
+_NP = re.compile(rf"\b(?:an? )?(?:({'|'.join(shapes.SIZES)}) )?({'|'.join(shapes.COLORS)}) "
+                 rf"({'|'.join(shapes.SHAPES)})\b")
 _RELATION = re.compile(r"^\s*(above|below|left of|right of)\s*$")
 _COUNT = re.compile(rf"^\s*({'|'.join(shapes.COUNT_WORDS)}) shapes?\s*:")
 

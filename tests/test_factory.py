@@ -44,3 +44,20 @@ def test_factory_cli(tmp_path, capsys):
     assert "total=256.4" in capsys.readouterr().out
     assert main(["--family", "blip", "--size", "tiny"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fam", ["idefics3", "blip", "bridge"])
+def test_demo_models_see_the_full_64px_image(fam):
+    """Demo size: the 64 px shapes image is upscaled, never downscaled, and for idefics3 it
+    becomes one image token per cell of the shapes grid (3x3), the layout it learns from."""
+    from PIL import Image
+
+    from captioning.shapes import GRID
+
+    model, processor = build_model(fam, "demo")
+    pixels = processor.image_processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"]
+    assert min(pixels.shape[-2:]) >= 64
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    if fam == "idefics3":
+        assert processor.image_seq_len == GRID * GRID
+        assert pixels.shape[-1] // model.config.vision_config.patch_size % GRID == 0

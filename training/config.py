@@ -34,9 +34,9 @@ class FactoryConfig:
     """A freshly built random model from captioning.factory (no download, no folder)."""
 
     family: str = "idefics3"
-    """factory family: idefics3 or blip"""
+    """factory family: idefics3, blip or bridge"""
     size: str = "tiny"
-    """tiny (tests, demo) or real (published architecture sizes)"""
+    """tiny (tests), demo (the offline demo: full 64 px shapes) or real (published architecture sizes)"""
     seed: int = 0
     """seed of the random weights"""
 
