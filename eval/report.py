@@ -4,8 +4,8 @@ Written by ``python eval/run.py generate`` next to metrics.json. It holds the me
 and one row per image (thumbnail, prediction, references, per-image CIDEr and BLEU-4),
 ordered worst-first, with a switch to best-first. When the dataset records each image's scene
 (the shapes set), the corpus scene accuracy sits beside the metrics and each row says whether
-its caption names exactly the image's objects, and which it missed or added. Thumbnails are inline base64 JPEGs and the
-switch is plain CSS (radio buttons + flex order), so the file opens anywhere, offline, with
+its caption names exactly the image's objects, and which it missed or added. Thumbnails are
+inline base64 JPEGs and the switch is plain CSS (radio buttons + flex order), so the file opens anywhere, offline, with
 no scripts. Long splits show the ``rows`` worst and ``rows`` best images.
 """
 
@@ -20,18 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from captioning.files import write_atomic
+from eval.scene import LABELS
 
 THUMB_EDGE = 128
 THUMB_QUALITY = 80
 #: per-image columns, in order; the first one present is the sort key
 ROW_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
-#: metrics.json's scene_accuracy keys, labelled for readers who have not read eval/scene.py
-SCENE_LABELS = (("exact", "exact object-set match (share of captions)"),
-                ("object_precision", "object precision (named objects that are in the image)"),
-                ("object_recall", "object recall (image objects the caption names)"),
-                ("count", "object count right (share of captions)"),
-                ("relation", "stated relations that hold"),
-                ("n_images", "images"))
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -126,7 +120,7 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
                      "position); each caption is read in the shapes grammar and checked against it "
                      "(eval/scene.py). CIDEr can reward a caption that names the wrong objects; this cannot.</p>")
         parts.append('<table class="metrics"><tr><th>scene accuracy</th><th>value</th></tr>')
-        for key, label in SCENE_LABELS:
+        for key, label in [*LABELS.items(), ("n_images", "images")]:
             if key in scene:
                 note = ' <span class="muted">(no caption states one)</span>' if scene[key] is None else ""
                 parts.append(f'<tr><td>{esc(label)}</td><td class="v">{_fmt(scene[key])}{note}</td></tr>')

@@ -37,6 +37,14 @@ _RELATION = re.compile(r"^\s*(above|below|left of|right of)\s*$")
 _COUNT = re.compile(rf"^\s*({'|'.join(shapes.COUNT_WORDS)}) shapes?\s*:")
 
 
+#: scene_accuracy's numbers (metrics.json) as the report and the model card name them
+LABELS = {"exact": "exact object set (share of captions)",
+          "object_precision": "object precision (named objects in the image)",
+          "object_recall": "object recall (image objects named)",
+          "count": "object count right (share of captions)",
+          "relation": "stated relations that hold"}
+
+
 @dataclass
 class Claims:
     """What one caption says: its objects in order of mention (size or None, colour, shape),

@@ -28,12 +28,6 @@ __all__ = ["DEFAULT_TEMPLATE", "TEMPLATES_DIR", "CardInputs", "card_data", "coll
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
-#: metrics.json's scene_accuracy keys (eval/scene.py) as the card names them
-SCENE_ROWS = (("exact", "exact object set (share of captions)"),
-              ("object_precision", "object precision (named objects in the image)"),
-              ("object_recall", "object recall (image objects named)"),
-              ("count", "object count right (share of captions)"),
-              ("relation", "stated relations that hold"))
 
 
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",
@@ -132,8 +126,10 @@ def _scene_accuracy(metrics: dict[str, Any]) -> dict[str, Any] | None:
     scene = metrics.get("scene_accuracy")
     if not isinstance(scene, dict):
         return None
+    from eval.scene import LABELS
+
     rows = []
-    for key, name in SCENE_ROWS:
+    for key, name in LABELS.items():
         value = scene.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append({"name": name, "value": fmt(value)})

@@ -106,8 +106,8 @@ def test_generate_writes_predictions_metrics_and_report(reference_run, shapes_di
     assert "http://" not in html and "https://" not in html and "<script" not in html
     # scene accuracy: the corpus numbers beside the metrics, and in every row what its caption got right and wrong
     assert "<h2>Scene accuracy (shapes)" in html
-    assert f'<td>exact object-set match (share of captions)</td><td class="v">{want["exact"]:.4f}</td>' in html
-    assert f'<td>object recall (image objects the caption names)</td><td class="v">{want["object_recall"]:.4f}' in html
+    assert f'<td>exact object set (share of captions)</td><td class="v">{want["exact"]:.4f}</td>' in html
+    assert f'<td>object recall (image objects named)</td><td class="v">{want["object_recall"]:.4f}' in html
     rows = re.findall(r'<div class="row" data-image-id="(\d+)"[^>]*data-scene-exact="(\d)">(.*?)</div></div>\n', html)
     assert len(rows) == N_IMAGES
     for image_id, exact, body in rows:
