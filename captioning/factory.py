@@ -210,24 +210,18 @@ def _bridge(size: str, folder: Path):
     tok = build_bpe_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<pad>", "<|im_start|>", "<end_of_utterance>")}
     special = dict(pad_token_id=ids["<pad>"], bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"])
-    if size == "tiny":
-        # 48 px, patch 8: 6x6 patches, so each cell of the shapes 3x3 grid is 2x2 patches
-        image, crop = 48, 48
-        vision = dict(model_type="dinov2", hidden_size=32, intermediate_size=64, mlp_ratio=2, num_hidden_layers=1,
-                      num_attention_heads=2, image_size=image, patch_size=8)
-        text = dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+    if size in ("tiny", "demo"):
+        # tiny: 48 px, patch 8: 6x6 patches, so each cell of the shapes 3x3 grid is 2x2 patches;
+        # demo: as the idefics3 demo model, the 64 px image upscaled to 96: 12x12 patches of 8 px
+        image, v_hidden, v_layers, v_heads, t_hidden = (48, 32, 1, 2, 64) if size == "tiny" else (96, 64, 2, 4, 128)
+        crop = image
+        vision = dict(model_type="dinov2", hidden_size=v_hidden, intermediate_size=2 * v_hidden, mlp_ratio=2,
+                      num_hidden_layers=v_layers, num_attention_heads=v_heads, image_size=image, patch_size=8)
+        text = dict(model_type="llama", vocab_size=len(tok), hidden_size=t_hidden, intermediate_size=2 * t_hidden,
                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     tie_word_embeddings=True, rms_norm_eps=1e-5, **special)  # tied, as Gemma-2
-        bridge = dict(cross_attention_layers=[0, 1], bridge_hidden_size=32, bridge_num_heads=2, bridge_ffn_mult=1.0)
-    elif size == "demo":
-        # as the idefics3 demo model: the 64 px image upscaled to 96, 12x12 patches of 8 px
-        image, crop = 96, 96
-        vision = dict(model_type="dinov2", hidden_size=64, intermediate_size=128, mlp_ratio=2, num_hidden_layers=2,
-                      num_attention_heads=4, image_size=image, patch_size=8)
-        text = dict(model_type="llama", vocab_size=len(tok), hidden_size=128, intermediate_size=256,
-                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                    tie_word_embeddings=True, rms_norm_eps=1e-5, **special)
-        bridge = dict(cross_attention_layers=[0, 1], bridge_hidden_size=64, bridge_num_heads=4, bridge_ffn_mult=1.0)
+        bridge = dict(cross_attention_layers=[0, 1], bridge_hidden_size=v_hidden, bridge_num_heads=v_heads,
+                      bridge_ffn_mult=1.0)
     else:
         # facebook/dinov2-large config.json; its processor: shortest edge 256, centre crop 224
         image, crop = 256, 224
