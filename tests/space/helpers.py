@@ -214,10 +214,23 @@ def open_space(browser, url: str, guard: NetworkGuard, width: int = 1280, height
 
 
 def set_number(page, elem_id: str, value) -> None:
-    """Type ``value`` into a slider's or number's box."""
+    """Type ``value`` into a slider's or number's box and wait until the component holds it.
+
+    Right after the page loads, a re-render can put the old value back after the box was
+    filled (a fresh-clone run once captioned with 30 new tokens instead of 12): the box is
+    typed again until it and the slider's range agree with ``value``, and it fails loudly
+    if they never do."""
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    want = str(value)
+    for _ in range(5):
+        box.fill(want)
+        box.press("Enter")
+        page.wait_for_timeout(100)
+        held = [box.input_value()] + ([slider.input_value()] if slider.count() else [])
+        if all(float(v) == float(want) for v in held):
+            return
+    raise AssertionError(f"#{elem_id} does not take {want}: it shows {held}")
 
 
 def pick(page, elem_id: str, option: str) -> None:
