@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioning.cli import guarded
+from captioning.cli import ArgumentParser, guarded
 from captioning.data import load_captions
 from captioning.errors import UserError
 from captioning.records import KIND_EVAL, read_record
@@ -19,12 +19,16 @@ from eval.scene import score_caption
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python scripts/demo_show.py", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help="the shapes dataset folder the evals ran on")
     ap.add_argument("evals", nargs="+", metavar="NAME=EVAL_DIR")
     ap.add_argument("--split", default="test")
     ap.add_argument("--images", type=int, default=4)
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
+        return int(exc.code or 0)
 
     def run() -> None:
         from captioning.files import read_json_file
