@@ -116,22 +116,17 @@ def _idefics3(size: str, folder: Path):
     )
 
     tok = build_bpe_tokenizer()
-    if size == "tiny":
-        image, patch, scale = 48, 8, 2  # 6x6 patches -> 3x3 image tokens after pixel shuffle
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      image_size=image, patch_size=patch)
-        text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                    tie_word_embeddings=False, rms_norm_eps=1e-5)
-        longest, splitting = image, False
-    elif size == "demo":
-        # The 64 px image is upscaled to 96 (nothing lost) so that 8 px patches (12x12) pixel-shuffle
-        # into 3x3 image tokens, one per cell of the shapes grid: the k-th object named is then
-        # the k-th occupied token, and the from-scratch model learns to read it in minutes.
-        image, patch, scale = 96, 8, 4
-        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      image_size=image, patch_size=patch)
-        text = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    if size in ("tiny", "demo"):
+        # tiny: 48 px, 6x6 patches -> 3x3 image tokens after pixel shuffle. demo: the 64 px image
+        # upscaled to 96 (nothing lost) so that 8 px patches (12x12) pixel-shuffle into 3x3 image
+        # tokens, one per cell of the shapes grid: the k-th object named is then the k-th
+        # occupied token, and the from-scratch model learns to read it in minutes.
+        image, scale, v_hidden, v_layers, v_heads, t_hidden = ((48, 2, 32, 1, 2, 64) if size == "tiny"
+                                                               else (96, 4, 64, 2, 4, 128))
+        patch = 8
+        vision = dict(hidden_size=v_hidden, intermediate_size=2 * v_hidden, num_hidden_layers=v_layers,
+                      num_attention_heads=v_heads, image_size=image, patch_size=patch)
+        text = dict(vocab_size=len(tok), hidden_size=t_hidden, intermediate_size=2 * t_hidden, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     tie_word_embeddings=False, rms_norm_eps=1e-5)
         longest, splitting = image, False
