@@ -70,23 +70,29 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_bpe_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE (SmolVLM-style) trained on the built-in corpus, with every
-    special token the Idefics3 processor needs."""
+def build_bpe_tokenizer(vocab_size: int = 400, *, special: list[str] | None = None, bos: str | None = "<|im_start|>",
+                        eos: str = "<end_of_utterance>", pad: str = "<pad>", unk: str | None = "<|endoftext|>",
+                        **extra):
+    """A byte-level BPE trained on the built-in corpus. Defaults: SmolVLM-style, with every
+    special token the Idefics3 processor needs; other architectures pass their own
+    ``special`` tokens (all of them kept whole) and bos/eos/pad/unk. ``extra`` goes to the
+    tokenizer (e.g. ``extra_special_tokens`` naming a processor's image token)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if special is None:
+        special = SMOLVLM_SPECIAL
+        extra.setdefault("additional_special_tokens", SMOLVLM_SPECIAL[3:])
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SMOLVLM_SPECIAL,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    extra.setdefault("additional_special_tokens", [t for t in special if t not in (bos, eos, pad, unk)])
     # model_input_names: without it transformers 4.x also emits token_type_ids, which generate() rejects
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<pad>",
-        unk_token="<|endoftext|>", additional_special_tokens=SMOLVLM_SPECIAL[3:],
-        model_input_names=["input_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+                                   model_input_names=["input_ids", "attention_mask"], **extra)
 
 
 def build_wordpiece_tokenizer(folder: Path):
