@@ -210,8 +210,8 @@ def _idefics2(size: str, folder: Path):
     image, patch, latents = 32, 8, 4
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                   image_size=image, patch_size=patch)
-    perceiver = dict(hidden_size=32, rms_norm_eps=1e-5, hidden_act="silu", resampler_n_latents=latents, resampler_depth=1, resampler_n_heads=2,
-                     resampler_head_dim=16, num_key_value_heads=1)
+    perceiver = dict(hidden_size=32, rms_norm_eps=1e-5, hidden_act="silu", resampler_n_latents=latents,
+                     resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1)
     text = dict(model_type="mistral", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, rms_norm_eps=1e-5,
                 sliding_window=None, pad_token_id=ids["<unk>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"])
@@ -236,8 +236,12 @@ def _paligemma(size: str, folder: Path):
     token_type_ids 0 (prefix) / 1 (suffix) and labels -100 over the prefix. Tiny: SigLIP 32 px, patch 8 ->
     16 image tokens; Gemma-2 hidden 32, 2 layers. The processor adds <image> and 1024 <locNNNN> + 128
     <segNNN> tokens itself: the vocabulary is sized from the tokenizer after that."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from transformers import SiglipImageProcessorPil
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
 
     _tiny_only("paligemma", size)
     special = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
@@ -272,8 +276,12 @@ def _florence2(size: str, folder: Path):
     d_model 768). Tiny: DaViT 4 stages of depth 1, widths 8-32, 64 px -> 2x2 + 1 = 5 image tokens; BART d_model
     32, 1+1 layers. Same BART specials (<s> 0, <pad> 1, </s> 2, <unk> 3), the task/<loc_N> tokens and <image>;
     the tokenizer wraps text as <s> text </s>; decoder_start_token_id </s> as published."""
-    from transformers import CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration
-    from transformers import Florence2Processor
+    from transformers import (
+        CLIPImageProcessorPil,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
 
     _tiny_only("florence2", size)
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", *FLORENCE2_TOKENS, "<image>"]
