@@ -8,22 +8,22 @@ processor class) and :func:`captioning.processors.load_processor` reloads them.
 Each builder mirrors one published checkpoint: its architecture, special tokens, chat
 template and generation_config token ids; only the sizes differ (and the vocabulary, a small
 offline byte-level BPE with the checkpoint's special tokens kept whole). Tiny size only:
-a 64 px image becomes 16 image tokens, the models build in about a second and save to well
+a 64 px image becomes 16 image tokens, the models build in a second or two and save to well
 under 1 MB.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 from captioning.errors import UserError
 from captioning.factory import build_bpe_tokenizer
 from captioning.processors import image_only
 
-# Qwen/Qwen2-VL-2B-Instruct chat_template.json, verbatim; Qwen/Qwen2.5-VL-3B-Instruct's
-# chat_template.json is the same template (default system prompt "You are a helpful assistant.").
+# Qwen/Qwen2-VL-2B-Instruct chat_template.json, verbatim (found in several public copies); Qwen/Qwen2.5-VL-3B-
+# Instruct's chat_template.json is the same template, as far as could be checked offline (default system prompt
+# "You are a helpful assistant."; the tool-calling template in its tokenizer_config.json is not the processor's).
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -40,7 +40,8 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 # The Qwen3-VL Instruct chat template (as shipped with Qwen3-VL-8B-Instruct; the 2B Instruct
-# checkpoint ships the same one, as far as could be checked offline), verbatim. No default system
+# checkpoint ships the same one, as far as could be checked offline), verbatim: 5292 bytes, SHA-256 3636d0f0...,
+# as a public test pins the Qwen3-VL-8B-Instruct GGUF's template. No default system
 # prompt; tools and tool responses are supported; no <think> block for the Instruct models.
 QWEN3_VL_CHAT_TEMPLATE = """{%- if tools %}
     {{- '<|im_start|>system\\n' }}
@@ -194,27 +195,6 @@ _PATCH, _MERGE = 8, 2
 _MIN_PIXELS, _MAX_PIXELS = (2 * _PATCH * _MERGE) ** 2, 64 * 64
 
 
-@cache
-def _image_only_saving_kwargs(cls: type) -> type:
-    """:func:`image_only` ``cls`` whose ``__init__`` signature keeps ``cls``'s own parameters.
-
-    ProcessorMixin.to_dict saves only attributes named in ``__init__``'s signature, and image_only's
-    ``__init__(image_processor, tokenizer, chat_template, **kwargs)`` names none of SmolVLMProcessor's
-    ``image_seq_len``: saved, it is dropped and the reloaded processor falls back to 169 image tokens.
-    (Workaround here; the same fix in captioning.processors.image_only would cover reloaded processors
-    saved again.)"""
-    import inspect
-
-    base = image_only(cls)
-    params = [p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "video_processor"]
-
-    def __init__(self, *args, **kwargs):
-        base.__init__(self, *args, **kwargs)
-
-    __init__.__signature__ = inspect.Signature(params)
-    return type(cls.__name__, (base,), {"__init__": __init__, "__module__": cls.__module__, "__doc__": base.__doc__})
-
-
 def _tiny_only(arch: str, size: str) -> None:
     if size != "tiny":
         raise UserError(f"--size {size}: the factory builds {arch} at tiny size only")
@@ -235,7 +215,8 @@ def _qwen_ids(tok) -> dict[str, int]:
 
 
 def _qwen_generation_config(model, tok) -> None:
-    # Qwen2-VL-2B / Qwen2.5-VL-3B / Qwen3-VL-2B Instruct generation_config.json token ids:
+    # Qwen2-VL-2B / Qwen2.5-VL-3B / Qwen3-VL-2B Instruct generation_config.json token ids (from memory of the
+    # published files, not re-checked offline):
     # bos = pad = <|endoftext|> (151643), eos = [<|im_end|>, <|endoftext|>] = [151645, 151643].
     # (Their sampling settings are not copied: tests and captioning decode greedily.)
     eot, im_end = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
@@ -282,7 +263,7 @@ def _qwen2_5_vl(size: str, folder: Path):
     """Mirrors Qwen/Qwen2.5-VL-3B-Instruct (tied embeddings, M-RoPE with absolute time,
     window attention ViT with SwiGLU and RMSNorm, full attention in the last block, same chat
     template as Qwen2-VL). Differs in sizes only: text 64 x 2 layers (2048 x 36), vision 32 x 1 layer
-    (1280 x 32, full-attention block [0] for [7, 15, 23, 31]), 8 px patches (14) with a 32 px window
+    (1280 x 32, full-attention block [0] for [7, 15, 23, 31]), 8 px patches (14) with a 64 px window
     (112: 4x4 merged tokens in both), mrope_section [2, 3, 3] ([16, 24, 24]), the small vocabulary."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
@@ -357,17 +338,16 @@ def _smolvlm(size: str, folder: Path):
     config = SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=scale, image_token_id=ids["<image>"],
                            pad_token_id=ids["<|im_end|>"], tie_word_embeddings=False)
     model = SmolVLMForConditionalGeneration(config)
-    # generation_config.json of SmolVLM2-256M-Video-Instruct: bos 1 (<|im_start|>), pad 2 (<|im_end|>),
-    # eos [2, 49279] (<|im_end|>, <end_of_utterance>)
+    # generation_config.json of SmolVLM2-256M-Video-Instruct (from memory, not re-checked offline): bos 1
+    # (<|im_start|>), pad 2 (<|im_end|>), eos [2, 49279] (<|im_end|>, <end_of_utterance>)
     model.generation_config.bos_token_id = ids["<|im_start|>"]
     model.generation_config.pad_token_id = ids["<|im_end|>"]
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<end_of_utterance>"]]
     image_seq_len = (image // patch) ** 2 // scale ** 2
     ip = SmolVLMImageProcessorPil(size={"longest_edge": image}, max_image_size={"longest_edge": image},
                                   do_image_splitting=False, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    processor = _image_only_saving_kwargs(SmolVLMProcessor)(image_processor=ip, tokenizer=tok,
-                                                            image_seq_len=image_seq_len,
-                                                            chat_template=SMOLVLM2_CHAT_TEMPLATE)
+    processor = image_only(SmolVLMProcessor)(image_processor=ip, tokenizer=tok, image_seq_len=image_seq_len,
+                                             chat_template=SMOLVLM2_CHAT_TEMPLATE)
     return model, processor
 
 
