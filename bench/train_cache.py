@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     targs = TrainingArguments(output_dir=str(tmp / "out"), per_device_train_batch_size=bs, learning_rate=1e-4,
                               report_to="none", use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
                               label_names=["labels"], disable_tqdm=True)
-    trainer = CaptionTrainer(model=model, args=targs, data_collator=collate, compute_loss_func=caption_loss())
+    trainer = CaptionTrainer(model=model, args=targs, data_collator=collate, compute_loss_func=caption_loss(),
+                             family=family)
     trainer.create_optimizer_and_scheduler(num_training_steps=2 * (1 + args.rounds * args.steps))
     opt = trainer.optimizer
 

@@ -253,33 +253,49 @@ def _bridge(size: str, folder: Path):
 BUILDERS: dict[str, Callable] = {"idefics3": _idefics3, "blip": _blip, "bridge": _bridge}
 
 
-def build_model(family: str, size: str = "tiny", *, seed: int = 0):
-    """Randomly initialised (model, processor) of ``family`` at ``size``, in memory."""
+def builders() -> dict[str, Callable]:
+    """Every architecture the factory builds: the three above at every size, and the tiny
+    VLMs of captioning.factory_video (Qwen-VL, SmolVLM2) and captioning.factory_chat (Gemma 3,
+    LLaVA, Idefics2, PaliGemma, Florence-2). Imported here, not at the top: they use this
+    module's tokenizer builder."""
+    from captioning import factory_chat, factory_video
+
+    return {**BUILDERS, **factory_video.BUILDERS, **factory_chat.BUILDERS}
+
+
+def build_model(arch: str, size: str = "tiny", *, seed: int = 0):
+    """Randomly initialised (model, processor) of ``arch`` (an architecture of
+    :func:`builders`: idefics3, blip, bridge, qwen2_vl, gemma3, ...) at ``size``, in memory."""
     import torch
 
-    if family not in BUILDERS:
-        raise UserError(f"--family {family!r}: the factory builds {', '.join(sorted(BUILDERS))}")
+    every = builders()
+    if arch not in every:
+        raise UserError(f"--family {arch!r}: the factory builds {', '.join(sorted(every))}")
     if size not in SIZES:
-        raise UserError(f"--size {size!r}: choose tiny or real")
+        raise UserError(f"--size {size!r}: choose {', '.join(SIZES)}")
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        return BUILDERS[family](size, Path(tmp))
+        return every[arch](size, Path(tmp))
 
 
-def build_random_model(family: str, out: str | Path, size: str = "tiny", *, seed: int = 0) -> Path:
+def build_random_model(arch: str, out: str | Path, size: str = "tiny", *, seed: int = 0) -> Path:
     """Build and save a random model + processor to ``out``; returns the folder."""
-    model, processor = build_model(family, size, seed=seed)
-    return save_random_model(model, processor, out, family=family, size=size, seed=seed)
+    model, processor = build_model(arch, size, seed=seed)
+    return save_random_model(model, processor, out, arch=arch, size=size, seed=seed)
 
 
-def save_random_model(model, processor, out: str | Path, *, family: str, size: str, seed: int) -> Path:
+def save_random_model(model, processor, out: str | Path, *, arch: str, size: str, seed: int) -> Path:
     """Save a model from :func:`build_model` with its processor and the record saying how it was
-    made (records.FACTORY), so later stages (the Space's badge) know the weights are untrained."""
+    made (records.FACTORY: the family that serves it, the architecture, size and seed), so later
+    stages (the Space's badge, the card) know the weights are untrained."""
+    from captioning.families import family_for_config
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    write_record(out / FACTORY, KIND_FACTORY, {"family": family, "size": size, "seed": seed})
+    write_record(out / FACTORY, KIND_FACTORY, {"family": family_for_config(model.config).name, "arch": arch,
+                                               "size": size, "seed": seed})
     return out
 
 
@@ -302,7 +318,8 @@ def count_parameters(model, family=None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m captioning.factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--family", required=True, choices=sorted(builders()), metavar="ARCH",
+                        help="architecture: %(choices)s (all but idefics3, blip and bridge: tiny only)")
     parser.add_argument("--size", default="tiny", choices=SIZES)
     parser.add_argument("--out", help="folder to save into (required unless --params-only)")
     parser.add_argument("--seed", type=int, default=0)
@@ -316,20 +333,20 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         import torch
 
-        from captioning.families import get_family
+        from captioning.families import family_for_config
 
         if args.params_only:  # meta tensors: real-size counts in a second, no memory
             with torch.device("meta"):
                 model, processor = build_model(args.family, args.size, seed=args.seed)
         else:
             model, processor = build_model(args.family, args.size, seed=args.seed)
-        counts = count_parameters(model, get_family(args.family))
+        counts = count_parameters(model, family_for_config(model.config))
         print(" ".join(f"{k}={v / 1e6:.2f}M" for k, v in counts.items()))
         if not args.params_only:
             if not args.out:
                 raise UserError("--out is required (or pass --params-only)")
             out = check_writable(args.out, "--out")
-            save_random_model(model, processor, out, family=args.family, size=args.size, seed=args.seed)
+            save_random_model(model, processor, out, arch=args.family, size=args.size, seed=args.seed)
             print(f"saved {args.size} {args.family} to {out}")
 
     return guarded(run, debug=debug)

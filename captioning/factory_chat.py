@@ -125,6 +125,7 @@ def _gemma3(size: str, folder: Path):
     """google/gemma-3-4b-it: SigLIP (896 px, patch 14, 4096 patches avg-pooled to 256 tokens) + Gemma-3 LM.
     Tiny: SigLIP 32 px, patch 8 (4x4 patches) pooled to mm_tokens_per_image=4; LM hidden 32, 2 layers.
     Same template, specials, <bos> added by the tokenizer, eos [<eos>, <end_of_turn>] as published."""
+    import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
     _tiny_only("gemma3", size)
@@ -148,6 +149,9 @@ def _gemma3(size: str, folder: Path):
                           image_token_index=ids["<image_soft_token>"], pad_token_id=ids["<pad>"],
                           bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]])
     model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the projector's weight to zeros, so a random Gemma 3 is blind: every
+    # image gives the same caption. Random values let the tests see images reach the logits.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
     ip = Gemma3ImageProcessorPil(size={"height": image, "width": image}, resample=2, do_pan_and_scan=False,
                                  **SIGLIP_NORM)  # bilinear, as published
     processor = Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=tokens_per_image,

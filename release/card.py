@@ -40,7 +40,9 @@ def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | N
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR / "usage")),
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    kind = "blip" if family == "blip" else "chat"
+    from captioning.families import get_family
+
+    kind = get_family(family).usage_template if family else "chat"
     auto = "AutoModelForImageTextToText" if major >= 5 else "AutoModelForVision2Seq"
     return env.get_template(f"{kind}.py.j2").render(
         auto_class=auto, model_id=model_id, image=image, prompt=prompt, max_new_tokens=max_new_tokens,

@@ -168,7 +168,9 @@ def test_training_example_is_prompt_then_caption_then_eos(cap, shapes_images):
 
 def test_image_size_option_changes_the_backbone_input(cap, shapes_images):
     processor = copy.deepcopy(cap.processor)
-    cap.family.configure_processor(processor, image_longest_edge=64, image_splitting=True)  # splitting: ignored
+    with pytest.raises(UserError, match="image-splitting.*no such control"):  # refused, never silently ignored
+        cap.family.configure_processor(processor, image_splitting=True)
+    cap.family.configure_processor(processor, image_longest_edge=64)
     inputs = cap.family.generation_inputs(processor, shapes_images[:1], [cap.prompt])
     assert inputs["pixel_values"].shape[-2:] == (64, 64)
     with torch.inference_mode():  # DINOv2 interpolates its position embeddings: 8x8 patches instead of 6x6

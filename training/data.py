@@ -15,7 +15,7 @@ import torch
 
 from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
-from captioning.families.base import IGNORE_INDEX
+from captioning.families.base import IGNORE_INDEX, per_token_keys
 
 
 def _pick(seed: int, epoch: int, image_id, n: int) -> int:
@@ -90,15 +90,11 @@ class Collator:
 
 
 # ------------------------------------------------------------ feature cache
-#: families whose forward accepts precomputed vision + connector outputs
-FEATURE_CACHE_FAMILIES = ("idefics3",)
-
-
 def check_feature_cache(family, model) -> None:
     """UserError unless the model can take cached features and nothing in front of them trains."""
-    if family.name not in FEATURE_CACHE_FAMILIES:
-        raise UserError(f"data.feature_cache: the {family.name} family cannot take precomputed image features "
-                        f"(supported: {', '.join(FEATURE_CACHE_FAMILIES)}); switch it off")
+    if not family.feature_cache:
+        raise UserError(f"data.feature_cache: the {family.name} family cannot take precomputed image features; "
+                        "switch it off")
     groups = family.parameter_groups(model)
     params = dict(model.named_parameters())
     trained = [n for n in groups["vision"] + groups["connector"] if params[n].requires_grad]
@@ -121,16 +117,9 @@ class FeatureCache:
     def example(self, i: int, caption: str, family, processor, prompt: str | None) -> dict[str, torch.Tensor]:
         """What ``family.encode_example`` returns for image ``i`` and ``caption``, with
         ``image_features`` in place of the pixel tensors."""
-        head = self.prompts[i]
-        # The caption part as the base Family.encode_example builds it (answer text through the
-        # chat template, tokenised without special tokens); tests/training check the two agree.
-        answer = family.tokenizer(processor)(family.answer_text(processor, prompt, caption), add_special_tokens=False,
-                                             return_tensors="pt")["input_ids"]
-        ids = torch.cat([head["input_ids"], answer], dim=1)
-        labels = torch.cat([torch.full_like(head["input_ids"], IGNORE_INDEX), answer], dim=1)
-        out = {k: v for k, v in head.items() if k != "input_ids"}
-        out.update(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
-                   image_features=self.features[i])
+        # The caption part exactly as Family.encode_example builds it; tests/training check the two agree.
+        out = family.join(self.prompts[i], family.answer_ids(processor, prompt, caption))
+        out["image_features"] = self.features[i]
         return out
 
     def nbytes(self) -> int:
@@ -143,10 +132,9 @@ def _prompt_part(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     labels = enc["labels"][0]
     supervised = (labels != IGNORE_INDEX).nonzero()
     n = int(supervised[0]) if len(supervised) else labels.shape[0]
-    head = {k: v for k, v in enc.items()
-            if not k.startswith(PIXEL_PREFIX) and k not in ("input_ids", "attention_mask", "labels")}
-    head["input_ids"] = enc["input_ids"][:, :n]
-    return head
+    per_token = per_token_keys(enc)
+    return {k: v[:, :n] if k in per_token or k == "input_ids" else v for k, v in enc.items()
+            if not k.startswith(PIXEL_PREFIX) and k not in ("attention_mask", "labels")}
 
 
 @torch.no_grad()
@@ -159,7 +147,7 @@ def compute_feature_cache(model, family, processor, examples: Sequence, prompt: 
     processor path as training (``encode_example``), so they are exactly what the forward
     pass would compute from the pixels.
     """
-    if family.name not in FEATURE_CACHE_FAMILIES:
+    if not family.feature_cache:
         raise UserError(f"data.feature_cache: the {family.name} family cannot take precomputed image features")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     was_training = base.training
@@ -177,8 +165,7 @@ def compute_feature_cache(model, family, processor, examples: Sequence, prompt: 
             kwargs = {k: v.to(device) for k, v in pix.items()}
             if dtype is not None:
                 kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
-            feats = base.get_image_features(**kwargs).pooler_output
-            feats_out.extend(f.detach().to("cpu") for f in feats)
+            feats_out.extend(f.detach().to("cpu") for f in family.image_features(base, kwargs))
             if progress is not None:
                 progress(len(chunk))
     finally:
@@ -186,14 +173,9 @@ def compute_feature_cache(model, family, processor, examples: Sequence, prompt: 
     return FeatureCache(feats_out, prompts)
 
 
-def features_to_model_inputs(inputs: dict) -> dict:
-    """Replace ``image_features`` in a batch by the ``mm_encoder_outputs`` argument that
-    transformers' Idefics3 forward accepts instead of pixels."""
-    feats = inputs.pop("image_features", None)
-    if feats is None:
+def features_to_model_inputs(inputs: dict, family) -> dict:
+    """A batch as the forward takes it: cached ``image_features`` (if any) turned into the
+    family's argument for precomputed features (pixels dropped)."""
+    if "image_features" not in inputs:
         return inputs
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    inputs = {k: v for k, v in inputs.items() if not k.startswith(PIXEL_PREFIX)}
-    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
-    return inputs
+    return family.feature_inputs({k: v for k, v in inputs.items() if not k.startswith(PIXEL_PREFIX)})

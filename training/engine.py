@@ -24,19 +24,23 @@ from training.data import features_to_model_inputs
 from training.evaluation import CaptionEvaluator, perplexity
 
 
-def caption_loss(label_smoothing: float = 0.0):
+def caption_loss(label_smoothing: float = 0.0, *, shift: bool = True):
     """Next-token cross-entropy over the caption tokens (labels -100 elsewhere), with
     optional label smoothing, normalised by the supervised-token count of the whole
     accumulated batch when the Trainer passes it (so accumulation does not change the loss).
 
     One function for every family: the models' own losses differ (BLIP's decoder smooths
-    labels by 0.1 internally), so the loss is computed here from the logits.
+    labels by 0.1 internally), so the loss is computed here from the logits. ``shift``: the
+    logits at t predict the label at t+1 (decoder-only models); encoder-decoders predict the
+    label at t (``Family.shifts_labels``).
     """
 
     def loss_fn(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        logits = logits[:, :-1, :].float()
-        target = labels[:, 1:].to(logits.device)
+        if shift:
+            logits, labels = logits[:, :-1, :], labels[:, 1:]
+        logits = logits.float()
+        target = labels.to(logits.device)
         total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                 ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
         if num_items_in_batch is None:
@@ -51,14 +55,16 @@ def caption_loss(label_smoothing: float = 0.0):
 class CaptionTrainer(Trainer):
     """Trainer + cached image features + captioning metrics at each validation."""
 
-    def __init__(self, *args, caption_evaluator: CaptionEvaluator | None = None, log_fn=print, **kwargs):
+    def __init__(self, *args, family=None, caption_evaluator: CaptionEvaluator | None = None, log_fn=print,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.family = family  # turns cached image features into the forward's arguments
         self.caption_evaluator = caption_evaluator
         self.log_fn = log_fn
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        return super().compute_loss(model, features_to_model_inputs(dict(inputs)), return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(model, features_to_model_inputs(dict(inputs), self.family),
+                                    return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):

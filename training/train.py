@@ -231,8 +231,9 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
         callbacks.append(tb)
     trainer = CaptionTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              data_collator=tdata.Collator(family, processor), processing_class=processor,
-                             compute_loss_func=caption_loss(op.label_smoothing_factor), callbacks=callbacks,
-                             caption_evaluator=evaluator, log_fn=say)
+                             compute_loss_func=caption_loss(op.label_smoothing_factor, shift=family.shifts_labels),
+                             callbacks=callbacks,
+                             family=family, caption_evaluator=evaluator, log_fn=say)
     try:
         try:
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import torch
 
+from captioning.errors import UserError
+
 DEFAULT_PROMPT = "Give a concise caption."
 IGNORE_INDEX = -100  # the label value CrossEntropyLoss (and transformers) skips
 
@@ -36,10 +38,19 @@ class Family:
     #: regexes over module paths (``named_modules()`` names), matched with re.search
     vision_pattern: ClassVar[str] = r"(^|\.)(vision_model|vision_tower|visual)(\.|$)"
     connector_pattern: ClassVar[str | None] = r"(^|\.)(connector|multi_modal_projector|merger)(\.|$)"
-    #: default LoRA targets: the language model's attention and MLP projections only.
-    #: A bare name list (q_proj, ...) would also wrap the vision tower's layers.
     #: prompts of different token lengths may share a batch through left padding
     pads_left: ClassVar[bool] = True
+    #: the image-size options :meth:`configure_processor` honours (others are refused, never ignored)
+    image_options: ClassVar[tuple[str, ...]] = ()
+    #: the forward accepts cached vision + connector outputs in place of pixels
+    #: (:meth:`image_features` / :meth:`feature_inputs`; training's data.feature_cache)
+    feature_cache: ClassVar[bool] = False
+    #: decoder-only: the logits at position t predict the label at t+1 (encoder-decoders: at t)
+    shifts_labels: ClassVar[bool] = True
+    #: the model card's usage snippet: model_cards/usage/<usage_template>.py.j2
+    usage_template: ClassVar[str] = "chat"
+    #: default LoRA targets: the language model's attention and MLP projections only.
+    #: A bare name list (q_proj, ...) would also wrap the vision tower's layers.
     lora_target_regex: ClassVar[str] = (
         r".*(language_model|text_model)\.(.*\.)?layers\.\d+\."
         r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
@@ -53,21 +64,36 @@ class Family:
         return AutoModelForImageTextToText
 
     def load_processor(self, path: str, *, revision: str | None = None, trust_remote_code: bool = False):
-        """Load the processor for ``path`` (a local folder or a hub id)."""
-        from transformers import AutoProcessor
+        """Load the processor for ``path`` (a local folder or a hub id); image-only where its
+        video processor needs torchvision and torchvision is missing (captioning.processors)."""
+        from captioning.processors import load_processor
 
-        return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        return load_processor(path, revision=revision, trust_remote_code=trust_remote_code)
 
     def configure_processor(self, processor, *, image_longest_edge: int | None = None,
                             image_splitting: bool | None = None) -> None:
-        """Apply image-size options; families without such options ignore them."""
+        """Apply image-size options. Families list what they honour in ``image_options`` and
+        override this; an option a family cannot honour is a UserError, never ignored."""
+        self.check_image_options(image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+
+    def check_image_options(self, **given) -> None:
+        for key, value in given.items():
+            if value is not None and key not in self.image_options:
+                flag = key.replace("_", "-")
+                raise UserError(f"--{flag} (data.{key}): the {self.name} family has no such control; leave it unset")
 
     def prepare_model(self, model, processor) -> None:
-        """Make generation stop where a caption ends (called after loading)."""
+        """Make generation stop where a training caption ends: at the chat template's
+        end-of-turn token, or at eos where the template has none (called after loading)."""
         tok = self.tokenizer(processor)
         gc = model.generation_config
         if gc.pad_token_id is None and tok.pad_token_id is not None:
             gc.pad_token_id = tok.pad_token_id
+        eos = gc.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        missing = [i for i in self.stop_token_ids(processor) if i not in eos]
+        if missing:
+            gc.eos_token_id = eos + missing
 
     # ------------------------------------------------------------ text helpers
     @staticmethod
@@ -87,9 +113,9 @@ class Family:
             conv.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return conv
 
-    def answer_text(self, processor, prompt: str | None, caption: str) -> str:
-        """The supervised text: what the chat template puts after the prompt for this
-        caption, up to and including the end-of-turn token (trailing newlines dropped).
+    def _answer_parts(self, processor, prompt: str | None) -> tuple[str, str]:
+        """What the chat template writes after the generation prompt, around the answer:
+        (before it, after it with trailing whitespace dropped).
 
         Derived by rendering a conversation with a marker answer, so any chat
         template works without knowing its end-of-turn token by name.
@@ -100,14 +126,65 @@ class Family:
         if not full.startswith(head) or marker not in full:
             raise ValueError(f"{self.name}: the chat template does not render the answer after the "
                              "generation prompt; this family cannot build training labels for it")
-        answer = full[len(head):]
-        before, after = answer.split(marker, 1)
-        return before + caption + after.rstrip()
+        before, after = full[len(head):].split(marker, 1)
+        return before, after.rstrip()
+
+    def answer_text(self, processor, prompt: str | None, caption: str) -> str:
+        """The supervised text: what the chat template puts after the prompt for this
+        caption, up to and including its end-of-turn token (trailing newlines dropped)."""
+        before, after = self._answer_parts(processor, prompt)
+        return before + caption + after
+
+    def end_of_turn_id(self, processor) -> int | None:
+        """The special token the chat template closes an assistant turn with (Qwen's
+        <|im_end|>, Gemma's <end_of_turn>, SmolVLM's <end_of_utterance>), or None when the
+        turn ends in plain text (LLaVA-1.5 closes it with a space)."""
+        try:
+            after = self._answer_parts(processor, None)[1]
+        except (ValueError, AttributeError, TypeError):  # no chat template, or one without an answer turn
+            return None
+        tok = self.tokenizer(processor)
+        ids = tok(after, add_special_tokens=False)["input_ids"] if after else []
+        return ids[-1] if ids and is_special(tok, ids[-1]) else None
+
+    def stop_token_ids(self, processor) -> list[int]:
+        """Tokens that end a caption: the end-of-turn token the answer closes with, or eos
+        (which :meth:`answer_ids` appends when the template closes with none)."""
+        eot = self.end_of_turn_id(processor)
+        if eot is not None:
+            return [eot]
+        eos = self.tokenizer(processor).eos_token_id
+        return [] if eos is None else [eos]
+
+    def answer_ids(self, processor, prompt: str | None, caption: str) -> torch.Tensor:
+        """The supervised ids ``[1, n]``: the answer text tokenised on its own (exactly the
+        ids generation produces after the prompt), ending with a stop token, so a
+        fine-tune learns to stop even when the template's turn ends in plain text."""
+        tok = self.tokenizer(processor)
+        before, after = self._answer_parts(processor, prompt)
+        ids = tok(before + caption + after, add_special_tokens=False)["input_ids"]
+        eot = tok(after, add_special_tokens=False)["input_ids"][-1:] if after else []
+        if not (eot and is_special(tok, eot[0])):
+            if tok.eos_token_id is None:
+                raise ValueError(f"{self.name}: the chat template ends a turn in plain text and the tokenizer "
+                                 "has no eos token, so a caption could never end")
+            ids = ids + [tok.eos_token_id]
+        return torch.tensor([ids], dtype=torch.long)
 
     # ----------------------------------------------------------- generation IO
     def images_arg(self, images: Sequence) -> list:
         """How a batch of single images is passed to the processor."""
         return [[im] for im in images]
+
+    def processor_inputs(self, processor, texts: Sequence[str], images: Sequence, **kwargs):
+        """``processor(text=..., images=...)`` with one image per text, passed nested
+        (``[[im], ...]``: a flat list reads as several images of one prompt to Gemma 3 and
+        others). A prompt the chat template already starts with bos is tokenised without
+        special tokens, so the model never sees bos twice."""
+        bos = self.tokenizer(processor).bos_token
+        if bos and all(t.startswith(bos) for t in texts):
+            kwargs["add_special_tokens"] = False
+        return processor(text=list(texts), images=self.images_arg(images), return_tensors="pt", **kwargs)
 
     def generation_inputs(self, processor, images: Sequence, prompts: Sequence[str | None]):
         """Processor outputs for a batch (left padded, so new tokens line up)."""
@@ -116,7 +193,7 @@ class Family:
         old = tok.padding_side
         tok.padding_side = "left"
         try:
-            return processor(text=texts, images=self.images_arg(images), padding=True, return_tensors="pt")
+            return self.processor_inputs(processor, texts, images, padding=True)
         finally:
             tok.padding_side = old
 
@@ -144,25 +221,41 @@ class Family:
         The prompt and the answer are tokenised separately and concatenated so the
         model is trained on exactly the ids it sees at generation time.
         """
-        tok = self.tokenizer(processor)
-        prompt_inputs = processor(text=[self.build_prompt(processor, prompt)], images=self.images_arg([image]),
-                                  return_tensors="pt")
-        answer_ids = tok(self.answer_text(processor, prompt, caption), add_special_tokens=False,
-                         return_tensors="pt")["input_ids"]
-        input_ids = torch.cat([prompt_inputs["input_ids"], answer_ids], dim=1)
-        labels = torch.cat([torch.full_like(prompt_inputs["input_ids"], IGNORE_INDEX), answer_ids], dim=1)
-        out = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask")}
-        out.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels)
+        prompt_inputs = self.processor_inputs(processor, [self.build_prompt(processor, prompt)], [image])
+        return self.join(prompt_inputs, self.answer_ids(processor, prompt, caption))
+
+    def token_fill(self, key: str) -> int:
+        """The value a per-token side tensor (``token_type_ids``, ``mm_token_type_ids``, ...)
+        takes over the caption and over padding: 0, plain text, in every processor here."""
+        return 0
+
+    def join(self, prompt_inputs: dict, answer: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encoded prompt (one example) + supervised answer ids: input ids, labels, mask, and
+        every per-token side tensor the processor returned extended over the answer."""
+        head = prompt_inputs["input_ids"]
+        out = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
+        for key in per_token_keys(prompt_inputs):
+            out[key] = torch.cat([out[key], out[key].new_full(answer.shape, self.token_fill(key))], dim=1)
+        ids = torch.cat([head, answer.to(head.dtype)], dim=1)
+        out.update(input_ids=ids, attention_mask=torch.ones_like(ids),
+                   labels=torch.cat([torch.full_like(head, IGNORE_INDEX), answer.to(head.dtype)], dim=1))
         return out
 
     def pad_token_id(self, processor) -> int:
         tok = self.tokenizer(processor)
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
+    def pad_values(self, processor) -> dict[str, int]:
+        """The right-padding value of each token-level key :meth:`collate` pads."""
+        return {"input_ids": self.pad_token_id(processor), "labels": IGNORE_INDEX, "attention_mask": 0}
+
     def collate(self, processor, examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Batch encoded examples: text right padded (labels -100, mask 0); image
-        tensors concatenated, zero-padded where crop counts differ."""
-        pad_values = {"input_ids": self.pad_token_id(processor), "labels": IGNORE_INDEX, "attention_mask": 0}
+        """Batch encoded examples: text and per-token side tensors right padded (labels
+        -100, mask 0, side tensors :meth:`token_fill`); image tensors concatenated,
+        zero-padded where crop counts differ."""
+        pad_values = self.pad_values(processor)
+        for key in per_token_keys(examples[0]):
+            pad_values.setdefault(key, self.token_fill(key))
         batch: dict[str, torch.Tensor] = {}
         for key in examples[0]:
             tensors = [ex[key] for ex in examples]
@@ -175,6 +268,15 @@ class Family:
                 batch[key] = _cat_padded(tensors)
         return batch
 
+    # ------------------------------------------------------ cached image features
+    def image_features(self, model, pixel_inputs: dict) -> list[torch.Tensor]:
+        """Vision tower + connector output per image (families with ``feature_cache``)."""
+        raise NotImplementedError(f"the {self.name} family cannot take precomputed image features")
+
+    def feature_inputs(self, inputs: dict) -> dict:
+        """A batch with ``image_features`` (cached) turned into the forward's arguments."""
+        raise NotImplementedError(f"the {self.name} family cannot take precomputed image features")
+
     # ----------------------------------------------------------- module groups
     def module_names(self, model, pattern: str | None) -> list[str]:
         if not pattern:
@@ -183,18 +285,38 @@ class Family:
         return [n for n, _ in model.named_modules() if n and rx.search(n)]
 
     def parameter_groups(self, model) -> dict[str, list[str]]:
-        """Parameter names split into vision / connector / language (everything else)."""
+        """Parameter names split into vision / connector / language (everything else). The
+        connector is matched first: some connectors live inside the vision module (Qwen's
+        ``visual.merger``)."""
         vis = re.compile(self.vision_pattern)
         con = re.compile(self.connector_pattern) if self.connector_pattern else None
         groups: dict[str, list[str]] = {"vision": [], "connector": [], "language": []}
         for name, _ in model.named_parameters():
-            if vis.search(name):
-                groups["vision"].append(name)
-            elif con is not None and con.search(name):
+            if con is not None and con.search(name):
                 groups["connector"].append(name)
+            elif vis.search(name):
+                groups["vision"].append(name)
             else:
                 groups["language"].append(name)
         return groups
+
+
+def is_special(tok, token_id: int) -> bool:
+    """A special token: one the tokenizer names (bos, eos, ...) or an added token marked
+    special (chat-template tokens such as <end_of_turn> are often only the latter)."""
+    if token_id in tok.all_special_ids:
+        return True
+    added = getattr(tok, "added_tokens_decoder", {}).get(token_id)
+    return bool(added is not None and added.special)
+
+
+def per_token_keys(encoded: dict) -> list[str]:
+    """Keys of side tensors with one value per input token (``token_type_ids``,
+    ``mm_token_type_ids``, ...): 2-D and the shape of ``input_ids``."""
+    ids = encoded.get("input_ids")
+    return [k for k, v in encoded.items()
+            if k not in ("input_ids", "attention_mask", "labels") and isinstance(v, torch.Tensor)
+            and ids is not None and v.dim() == 2 and v.shape == ids.shape]
 
 
 def _cat_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -29,6 +29,7 @@ class BlipFamily(Family):
         r"crossattention\.self\.(query|key|value)|crossattention\.output\.dense|"
         r"intermediate\.dense|output\.dense)"
     )
+    usage_template = "blip"
     #: left padding would shift BLIP's absolute positions: batch only equal-length prompts
     pads_left = False
 
@@ -42,6 +43,9 @@ class BlipFamily(Family):
     def prepare_model(self, model, processor):
         super().prepare_model(model, processor)
         sdpa_vision_attention(model)
+
+    def stop_token_ids(self, processor):
+        return [self.tokenizer(processor).sep_token_id]  # training ends every caption with [SEP]
 
     def build_prompt(self, processor, prompt):
         return prompt or ""

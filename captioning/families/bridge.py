@@ -31,25 +31,21 @@ class BridgeFamily(Family):
     )
     pads_left = True
 
+    image_options = ("image_longest_edge",)
+
+    def stop_token_ids(self, processor):
+        return [self.tokenizer(processor).eos_token_id]  # answer_ids ends every caption with it
+
     def configure_processor(self, processor, *, image_longest_edge=None, image_splitting=None):
         """``image_longest_edge``: the square side the backbone sees (resize the short
         side to it, then centre crop). DINOv2 interpolates its position embeddings, so any
         multiple of the patch size works; compute grows with its square. No splitting."""
+        self.check_image_options(image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         if image_longest_edge is not None:
             ip = processor.image_processor
             side = int(image_longest_edge)
             ip.size = {"shortest_edge": side}
             ip.crop_size = {"height": side, "width": side}
-
-    def prepare_model(self, model, processor):
-        super().prepare_model(model, processor)
-        # training appends the tokenizer's eos to every caption: generation must stop there
-        eos_id = self.tokenizer(processor).eos_token_id
-        gc = model.generation_config
-        eos = gc.eos_token_id
-        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        if eos_id is not None and eos_id not in eos:
-            gc.eos_token_id = eos + [eos_id] if eos else eos_id
 
     def build_prompt(self, processor, prompt):
         return processor.build_prompt(prompt)
@@ -57,7 +53,7 @@ class BridgeFamily(Family):
     def images_arg(self, images):
         return list(images)
 
-    def answer_ids(self, processor, caption: str) -> torch.Tensor:
+    def answer_ids(self, processor, prompt, caption: str) -> torch.Tensor:
         """The supervised ids: the caption, then eos (so generation learns to stop)."""
         tok = self.tokenizer(processor)
         if tok.eos_token_id is None:
@@ -69,7 +65,7 @@ class BridgeFamily(Family):
         """Prompt (labels -100) + caption + eos (supervised), pixel values for the bridge.
         Prompt and caption are tokenised apart, exactly as generation sees them."""
         inputs = processor(images=[image], text=[self.build_prompt(processor, prompt)], return_tensors="pt")
-        answer = self.answer_ids(processor, caption)
+        answer = self.answer_ids(processor, prompt, caption)
         input_ids = torch.cat([inputs["input_ids"], answer], dim=1)
         labels = torch.cat([torch.full_like(inputs["input_ids"], IGNORE_INDEX), answer], dim=1)
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,

@@ -1,5 +1,6 @@
-"""SmolVLM (Idefics3 architecture): HuggingFaceTB/SmolVLM-Instruct,
-SmolVLM-256M-Instruct and SmolVLM-500M-Instruct."""
+"""SmolVLM: the Idefics3 architecture (HuggingFaceTB/SmolVLM-Instruct, SmolVLM-256M-Instruct,
+SmolVLM-500M-Instruct) and SmolVLM2 (model type ``smolvlm``: SmolVLM2-256M/500M-Video-Instruct,
+SmolVLM2-2.2B-Instruct), which shares its processor behaviour for images."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from captioning.families.base import Family
 @register
 class Idefics3Family(Family):
     name = "idefics3"
-    model_types = ("idefics3",)
+    model_types = ("idefics3", "smolvlm")
     vision_pattern = r"(^|\.)vision_model(\.|$)"
     connector_pattern = r"(^|\.)connector(\.|$)"
+    image_options = ("image_longest_edge", "image_splitting")
+    feature_cache = True
     # Module paths, not bare names: SigLIP's q/k/v are also called q_proj/k_proj/v_proj.
     lora_target_regex = (
         r".*text_model\.layers\.\d+\."
@@ -30,14 +33,15 @@ class Idefics3Family(Family):
         if image_longest_edge is not None:
             ip.size = {"longest_edge": int(image_longest_edge)}
 
-    def prepare_model(self, model, processor):
-        super().prepare_model(model, processor)
-        # Instruct SmolVLM ends a turn with <end_of_utterance>; make sure generation
-        # stops there even when the checkpoint's generation_config only names <|endoftext|>.
-        tok = self.tokenizer(processor)
-        eou = tok.convert_tokens_to_ids("<end_of_utterance>")
-        gc = model.generation_config
-        eos = gc.eos_token_id
-        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        if eou is not None and eou != tok.unk_token_id and eou not in eos:
-            gc.eos_token_id = eos + [eou]
+    def image_features(self, model, pixel_inputs):
+        return list(model.get_image_features(**pixel_inputs).pooler_output)
+
+    def feature_inputs(self, inputs):
+        """Cached features go in as ``mm_encoder_outputs``, which the Idefics3 and SmolVLM
+        forwards take instead of pixels."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        inputs = dict(inputs)
+        feats = inputs.pop("image_features")
+        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+        return inputs

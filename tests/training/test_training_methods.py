@@ -124,17 +124,22 @@ def test_train_connector_is_refused_for_blip(tiny_models, shapes_dir, tmp_path):
         train(config(recipe), log=lambda *_: None)
 
 
-def test_feature_cache_gives_the_same_loss(tiny_models, shapes_dir):
+@pytest.mark.parametrize("arch", ["idefics3", "smolvlm"])  # SmolVLM and SmolVLM2: the families with the cache
+def test_feature_cache_gives_the_same_loss(arch, tiny_models, shapes_dir, tmp_path):
     from captioning.data import linguistic_errors, load_captions
+    from captioning.factory import build_random_model
     from captioning.loading import load_captioner
     from training import data as tdata
     from training.engine import caption_loss
 
-    cap = load_captioner(tiny_models["idefics3"], dtype="fp32", device="cpu")
+    folder = tiny_models[arch] if arch in tiny_models else build_random_model(arch, tmp_path / arch)
+    cap = load_captioner(folder, dtype="fp32", device="cpu")
     model, proc, fam = cap.model, cap.processor, cap.family
+    assert fam.feature_cache
     ds = load_captions(shapes_dir, "val", max_samples=6)
     cache = tdata.compute_feature_cache(model, fam, proc, ds, cap.prompt, batch_size=4)
-    assert len(cache.features) == 6 and cache.features[0].shape == (9, model.config.text_config.hidden_size)
+    n_tokens = 9 if arch == "idefics3" else 16  # image tokens per 64 px image of each tiny model
+    assert len(cache.features) == 6 and cache.features[0].shape == (n_tokens, model.config.text_config.hidden_size)
     plain = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all",
                                       transform=linguistic_errors)
     cached = tdata.CaptionTrainDataset(ds, fam, proc, cap.prompt, references="all", cache=cache,
@@ -150,7 +155,7 @@ def test_feature_cache_gives_the_same_loss(tiny_models, shapes_dir):
     loss = caption_loss()
     with torch.no_grad():
         la = loss(model(**{k: v for k, v in a.items() if k != "labels"}), a["labels"])
-        inputs = tdata.features_to_model_inputs(dict(b))
+        inputs = tdata.features_to_model_inputs(dict(b), fam)
         lb = loss(model(**{k: v for k, v in inputs.items() if k != "labels"}), b["labels"])
     torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
 
