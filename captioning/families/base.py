@@ -161,10 +161,8 @@ class Family:
         ids generation produces after the prompt), ending with a stop token, so a
         fine-tune learns to stop even when the template's turn ends in plain text."""
         tok = self.tokenizer(processor)
-        before, after = self._answer_parts(processor, prompt)
-        ids = tok(before + caption + after, add_special_tokens=False)["input_ids"]
-        eot = tok(after, add_special_tokens=False)["input_ids"][-1:] if after else []
-        if not (eot and is_special(tok, eot[0])):
+        ids = tok(self.answer_text(processor, prompt, caption), add_special_tokens=False)["input_ids"]
+        if self.end_of_turn_id(processor) is None:
             if tok.eos_token_id is None:
                 raise ValueError(f"{self.name}: the chat template ends a turn in plain text and the tokenizer "
                                  "has no eos token, so a caption could never end")
