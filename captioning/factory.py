@@ -15,6 +15,13 @@ Sizes:
 Tokenizers are built offline (a small byte-level BPE for SmolVLM, a word-piece
 vocab for BLIP), so real-size models keep the published vocabulary size in
 their configs while their tokenizers know fewer tokens.
+
+The other architectures the toolkit serves (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM2 in
+captioning/factory_video.py; Gemma 3, LLaVA-1.5, Idefics2, PaliGemma, Florence-2 in
+captioning/factory_chat.py) are built at tiny size only, with their published chat
+templates and generation configs, for tests/test_architectures.py:
+
+    python -m captioning.factory --family qwen2_5_vl --out models/tiny-qwen2.5-vl
 """
 
 from __future__ import annotations
