@@ -60,8 +60,10 @@ def test_family_and_training_encoding(arch, arch_models, images):
     tok = fam.tokenizer(proc)
     stops = fam.stop_token_ids(proc)
     assert stops, "some token must end a caption"
-    gen_eos = cap.model.generation_config.eos_token_id
-    gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    gc = cap.model.generation_config
+    gc.eos_token_id = tok.eos_token_id  # as a checkpoint whose generation config names eos alone
+    fam.prepare_model(cap.model, proc)
+    gen_eos = [gc.eos_token_id] if isinstance(gc.eos_token_id, int) else list(gc.eos_token_id or [])
     assert set(stops) <= set(gen_eos), "generation stops where training captions end"
 
     ex = fam.encode_example(proc, images[0], CAPTION, cap.prompt)
