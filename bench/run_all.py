@@ -20,6 +20,7 @@ SCRIPTS = {
     "generation_speed": ["bench/generation_speed.py"],
     "train_cache": ["bench/train_cache.py"],
     "space_load": ["bench/space_load.py"],
+    "llamacpp_peer": ["bench/llamacpp_peer.py"],
 }
 
 
