@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from captioning.cli import ArgumentParser, guarded, pop_debug, printable
+from captioning.cli import QUANTIZE_CHOICES, ArgumentParser, guarded, pop_debug, printable
 from captioning.errors import UserError
 from captioning.images import MAX_PIXELS
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"refuse images over this many pixels (default {MAX_PIXELS:,})")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                        help="int8: int8 weights and activations in every Linear layer (torchao; faster on CPU)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow models that ship their own code (never on by default)")
     argv, debug = pop_debug(argv)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--max-pixels must be a positive number of pixels")
         images = [load_image(p, max_pixels=args.max_pixels) for p in args.images]
         cap = load_captioner(args.model, revision=args.revision, adapter=args.adapter, dtype=args.dtype,
-                             device=args.device, trust_remote_code=args.trust_remote_code)
+                             device=args.device, trust_remote_code=args.trust_remote_code, quantize=args.quantize)
         results = caption_images(cap, images, args.prompt, settings, batch_size=args.batch_size)
         for path, caps in zip(args.images, results):
             for c in caps:

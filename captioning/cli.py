@@ -123,6 +123,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: --quantize values every loading command shares: "none" (the default) and "int8" (captioning.loading)
+QUANTIZE_CHOICES = ("none", "int8")
+
+
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, group: str | None = None,
            **argparse_kw: Any) -> Any:
     """A dataclass field that is also a command-line flag, its help written here once.

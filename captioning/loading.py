@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
 from captioning.records import TrainConfigRecord, adapter_base
@@ -128,20 +129,29 @@ class Captioner:
     adapter: str | None = None
     train_config: dict[str, Any] | None = None
     prompt: str | None = None
+    #: "int8" when the Linear layers run int8 (QUANTIZE_CHOICES), else None
+    quantize: str | None = None
 
 def load_captioner(model: str | Path, *, revision: str | None = None, adapter: str | Path | None = None,
                    dtype: str | torch.dtype | None = "auto", device: str | None = "auto",
                    load_in_4bit: bool = False, trust_remote_code: bool = False, family: str | None = None,
                    prompt: str | None = None, image_longest_edge: int | None = None,
-                   image_splitting: bool | None = None) -> Captioner:
+                   image_splitting: bool | None = None, quantize: str | None = None) -> Captioner:
     """Load model + processor (+ optional LoRA adapter) for captioning.
 
     ``model`` may be a hub id, a model folder, or a training output folder that
     holds an adapter (its base is read from adapter_config.json). A
     ``train_config.yaml`` beside the weights supplies the family and prompt
-    unless ``family``/``prompt`` are given.
+    unless ``family``/``prompt`` are given. ``quantize="int8"``: every Linear layer (vision
+    tower, connector, language model, head) runs int8 weights with dynamic per-token int8
+    activations (torchao), on CPU as on GPU; an adapter is merged into the full-precision
+    weights first.
     """
     from transformers import AutoConfig
+
+    quantize = check_quantize(quantize)
+    if quantize == "int8" and load_in_4bit:
+        raise UserError("--quantize int8 and --load-in-4bit are two different quantisations: pick one")
 
     model = str(model)
     if looks_local(model):
@@ -184,6 +194,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     if family is None and record:
         family = record.family
     fam = get_family(family) if family and family != "auto" else family_for_config(config)
+    if quantize == "auto":  # the Space's default: int8 on CPU where the family's int8 captions passed the gate
+        quantize = "int8" if dev.type == "cpu" and fam.int8_on_cpu and not load_in_4bit else None
 
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
@@ -193,6 +205,13 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    if quantize and adapter_dir is None:
+        # quantised as the weights load: the full-precision copy is never resident as a whole
+        from transformers import TorchAoConfig
+
+        # modules_to_not_convert=[]: the head too (transformers keeps it full precision by default), as quantize_ does
+        kwargs["quantization_config"] = TorchAoConfig(quant_type=int8_config(), modules_to_not_convert=[])
+        kwargs["device_map"] = {"": str(dev)}
     net = fam.model_class().from_pretrained(base, **kwargs)
     proc_src = adapter_dir if adapter_dir is not None and _has_processor(adapter_dir) else base
     processor = fam.load_processor(str(proc_src), revision=None if proc_src != base else revision,
@@ -207,7 +226,13 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             first = " ".join(str(e).split())[:200]
             raise UserError(f"the adapter {adapter_dir} does not fit the base {base} ({type(e).__name__}: {first}); "
                             "pass the base it was trained on (its adapter_config.json names it)") from e
-    if not load_in_4bit:
+    if quantize and adapter_dir is not None:
+        # LoRA merged into the full-precision weights, then the merged Linear layers quantised in place
+        from torchao.quantization import quantize_
+
+        net = net.merge_and_unload()
+        quantize_(net, int8_config())
+    if not load_in_4bit and not quantize:
         net = net.to(dev)
     net.eval()
     fam.prepare_model(net, processor)
@@ -216,7 +241,30 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
         prompt = record.prompt if record and record.has_prompt else fam.default_prompt
     return Captioner(model=net, processor=processor, family=fam, source=base, revision=revision, device=dev,
                      dtype=torch_dtype, adapter=str(adapter_dir) if adapter_dir else None,
-                     train_config=train_cfg, prompt=prompt or None)
+                     train_config=train_cfg, prompt=prompt or None, quantize=quantize)
+
+
+def check_quantize(quantize: str | None) -> str | None:
+    """Normalise a --quantize value: None for none; UserError when unknown or torchao is missing."""
+    if quantize in (None, "", "none"):
+        return None
+    if quantize not in QUANTIZE_CHOICES and quantize != "auto":
+        raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
+    try:
+        import torchao  # noqa: F401
+    except ImportError as e:
+        if quantize == "auto":
+            return None  # a default, not a request: full precision without torchao
+        raise UserError("--quantize int8 needs torchao: pip install torchao (make install does)") from e
+    return quantize
+
+
+def int8_config():
+    """torchao's int8 dynamic-activation, int8-weight configuration: symmetric per-channel int8
+    weights, activations quantised per token at run time (the ecosystem's int8 path for CPU)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    return Int8DynamicActivationInt8WeightConfig()
 
 
 def _has_processor(folder: Path) -> bool:

@@ -224,6 +224,7 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
         # "" = no prompt (unconditional BLIP); None would fall back to the family default
         prompt="" if prompt is None else prompt,
         image_longest_edge=gen_rec.get("image_longest_edge"), image_splitting=gen_rec.get("image_splitting"),
+        quantize=rec.get("quantize") or "none",  # an int8 number is reproduced at int8
         batch_size=batch_size or int(rec.get("batch_size") or 8), generation=settings,
         metrics=wanted, tokenize=tokenize, progress=progress, overwrite=False,
     )
@@ -272,8 +273,8 @@ def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> 
              f"dataset: {ds.get('source')} [{ds.get('split')}], {comparison.n_reproduced} images "
              f"(refs hash {str(ds.get('hash'))[:12]})",
              f"recorded {rec.get('created', '?')} with {rec.get('versions', {}).get('transformers', '?')} "
-             f"transformers / {rec.get('device', '?')} {rec.get('dtype', '?')}; reproduced with "
-             f"{new.get('versions', {}).get('transformers', '?')} / {new.get('device')} {new.get('dtype')}",
+             f"transformers / {rec.get('device', '?')} {_precision(rec)}; reproduced with "
+             f"{new.get('versions', {}).get('transformers', '?')} / {new.get('device')} {_precision(new)}",
              "",
              f"{'metric':<10}  {'recorded':>10}  {'reproduced':>10}  {'diff':>10}  ok"]
     for r in comparison.rows:
@@ -296,3 +297,8 @@ def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> 
         lines.append("NOT reproduced: " + ", ".join(f"{r['metric']} differs by {r['diff']:+.4f}" for r in bad)
                      + f" (tolerance {comparison.tolerance:g})")
     return "\n".join(lines)
+
+
+def _precision(rec: dict) -> str:
+    """dtype, plus int8 when the Linear layers were quantised: "float32 int8"."""
+    return f"{rec.get('dtype', '?')}{' ' + rec['quantize'] if rec.get('quantize') else ''}"

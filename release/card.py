@@ -30,6 +30,15 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
 
 
+def precision_label(metrics: dict[str, Any]) -> str | None:
+    """The precision an eval ran at, from metrics.json: "float32", "bfloat16", "int8 (float32
+    activations)"... None for records that do not say."""
+    dtype = metrics.get("dtype")
+    if metrics.get("quantize"):
+        return f"{metrics['quantize']} weights and activations ({dtype or 'float32'} elsewhere)"
+    return dtype
+
+
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",
                   max_new_tokens: int = 30, adapter_of: str | None = None, remote_code: bool = False) -> str:
     """The Python code a card shows for transformers ``major`` (4 or 5).
@@ -229,7 +238,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
                       "caption_transform": ds.get("caption_transform"),
                       "generation": m.get("generation") or {}, "created": m.get("created"),
                       "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt"),
-                      "scene": _scene_accuracy(m)}
+                      "scene": _scene_accuracy(m), "precision": precision_label(m)}
     else:
         not_measured.append("captioning metrics (no metrics.json: the model was not evaluated)")
     if inputs.loss:

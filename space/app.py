@@ -59,7 +59,7 @@ from caption_space.models import (
 )
 from caption_space.registry import DEFAULT_MAX_LOADED, ModelLoadError, ModelRegistry
 from caption_space.views import about_markdown, card_line, card_not_comparable, compare_html, esc, metrics_line
-from captioning.cli import ArgumentParser, guarded, pop_debug
+from captioning.cli import QUANTIZE_CHOICES, ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
 
 #: what tests, the load benchmark and scripts use of the Space
@@ -159,7 +159,7 @@ def settings_panel(tab: str, *, variations: bool = False) -> tuple[list, gr.Slid
 
 
 def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_MAX_LOADED, device: str = "auto",
-               dtype: str = "auto", limits: Limits | None = None, concurrency_limit: int = 2,
+               dtype: str = "auto", quantize: str = "auto", limits: Limits | None = None, concurrency_limit: int = 2,
                max_queue: int = 64, examples_dir: str | Path | None = EXAMPLES_DIR,
                loader: Callable[..., Any] | None = None) -> gr.Blocks:
     """The Space as a gr.Blocks (queued, not launched). ``models``: entries, or strings
@@ -175,7 +175,8 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
                         "or list them in space/models.yaml")
     infos = [read_model_info(e) for e in entries]
     unique_labels(infos)
-    registry = ModelRegistry(infos, max_loaded=max_loaded, device=device, dtype=dtype, loader=loader)
+    registry = ModelRegistry(infos, max_loaded=max_loaded, device=device, dtype=dtype, loader=loader,
+                             quantize=quantize)
     app = CaptionSpace(infos, registry, limits or Limits())
     choices = app.choices
     first_id = choices[0][1]
@@ -318,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="models kept in memory at once (least recently used ones are dropped)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPUs, fp32 on CPU), fp32, bf16, fp16")
+    parser.add_argument("--quantize", default="auto", choices=("auto", *QUANTIZE_CHOICES),
+                        help="default for models that set none (a models entry's quantize=... wins): auto = int8 "
+                             "on CPU for the families whose int8 captions passed the quality gate (BENCHMARKS.md), "
+                             "none = full precision")
     parser.add_argument("--concurrency", type=int, default=2, help="requests worked on at once")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before new ones are refused")
     parser.add_argument("--no-mcp", action="store_true",
@@ -334,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     built = []
     rc = guarded(lambda: built.append(build_demo(
         configured_models(args.models), max_loaded=args.max_loaded, device=args.device, dtype=args.dtype,
+        quantize=args.quantize,
         limits=Limits(max_pixels=args.max_pixels), concurrency_limit=args.concurrency, max_queue=args.max_queue)),
         debug=debug)
     if rc:

@@ -225,6 +225,8 @@ class CaptionSpace:
             timing += f" · model load {load_s:.2f} s"
         decoding = decoding_note(settings.num_beams, temperature, settings.num_captions)
         timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')}"
+        if getattr(cap, "quantize", None):
+            timing += f" ({cap.quantize} weights and activations)"
         timing += f" · {decoding} · {seed_note(settings)}"
         return "\n".join(out[0]), timing
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
 from captioning.files import read_json_file
 from captioning.fingerprints import weights_fingerprint
@@ -51,6 +52,8 @@ class ModelEntry:
     name: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    #: none or int8 for this model; None: the Space's default (--quantize)
+    quantize: str | None = None
 
     def __post_init__(self):
         if not self.id or not self.id.strip():
@@ -69,7 +72,7 @@ class ModelEntry:
         return looks_local(self.id)
 
 
-_ENTRY_KEYS = ("id", "name", "revision", "trust_remote_code")
+_ENTRY_KEYS = ("id", "name", "revision", "trust_remote_code", "quantize")
 
 
 def _bool_option(value: Any, where: str) -> bool:
@@ -89,9 +92,12 @@ def _entry_from_mapping(data: dict, where: str) -> ModelEntry:
         raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_ENTRY_KEYS)}")
     if not data.get("id"):
         raise UserError(f"{where}: needs an id (a hub id or a model folder)")
+    quantize = str(data["quantize"]).strip().lower() if data.get("quantize") else None
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise UserError(f"{where}: quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {data['quantize']!r}")
     return ModelEntry(id=str(data["id"]).strip(), name=data.get("name") or None,
                       revision=str(data["revision"]) if data.get("revision") else None,
-                      trust_remote_code=_bool_option(data.get("trust_remote_code", False), where))
+                      trust_remote_code=_bool_option(data.get("trust_remote_code", False), where), quantize=quantize)
 
 
 def parse_models(spec: str, *, where: str = "--models") -> list[ModelEntry]:

@@ -61,12 +61,16 @@ class ModelRegistry:
     ``max_loaded`` most recently used ones in memory (LRU)."""
 
     def __init__(self, infos: Sequence[ModelInfo], *, max_loaded: int = DEFAULT_MAX_LOADED,
-                 device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None):
+                 device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None,
+                 quantize: str = "auto"):
         if max_loaded < 1:
             raise UserError("--max-loaded must be at least 1")
         self.infos = {i.key: i for i in infos}
         self.max_loaded = max_loaded
         self.device, self.dtype = device, dtype
+        #: the default for entries that set none: "auto" (int8 on CPU where the family passed the
+        #: int8 quality gate, Family.int8_on_cpu), "none" or "int8"
+        self.quantize = quantize
         self._loader = loader
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._failed: dict[str, tuple[str, float]] = {}
@@ -136,7 +140,7 @@ class ModelRegistry:
         from captioning.loading import load_captioner
 
         return load_captioner(entry.id, revision=entry.revision, trust_remote_code=entry.trust_remote_code,
-                              device=self.device, dtype=self.dtype)
+                              device=self.device, dtype=self.dtype, quantize=entry.quantize or self.quantize)
 
     @staticmethod
     def _learn(info: ModelInfo, captioner) -> None:

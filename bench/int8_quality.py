@@ -1,0 +1,108 @@
+"""Does --quantize int8 change what trained models say? The quality gate for int8 serving.
+
+    python bench/int8_quality.py --dataset DIR --split test \\
+        --model demo=demo_out/runs/shapes-demo \\
+        --model demo-style=demo_out/runs/shapes-demo-style:linguistic_errors [--max-images 200]
+
+Each model (a trained folder or adapter; ``:TRANSFORM`` scores against references in that
+caption style) is evaluated twice by eval.generate.run_generate on the same images, at fp32
+and at int8 (torchao int8 weights + dynamic int8 activations), greedy. Reported side by
+side: CIDEr, scene accuracy on the synthetic shapes set (exact object sets, object
+precision/recall), and the share of images whose caption is identical at both precisions.
+
+The gate (issue 20): int8 may cost at most 2% relative CIDEr and 1 point of scene accuracy
+(exact); a family that misses it keeps fp32 as its CPU default (Family.int8_on_cpu).
+
+Writes bench/results/int8_quality.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "results" / "int8_quality.json"
+MAX_CIDER_DROP = 0.02  # relative
+MAX_EXACT_DROP = 0.01  # absolute (1 point)
+
+
+def evaluate(model: str, transform: str, quantize: str, args, out: Path, scorer) -> dict[str, Any]:
+    from captioning.generation import GenerationSettings
+    from eval.generate import GenerateConfig, run_generate
+
+    cfg = GenerateConfig(model=model, dataset=str(args.dataset), split=args.split, out=out, dtype="fp32",
+                         device="cpu", quantize=quantize, max_images=args.max_images, batch_size=args.batch_size,
+                         caption_transform=transform, metrics=["CIDEr"], report=False, overwrite=True,
+                         generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
+    record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
+    preds = json.loads((out / "predictions.json").read_text())
+    return {"record": record, "captions": {str(p["image_id"]): p["caption"] for p in preds}}
+
+
+def compare(name: str, model: str, transform: str, args, work: Path, scorer) -> dict[str, Any]:
+    runs = {q: evaluate(model, transform, q, args, work / f"{name}-{q}", scorer) for q in ("none", "int8")}
+    row: dict[str, Any] = {"model": model, "caption_transform": transform,
+                           "family": runs["none"]["record"]["model"]["family"]}
+    for q, run in runs.items():
+        rec = run["record"]
+        scene = rec.get("scene_accuracy") or {}
+        row[q] = {"CIDEr": rec["metrics"]["CIDEr"], "exact": scene.get("exact"),
+                  "object_precision": scene.get("object_precision"), "object_recall": scene.get("object_recall")}
+    a, b = runs["none"]["captions"], runs["int8"]["captions"]
+    row["identical_captions"] = sum(a[k] == b.get(k) for k in a) / max(1, len(a))
+    row["n_images"] = len(a)
+    cider_drop = (row["none"]["CIDEr"] - row["int8"]["CIDEr"]) / max(row["none"]["CIDEr"], 1e-9)
+    exact_drop = ((row["none"]["exact"] or 0) - (row["int8"]["exact"] or 0)) if row["none"]["exact"] is not None \
+        else 0.0
+    row["cider_relative_drop"] = round(cider_drop, 4)
+    row["exact_drop"] = round(exact_drop, 4)
+    row["passes_gate"] = cider_drop <= MAX_CIDER_DROP and exact_drop <= MAX_EXACT_DROP
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/int8_quality.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH[:TRANSFORM]")
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-images", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    import torch
+
+    from eval.scoring import Scorer
+
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"gate": {"max_cider_relative_drop": MAX_CIDER_DROP, "max_exact_drop": MAX_EXACT_DROP},
+                              "dataset": str(args.dataset), "split": args.split, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="int8-quality-") as tmp, Scorer() as scorer:
+        for spec in args.model:
+            name, _, rest = spec.partition("=")
+            path, _, transform = rest.partition(":")
+            result["models"][name] = compare(name, path, transform or "none", args, Path(tmp), scorer)
+            print(f"  {name}: done", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| model | family | images | CIDEr fp32 | CIDEr int8 | exact fp32 | exact int8 | identical captions | gate |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in result["models"].items():
+        def pct(x):
+            return "" if x is None else f"{x:.1%}"
+        print(f"| {name} | {r['family']} | {r['n_images']} | {r['none']['CIDEr']:.3f} | {r['int8']['CIDEr']:.3f} | "
+              f"{pct(r['none']['exact'])} | {pct(r['int8']['exact'])} | {r['identical_captions']:.1%} | "
+              f"{'pass' if r['passes_gate'] else 'FAIL'} |")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""--quantize int8 (torchao): every entry point loads an int8 model and captions with it, the
+setting is recorded with the numbers it produced, and mistakes are one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from captioning.errors import UserError
+
+
+def _int8_layers(model) -> int:
+    return sum(type(getattr(m, "weight", None)).__name__ == "Int8Tensor" for m in model.modules())
+
+
+def _linear_layers(model) -> int:
+    """Linear layers, less an output head tied to the input embeddings (BLIP's, the bridge's):
+    that weight is also the embedding table, so it stays full precision."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(isinstance(m, torch.nn.Linear) and id(m.weight) not in tables for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["idefics3", "blip", "bridge"])
+def test_int8_quantises_every_linear_layer_and_stays_close(arch, tiny_models, shapes_images):
+    from captioning.generation import GenerationSettings, caption_images
+    from captioning.loading import load_captioner
+
+    remote = arch == "bridge"
+    fp32 = load_captioner(tiny_models[arch], dtype="fp32", device="cpu", trust_remote_code=remote)
+    int8 = load_captioner(tiny_models[arch], dtype="fp32", device="cpu", quantize="int8", trust_remote_code=remote)
+    assert fp32.quantize is None and int8.quantize == "int8"
+    assert _int8_layers(fp32.model) == 0
+    assert _int8_layers(int8.model) == _linear_layers(int8.model) > 0  # vision, connector, LM and head alike
+    settings = GenerationSettings(max_new_tokens=5)
+    assert len(caption_images(int8, shapes_images[:3], settings=settings)) == 3
+    # the int8 model computes nearly the same function: teacher-forced logits agree closely
+    fam = fp32.family
+    ex = fam.encode_example(fp32.processor, shapes_images[0], "two red circles", fp32.prompt)
+    ex.pop("labels")
+    with torch.inference_mode():
+        a, b = fp32.model(**ex).logits.flatten(), int8.model(**ex).logits.flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.98
+
+
+def test_int8_with_an_adapter_merges_first(tiny_models, shapes_dir, tmp_path, shapes_images):
+    from captioning.loading import load_captioner
+    from tests.training.helpers import config, tiny_recipe
+    from training.train import train
+
+    run = train(config(tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "run")), log=lambda *_: None)
+    cap = load_captioner(run, dtype="fp32", device="cpu", quantize="int8")
+    assert cap.adapter == str(run) and cap.quantize == "int8"
+    assert not any("lora" in n for n, _ in cap.model.named_modules())  # merged, then quantised
+    assert _int8_layers(cap.model) == _linear_layers(cap.model)
+
+
+def test_quantize_mistakes_are_one_line_errors(tiny_models):
+    from captioning.loading import load_captioner
+
+    with pytest.raises(UserError, match="--quantize 'int4': choose one of none, int8"):
+        load_captioner(tiny_models["idefics3"], device="cpu", quantize="int4")
+    with pytest.raises(UserError, match="pick one"):
+        load_captioner(tiny_models["idefics3"], device="cpu", quantize="int8", load_in_4bit=True)
+
+
+def test_auto_is_int8_on_cpu_only_for_families_that_passed_the_gate(tiny_models, monkeypatch):
+    from captioning.families.blip import BlipFamily
+    from captioning.families.idefics3 import Idefics3Family
+    from captioning.loading import load_captioner
+
+    monkeypatch.setattr(Idefics3Family, "int8_on_cpu", True)
+    monkeypatch.setattr(BlipFamily, "int8_on_cpu", False)
+    assert load_captioner(tiny_models["idefics3"], device="cpu", quantize="auto").quantize == "int8"
+    assert load_captioner(tiny_models["blip"], device="cpu", quantize="auto").quantize is None
+
+
+def test_eval_records_int8_and_refuses_to_resume_at_another_precision(tiny_models, shapes_dir, tmp_path, capsys):
+    from eval.run import main
+
+    out = tmp_path / "eval"
+    args = ["generate", "--model", str(tiny_models["idefics3"]), "--dataset", str(shapes_dir), "--split", "test",
+            "--out", str(out), "--max-images", "4", "--max-new-tokens", "5", "--metrics", "CIDEr", "--no-report"]
+    assert main([*args, "--quantize", "int8"]) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["quantize"] == "int8" and rec["dtype"] == "float32"
+    capsys.readouterr()
+    # the same folder at full precision is another measurement: refused, not mixed
+    assert main([*args, "--quantize", "none"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "quantize: 'int8' -> None" in err and "--overwrite" in err
+
+    from release.card import precision_label
+
+    assert precision_label(rec) == "int8 weights and activations (float32 elsewhere)"
+    assert precision_label({"dtype": "float32"}) == "float32"
+
+
+def test_caption_cli_takes_quantize(tiny_models, shapes_dir, capsys):
+    from captioning.caption import main
+
+    png = sorted((shapes_dir / "images" / "test").glob("*.png"))[0]
+    assert main([str(png), "--model", str(tiny_models["idefics3"]), "--quantize", "int8",
+                 "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith(str(png))
+
+
+def test_space_entries_take_quantize(tiny_models):
+    from space.caption_space.models import ModelEntry, parse_models
+    from space.caption_space.registry import ModelRegistry
+
+    entries = parse_models(f"{tiny_models['idefics3']};quantize=int8, {tiny_models['blip']}")
+    assert [e.quantize for e in entries] == ["int8", None]
+    with pytest.raises(UserError, match="quantize must be one of none, int8"):
+        parse_models("org/a;quantize=int4")
+    registry = ModelRegistry([], device="cpu", quantize="none")
+    assert registry._load(entries[0]).quantize == "int8"  # the entry's own setting wins
+    assert registry._load(ModelEntry(id=str(tiny_models["blip"]))).quantize is None  # the Space's default
