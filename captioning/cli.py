@@ -83,11 +83,14 @@ def quiet_third_party() -> None:
     - importing bitsandbytes (peft and transformers do, whether or not anything is quantized)
       on a CPU with AVX512-BF16 asks the Hub for an optional 4-bit CPU kernel; offline that
       fails with two warnings on every command, and bitsandbytes falls back to its own kernel;
-    - peft calls a transformers method that transformers 5 deprecates.
+    - peft calls a transformers method that transformers 5 deprecates;
+    - importing torchao (transformers does whenever it is installed) warns that its CUDA-only
+      kernel libraries do not load on a CPU machine, and torch warns about two enums torchao
+      registers; --quantize int8 runs on torchao's CPU path either way.
 
-    Only those two loggers and that one warning; called by :func:`guarded`, so importing this
+    Only those loggers and that one warning; called by :func:`guarded`, so importing this
     module changes nothing."""
-    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub", "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
