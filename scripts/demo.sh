@@ -12,7 +12,8 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "1. shapes dataset -> $OUT/shapes (20000 training images; 200 held-out test images)"
 $PY -m captioning.shapes --out "$OUT/shapes" --train 20000 --val 100 --test 200
-IMAGES=$(ls "$OUT"/shapes/images/test/*.png | head -4)
+# sed reads everything: head would exit early, SIGPIPE the writer, and pipefail end the demo
+IMAGES=$(printf '%s\n' "$OUT"/shapes/images/test/*.png | sed -n 1,4p)
 
 step "2. a random demo-size SmolVLM-architecture model: untrained captions are noise"
 $PY -m captioning.factory --family idefics3 --size demo --out "$OUT/models/demo-smolvlm"
