@@ -6,7 +6,7 @@
 
 Each model (a trained folder or adapter; ``:TRANSFORM`` scores against references in that
 caption style) is evaluated twice by eval.generate.run_generate on the same images, at fp32
-and at int8 (torchao int8 weights + dynamic int8 activations), greedy. Reported side by
+and at int8 (captioning.loading.quantize_int8: int8 weights + dynamic int8 activations), greedy. Reported side by
 side: CIDEr, scene accuracy on the synthetic shapes set (exact object sets, object
 precision/recall), and the share of images whose caption is identical at both precisions.
 

@@ -8,8 +8,8 @@ and BLIP base. Greedy, exactly 20 new tokens (min_new_tokens == max_new_tokens),
 does not depend on the random weights. All through captioning.loading.load_captioner and
 captioning.generation.caption_images, the code every stage uses.
 
-Variants: fp32; int8 (load_captioner(quantize="int8"): torchao int8 weights + dynamic
-per-token int8 activations in every Linear layer); bf16 (dtype="bf16") only where the CPU
+Variants: fp32; int8 (load_captioner(quantize="int8"): PyTorch's dynamic int8 Linear
+layers, int8 weights per channel + activations quantised per call); bf16 (dtype="bf16") only where the CPU
 has native bf16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo). They are loaded side by side
 and run in alternating rounds on the same images (absolute times drift on shared
 machines; ratios measured side by side do not):

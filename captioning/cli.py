@@ -84,9 +84,8 @@ def quiet_third_party() -> None:
       on a CPU with AVX512-BF16 asks the Hub for an optional 4-bit CPU kernel; offline that
       fails with two warnings on every command, and bitsandbytes falls back to its own kernel;
     - peft calls a transformers method that transformers 5 deprecates;
-    - importing torchao (transformers does whenever it is installed) warns that its CUDA-only
-      kernel libraries do not load on a CPU machine, and torch warns about two enums torchao
-      registers; --quantize int8 runs on torchao's CPU path either way.
+    - where torchao is installed, transformers imports it, and on a CPU machine it warns that its
+      CUDA-only kernel libraries do not load and torch warns about two enums it registers.
 
     Only those loggers and that one warning; called by :func:`guarded`, so importing this
     module changes nothing."""

@@ -142,10 +142,10 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     ``model`` may be a hub id, a model folder, or a training output folder that
     holds an adapter (its base is read from adapter_config.json). A
     ``train_config.yaml`` beside the weights supplies the family and prompt
-    unless ``family``/``prompt`` are given. ``quantize="int8"``: every Linear layer (vision
-    tower, connector, language model, head) runs int8 weights with dynamic per-token int8
-    activations (torchao), on CPU as on GPU; an adapter is merged into the full-precision
-    weights first.
+    unless ``family``/``prompt`` are given. ``quantize="int8"`` (CPU): every Linear layer
+    (vision tower, connector, language model, head) runs int8 weights with int8 activations
+    quantised at run time (:func:`quantize_int8`); an adapter is merged into the
+    full-precision weights first.
     """
     from transformers import AutoConfig
 
@@ -196,6 +196,9 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     fam = get_family(family) if family and family != "auto" else family_for_config(config)
     if quantize == "auto":  # the Space's default: int8 on CPU where the family's int8 captions passed the gate
         quantize = "int8" if dev.type == "cpu" and fam.int8_on_cpu and not load_in_4bit else None
+    if quantize == "int8" and dev.type != "cpu":
+        raise UserError(f"--quantize int8 is for CPU serving, not {dev.type}: on a GPU use --dtype bf16 "
+                        "(or --load-in-4bit for memory)")
 
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
@@ -205,13 +208,6 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
-    if quantize and adapter_dir is None:
-        # quantised as the weights load: the full-precision copy is never resident as a whole
-        from transformers import TorchAoConfig
-
-        # modules_to_not_convert=[]: the head too (transformers keeps it full precision by default), as quantize_ does
-        kwargs["quantization_config"] = TorchAoConfig(quant_type=int8_config(), modules_to_not_convert=[])
-        kwargs["device_map"] = {"": str(dev)}
     net = fam.model_class().from_pretrained(base, **kwargs)
     proc_src = adapter_dir if adapter_dir is not None and _has_processor(adapter_dir) else base
     processor = fam.load_processor(str(proc_src), revision=None if proc_src != base else revision,
@@ -226,14 +222,12 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             first = " ".join(str(e).split())[:200]
             raise UserError(f"the adapter {adapter_dir} does not fit the base {base} ({type(e).__name__}: {first}); "
                             "pass the base it was trained on (its adapter_config.json names it)") from e
-    if quantize and adapter_dir is not None:
-        # LoRA merged into the full-precision weights, then the merged Linear layers quantised in place
-        from torchao.quantization import quantize_
-
-        net = net.merge_and_unload()
-        quantize_(net, int8_config())
-    if not load_in_4bit and not quantize:
+    if not load_in_4bit:
         net = net.to(dev)
+    if quantize:
+        if adapter_dir is not None:
+            net = net.merge_and_unload()  # LoRA merged into the full-precision weights, then quantised
+        net = quantize_int8(net)
     net.eval()
     fam.prepare_model(net, processor)
 
@@ -245,26 +239,37 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
 
 
 def check_quantize(quantize: str | None) -> str | None:
-    """Normalise a --quantize value: None for none; UserError when unknown or torchao is missing."""
+    """Normalise a --quantize value: None for none; UserError when unknown."""
     if quantize in (None, "", "none"):
         return None
     if quantize not in QUANTIZE_CHOICES and quantize != "auto":
         raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
-    try:
-        import torchao  # noqa: F401
-    except ImportError as e:
-        if quantize == "auto":
-            return None  # a default, not a request: full precision without torchao
-        raise UserError("--quantize int8 needs torchao: pip install torchao (make install does)") from e
     return quantize
 
 
-def int8_config():
-    """torchao's int8 dynamic-activation, int8-weight configuration: symmetric per-channel int8
-    weights, activations quantised per token at run time (the ecosystem's int8 path for CPU)."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+def quantize_int8(model):
+    """``model`` with every Linear layer replaced by PyTorch's dynamically quantised one: int8
+    weights (per output channel), activations quantised to int8 per call, int8 GEMMs through
+    the CPU's quantised engine (fbgemm/oneDNN: VNNI where the CPU has it). The fp32 weights are
+    dropped as each layer is replaced.
 
-    return Int8DynamicActivationInt8WeightConfig()
+    PyTorch's own dynamic quantisation, not torchao's: measured on a 2-core CPU, torchao's int8
+    (Int8DynamicActivationInt8WeightConfig through TorchAoConfig) runs each layer through
+    tensor-subclass dispatch in eager mode and captioned SmolVLM-256M 3x SLOWER than fp32,
+    while this was 2.5x faster (BENCHMARKS.md, "int8 serving"). torch.ao.quantization is
+    deprecated in favour of torchao, so its warnings are silenced here; it still ships in
+    torch 2.13.
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                inplace=True)
 
 
 def _has_processor(folder: Path) -> bool:

@@ -64,7 +64,7 @@ class GenerateConfig:
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps", group=MODEL)
     load_in_4bit: bool = option(False, help="4-bit NF4 weights (bitsandbytes)", group=MODEL)
     quantize: str = option("none", help="int8: int8 weights and per-token int8 activations in every Linear layer "
-                                        "(torchao; ~2x faster on CPU); recorded, since it changes the numbers",
+                                        "(CPU only; about 2x faster); recorded, since it changes the numbers",
                            group=MODEL, choices=QUANTIZE_CHOICES)
     trust_remote_code: bool = option(False, help="allow models that ship their own code (never on by default)",
                                      group=MODEL)

@@ -266,7 +266,8 @@ class BridgeForConditionalGeneration(BridgePreTrainedModel, GenerationMixin):
         layer = self.config.vision_feature_layer
         out = self.vision_model(pixel_values=pixel_values.to(vis_dtype), output_hidden_states=layer != -1)
         feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        proj_dtype = self.bridge.projector.fc1.weight.dtype
+        # the model's compute dtype (the projector's own weight may be an int8 module's packed weight)
+        proj_dtype = self.language_model.get_input_embeddings().weight.dtype
         return self.bridge.projector(feats.to(proj_dtype))
 
     def get_image_context(self, pixel_values=None, image_embeds=None) -> torch.Tensor | None:
