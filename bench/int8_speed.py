@@ -121,16 +121,21 @@ def agreement(ref, other, image) -> dict[str, float]:
     return out
 
 
-def peak_rss(model_dir: Path, model: str, variant: str, threads: int) -> float:
-    """MiB, the variant loaded alone in a fresh process after one caption."""
-    code = ("import sys, resource, torch; sys.path.insert(0, 'bench'); import int8_speed as b; "
+def memory(model_dir: Path, model: str, variant: str, threads: int) -> dict[str, float]:
+    """MiB, the variant loaded alone in a fresh process: the high-water mark (loading and
+    quantising included: VmHWM) and what stays resident after one caption (VmRSS, after a
+    garbage collection). VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking
+    parent across exec."""
+    code = ("import sys, gc, torch; sys.path.insert(0, 'bench'); import int8_speed as b; "
             f"torch.set_num_threads({threads}); "
             f"cap = b.load(__import__('pathlib').Path({str(model_dir)!r}), {model!r}, {variant!r}); "
             "from captioning.generation import caption_images; "
-            "caption_images(cap, b.images(1), settings=b.settings()); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "caption_images(cap, b.images(1), settings=b.settings()); gc.collect(); "
+            "st = {x.split(':')[0]: int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('Vm')}; "
+            "print(st['VmHWM'] / 1024, st['VmRSS'] / 1024)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    peak, resident = out.stdout.strip().splitlines()[-1].split()
+    return {"peak_rss_mib": round(float(peak), 1), "resident_mib": round(float(resident), 1)}
 
 
 def run_model(model: str, variants: list[str], rounds: int, batch: int, threads: int, tmp: Path) -> dict[str, Any]:
@@ -162,7 +167,7 @@ def run_model(model: str, variants: list[str], rounds: int, batch: int, threads:
                "rounds_s_per_image": [round(x, 3) for x in single[v]]}
         if text[v]:
             row["text_side_s"] = round(med(text[v]), 3)
-        row["peak_rss_mib"] = peak_rss(model_dir, model, v, threads)
+        row.update(memory(model_dir, model, v, threads))
         if v != "fp32":
             row.update(agreement(caps["fp32"], caps[v], imgs[0]))
             row["speedup_one_image"] = round(med(single["fp32"]) / med(single[v]), 2)
@@ -202,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| model | variant | s/image (one) | images/s (batch {args.batch_size}) | text side s | peak RSS MiB "
-          "| vs fp32 |")
+    print(f"| model | variant | s/image (one) | images/s (batch {args.batch_size}) | text side s | peak / resident "
+          "MiB | vs fp32 |")
     print("|---|---|---|---|---|---|---|")
     for model, res in result["models"].items():
         for v, row in res["variants"].items():
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                                          + f"; logits cos {row['first_logits_cosine']:.4f}, "
                                            f"{row['identical_tokens']:.0%} same tokens")
             print(f"| {model} | {v} | {row['s_per_image']} | {row['images_per_s_batched']} | "
-                  f"{row.get('text_side_s', '')} | {row['peak_rss_mib']} | {vs} |")
+                  f"{row.get('text_side_s', '')} | {row['peak_rss_mib']} / {row['resident_mib']} | {vs} |")
     print(f"wrote {args.out}")
     return 0
 

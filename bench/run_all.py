@@ -20,6 +20,7 @@ SCRIPTS = {
     "generation_speed": ["bench/generation_speed.py"],
     "train_cache": ["bench/train_cache.py"],
     "space_load": ["bench/space_load.py"],
+    "int8_speed": ["bench/int8_speed.py"],
     "llamacpp_peer": ["bench/llamacpp_peer.py"],
 }
 

@@ -201,6 +201,10 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
                         "(or --load-in-4bit for memory)")
 
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if quantize:
+        # read the weights into memory instead of mapping the file: a mapped file stays resident
+        # (and counted) as long as any tensor views it, long after its Linear weights are replaced
+        kwargs["disable_mmap"] = True
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -268,8 +272,9 @@ def quantize_int8(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                                inplace=True)
+        model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                 inplace=True)
+    return model
 
 
 def _has_processor(folder: Path) -> bool:

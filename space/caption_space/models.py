@@ -229,7 +229,8 @@ class ModelInfo:
         out = {"CIDEr": scores.get("CIDEr"), "Bleu_4": scores.get("Bleu_4"), "n_images": m.get("n_images"),
                "split": ds.get("split"), "dataset": ds.get("source") or ds.get("id") or ds.get("path"),
                "caption_transform": ds.get("caption_transform") or "none",
-               "measured": "training" if kind_of(m) == KIND_TRAINING else "eval"}
+               "measured": "training" if kind_of(m) == KIND_TRAINING else "eval",
+               "precision": "int8" if m.get("quantize") else m.get("dtype")}
         return out if any(out[k] is not None for k in ("CIDEr", "Bleu_4")) else {}
 
 

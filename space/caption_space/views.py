@@ -60,6 +60,8 @@ def basis_words(m: Mapping[str, Any]) -> str:
     if m.get("n_images"):
         bits.append(f"{m['n_images']} images")
     bits.append(references_words(m.get("caption_transform")))
+    if m.get("precision") not in (None, "float32"):  # fp32 goes unsaid; int8 or bf16 numbers say so
+        bits.append(f"at {m['precision']}")
     return ", ".join(bits)
 
 
