@@ -266,7 +266,6 @@ def quantize_int8(model):
     """
     import warnings
 
-    import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
