@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             path, _, transform = rest.partition(":")
             result["models"][name] = compare(name, path, transform or "none", args, Path(tmp), scorer)
             print(f"  {name}: done", flush=True)
+    from captioning.files import write_json
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print("| model | family | images | CIDEr fp32 | CIDEr int8 | exact fp32 | exact int8 | identical captions | gate |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in result["models"].items():

@@ -28,7 +28,6 @@ Writes bench/results/int8_speed.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -205,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models.split(","):
             result["models"][model] = run_model(model, variants, args.rounds, args.batch_size, args.threads,
                                                 Path(tmp))
+    from captioning.files import write_json
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"| model | variant | s/image (one) | images/s (batch {args.batch_size}) | text side s | peak / resident "
           "MiB | vs fp32 |")
     print("|---|---|---|---|---|---|---|")

@@ -413,10 +413,10 @@ def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Pa
     report["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     report["seconds"] = round(time.time() - started, 1)
     if out is not None:
+        from captioning.files import write_json
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_suffix(out.suffix + ".tmp")
-        tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp_out, out)
+        write_json(out, report)
     return report
 
 
