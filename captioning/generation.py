@@ -91,6 +91,11 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
     settings = settings or GenerationSettings()
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if getattr(captioner, "quantize", None) == "int8":
+        # dynamic int8 layers scale each call's activations by the whole input tensor's range, so
+        # in a batch one image's caption would depend on its neighbours (and their padding):
+        # int8 captions one image per forward, so its results never depend on the batch
+        batch_size = 1
     n = len(images)
     if prompts is None or isinstance(prompts, str):
         per_image = [prompts if isinstance(prompts, str) else captioner.prompt] * n

@@ -72,14 +72,16 @@ def space_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def core_captioners(space_models):
-    """The captioning core's own captioners (lazily loaded), to check the Space's output."""
+    """The captioning core's own captioners (lazily loaded), to check the Space's output: loaded
+    as the Space loads them (its default --quantize auto: int8 on CPU for the families whose
+    int8 captions passed the quality gate)."""
     from captioning.loading import load_captioner
 
     cache: dict[str, object] = {}
 
     def get(name: str):
         if name not in cache:
-            cache[name] = load_captioner(space_models[name])
+            cache[name] = load_captioner(space_models[name], quantize="auto")
         return cache[name]
 
     return get
