@@ -146,6 +146,10 @@ class Family:
             after = self._answer_parts(processor, None)[1]
         except (ValueError, AttributeError, TypeError):  # no chat template, or one without an answer turn
             return None
+        return self._closing_special(processor, after)
+
+    def _closing_special(self, processor, after: str) -> int | None:
+        """The special token ``after`` (the template's text after an answer) ends with, if any."""
         tok = self.tokenizer(processor)
         ids = tok(after, add_special_tokens=False)["input_ids"] if after else []
         return ids[-1] if ids and is_special(tok, ids[-1]) else None
@@ -164,8 +168,9 @@ class Family:
         ids generation produces after the prompt), ending with a stop token, so a
         fine-tune learns to stop even when the template's turn ends in plain text."""
         tok = self.tokenizer(processor)
-        ids = tok(self.answer_text(processor, prompt, caption), add_special_tokens=False)["input_ids"]
-        if self.end_of_turn_id(processor) is None:
+        before, after = self._answer_parts(processor, prompt)  # one render serves both uses below
+        ids = tok(before + caption + after, add_special_tokens=False)["input_ids"]
+        if self._closing_special(processor, after) is None:
             if tok.eos_token_id is None:
                 raise ValueError(f"{self.name}: the chat template ends a turn in plain text and the tokenizer "
                                  "has no eos token, so a caption could never end")
