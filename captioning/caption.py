@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--max-pixels must be a positive number of pixels")
         images = [load_image(p, max_pixels=args.max_pixels) for p in args.images]
         cap = load_captioner(args.model, revision=args.revision, adapter=args.adapter, dtype=args.dtype,
-                             device=args.device, trust_remote_code=args.trust_remote_code, quantize=args.quantize)
+                             device=args.device, trust_remote_code=args.trust_remote_code, quantize=args.quantize,
+                             prepack=True)
         results = caption_images(cap, images, args.prompt, settings, batch_size=args.batch_size)
         for path, caps in zip(args.images, results):
             for c in caps:

@@ -91,11 +91,7 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
     settings = settings or GenerationSettings()
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if getattr(captioner, "quantize", None) == "int8":
-        # dynamic int8 layers scale each call's activations by the whole input tensor's range, so
-        # in a batch one image's caption would depend on its neighbours (and their padding):
-        # int8 captions one image per forward, so its results never depend on the batch
-        batch_size = 1
+    batch_size = images_per_forward(captioner, batch_size)
     n = len(images)
     if prompts is None or isinstance(prompts, str):
         per_image = [prompts if isinstance(prompts, str) else captioner.prompt] * n
@@ -119,6 +115,15 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
         if progress is not None:
             progress(len(chunk))
     return results  # type: ignore[return-value]
+
+
+def images_per_forward(captioner, batch_size: int) -> int:
+    """How many images ``caption_images`` puts through one forward for ``batch_size``: 1 at int8.
+
+    Dynamic int8 layers scale each call's activations by the whole input tensor's range, so
+    in a batch one image's caption would depend on its neighbours (and their padding): int8
+    captions one image per forward, so its results never depend on the batch."""
+    return 1 if getattr(captioner, "quantize", None) == "int8" else batch_size
 
 
 def _batches(fam, proc, per_image: list[str | None], batch_size: int) -> Iterator[list[int]]:

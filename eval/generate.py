@@ -29,7 +29,7 @@ from captioning.cli import QUANTIZE_CHOICES, option, positive_int
 from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
 from captioning.files import check_writable, write_json
-from captioning.generation import GenerationSettings
+from captioning.generation import GenerationSettings, images_per_forward
 from captioning.images import MAX_PIXELS
 from captioning.records import KIND_EVAL, METRICS, write_record
 from eval.journal import (
@@ -350,7 +350,7 @@ def _load_model(cfg: GenerateConfig, procs: Processes):
     return load_captioner(cfg.model, revision=cfg.revision, adapter=cfg.adapter, dtype=cfg.dtype, device=device,
                           load_in_4bit=cfg.load_in_4bit, trust_remote_code=cfg.trust_remote_code,
                           family=cfg.family, prompt=cfg.prompt, image_longest_edge=cfg.image_longest_edge,
-                          image_splitting=cfg.image_splitting, quantize=cfg.quantize)
+                          image_splitting=cfg.image_splitting, quantize=cfg.quantize, prepack=True)
 
 
 def _prepare_out(cfg: GenerateConfig, captioner, dataset, model_block: dict, settings: dict, procs: Processes,
@@ -423,6 +423,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
                                                   "image_splitting": cfg.image_splitting},
         "prompt": captioner.prompt,
         "batch_size": cfg.batch_size,
+        "images_per_forward": images_per_forward(captioner, cfg.batch_size),
         "dtype": settings["dtype"],
         "dtype_requested": cfg.dtype,
         "load_in_4bit": cfg.load_in_4bit,

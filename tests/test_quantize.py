@@ -85,6 +85,7 @@ def test_eval_records_int8_and_refuses_to_resume_at_another_precision(tiny_model
     assert main([*args, "--quantize", "int8"]) == 0
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["quantize"] == "int8" and rec["dtype"] == "float32"
+    assert rec["batch_size"] == 8 and rec["images_per_forward"] == 1  # what ran, beside what was asked
     capsys.readouterr()
     # the same folder at full precision is another measurement: refused, not mixed
     assert main([*args, "--quantize", "none"]) != 0

@@ -140,7 +140,8 @@ class ModelRegistry:
         from captioning.loading import load_captioner
 
         return load_captioner(entry.id, revision=entry.revision, trust_remote_code=entry.trust_remote_code,
-                              device=self.device, dtype=self.dtype, quantize=entry.quantize or self.quantize)
+                              device=self.device, dtype=self.dtype, quantize=entry.quantize or self.quantize,
+                              prepack=True)
 
     @staticmethod
     def _learn(info: ModelInfo, captioner) -> None:

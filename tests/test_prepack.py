@@ -1,0 +1,151 @@
+"""Prepacked fp32 Linear layers (captioning.loading.prepack_linear, the lean CPU text side):
+every entry point serves with them, they compute the same function as nn.Linear, a trained
+model's greedy captions are unchanged, and a prepacked model refuses training and saving
+instead of silently doing neither."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioning.loading import PrepackedLinear, load_captioner
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+# one architecture per family (and the encoder-decoder, which has its own generate path)
+ARCHS = ["idefics3", "blip", "bridge", "qwen2_vl", "gemma3", "paligemma", "florence2"]
+CAPTIONS = ["two red circles above a blue square", "one green triangle", "three small yellow squares"]
+
+
+def _linears(model) -> int:
+    return sum(type(m) is torch.nn.Linear for m in model.modules())
+
+
+def _packed(model) -> int:
+    return sum(isinstance(m, PrepackedLinear) for m in model.modules())
+
+
+def _load(folder, **kw):
+    return load_captioner(str(folder), dtype="fp32", device="cpu", trust_remote_code=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def arch_models(tmp_path_factory):
+    from captioning.factory import build_random_model
+
+    root = tmp_path_factory.mktemp("prepack")
+    cache: dict[str, object] = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = build_random_model(arch, root / arch)
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prepacked_layers_compute_the_same_function(arch, arch_models, shapes_images):
+    plain, packed = _load(arch_models(arch)), _load(arch_models(arch), prepack=True)
+    assert _packed(plain.model) == 0 and _linears(packed.model) == 0
+    assert _packed(packed.model) == _linears(plain.model) > 0  # vision, connector, LM and head alike
+    fam = plain.family
+    for images in (shapes_images[:1], shapes_images[:3]):  # prefill of one image, and a batch
+        inputs = fam.generation_inputs(plain.processor, images, [plain.prompt] * len(images))
+        kw = {"max_new_tokens": 3, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
+        with torch.inference_mode():
+            a = fam.generate(plain.model, inputs, **kw).logits[0]
+            b = fam.generate(packed.model, inputs, **kw).logits[0]
+        # same arithmetic in another summation order: float32 rounding apart
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().amax()))
+
+
+def _memorise(folder, images, out):
+    """A model fine-tuned to give each image its own caption (clear margins, unlike random
+    weights), saved as a model folder."""
+    from training.engine import caption_loss
+
+    cap = _load(folder)
+    fam, proc, model = cap.family, cap.processor, cap.model
+    batch = fam.collate(proc, [fam.encode_example(proc, im, c, cap.prompt) for im, c in zip(images, CAPTIONS)])
+    loss_fn = caption_loss(shift=fam.shifts_labels)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(150):
+        loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    model.eval()
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["idefics3", "blip"])
+def test_trained_captions_are_unchanged(arch, arch_models, shapes_images, tmp_path):
+    from captioning.generation import GenerationSettings, caption_images
+
+    folder = _memorise(arch_models(arch), shapes_images[:3], tmp_path / "trained")
+    settings = GenerationSettings(max_new_tokens=12)
+    plain = caption_images(_load(folder), shapes_images[:3], settings=settings)
+    packed = caption_images(_load(folder, prepack=True), shapes_images[:3], settings=settings)
+    assert plain == [[c] for c in CAPTIONS]  # learnt: the comparison below is between real captions
+    assert packed == plain
+
+
+def test_prepack_applies_only_to_fp32_on_cpu(arch_models):
+    folder = arch_models("idefics3")
+    assert _packed(_load(folder, prepack=True, quantize="int8").model) == 0  # int8 layers instead
+    bf16 = load_captioner(str(folder), dtype="bf16", device="cpu", prepack=True)
+    assert _packed(bf16.model) == 0 and _linears(bf16.model) > 0
+
+
+def test_with_an_adapter_merges_first(tiny_models, shapes_dir, tmp_path):
+    from tests.training.helpers import config, tiny_recipe
+    from training.train import train
+
+    run = train(config(tiny_recipe(tiny_models["idefics3"], shapes_dir, tmp_path / "run")), log=lambda *_: None)
+    cap = load_captioner(run, dtype="fp32", device="cpu", prepack=True)
+    assert cap.adapter == str(run)
+    assert not any("lora" in n for n, _ in cap.model.named_modules()) and _packed(cap.model) > 0
+
+
+def test_a_prepacked_model_refuses_training_and_saving(arch_models, tmp_path):
+    cap = _load(arch_models("idefics3"), prepack=True)
+    with pytest.raises(RuntimeError, match="prepacked for CPU inference"):
+        cap.model.train()
+    with pytest.raises(RuntimeError, match="prepacked for CPU inference"):
+        cap.model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_every_captioning_entry_point_serves_prepacked(tiny_models, shapes_dir, tmp_path, monkeypatch):
+    """captioning.caption, eval generate and the Space load with prepack=True; training and
+    release merge (which train, merge and save) do not."""
+    import captioning.loading as loading
+
+    seen: list[bool] = []
+    real = loading.load_captioner
+
+    def spy(*a, **kw):
+        seen.append(kw.get("prepack", False))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loading, "load_captioner", spy)
+    from captioning.caption import main as caption_main
+    from eval.run import main as eval_main
+    from space.caption_space.models import ModelEntry
+    from space.caption_space.registry import ModelRegistry
+
+    png = sorted((shapes_dir / "images" / "test").glob("*.png"))[0]
+    model = str(tiny_models["idefics3"])
+    assert caption_main([str(png), "--model", model, "--max-new-tokens", "3"]) == 0
+    assert eval_main(["generate", "--model", model, "--dataset", str(shapes_dir), "--split", "test",
+                      "--out", str(tmp_path / "eval"), "--max-images", "2", "--max-new-tokens", "3",
+                      "--metrics", "CIDEr", "--no-report"]) == 0
+    space_cap = ModelRegistry([], device="cpu", quantize="none")._load(ModelEntry(id=model))
+    assert seen == [True, True, True] and _packed(space_cap.model) > 0
