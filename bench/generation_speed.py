@@ -12,8 +12,8 @@ Variants, each in its own worker process (so each has its own peak RSS):
   one_at_a_time  the seeds' way: AutoModelForImageTextToText/AutoProcessor.from_pretrained
                  with default settings, then per image one processor call, one
                  model.generate and one batch_decode.
-  batched        captioning.generation.caption_images(load_captioner(...), images,
-                 batch_size=B) - the code every stage of the toolkit uses.
+  batched        captioning.generation.caption_images(load_captioner(..., prepack=True), images,
+                 batch_size=B) - the code every captioning stage of the toolkit uses.
 The variants run in alternating rounds of two batches (2B images) on the same images
 (absolute times drift ~2x on shared machines; ratios measured side by side do not), with
 the fp32 GEMM peak (bench/gemm_peak.py: plain
@@ -245,7 +245,7 @@ class Batched(Variant):
 
         smol = self.spec["family"] == "idefics3"  # BLIP captions unconditionally, as the seeds do
         self.cap = load_captioner(self.spec["model_dir"], image_splitting=False if smol else None,
-                                  prompt=PROMPT if smol else None, device="cpu")
+                                  prompt=PROMPT if smol else None, device="cpu", prepack=True)
         self.model = self.cap.model
         self.applied = {}
         if self.spec["variant"] == "batched_proposed":

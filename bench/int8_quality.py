@@ -1,17 +1,21 @@
-"""Does --quantize int8 change what trained models say? The quality gate for int8 serving.
+"""Does --quantize int8 change what trained models say? The quality gate for int8 serving, and
+the check that prepacked fp32 (what eval generate serves) says exactly what plain fp32 says.
 
     python bench/int8_quality.py --dataset DIR --split test \\
         --model demo=demo_out/runs/shapes-demo \\
         --model demo-style=demo_out/runs/shapes-demo-style:linguistic_errors [--max-images 200]
 
 Each model (a trained folder or adapter; ``:TRANSFORM`` scores against references in that
-caption style) is evaluated twice by eval.generate.run_generate on the same images, at fp32
-and at int8 (captioning.loading.quantize_int8: int8 weights + dynamic int8 activations), greedy. Reported side by
+caption style) is evaluated three times by eval.generate.run_generate on the same images,
+greedy: fp32-plain (nn.Linear layers: the toolkit before issue 20), fp32 (prepacked Linear
+layers, captioning.loading.prepack_linear: what every entry point serves) and int8
+(captioning.loading.quantize_int8: int8 weights + dynamic int8 activations). Reported side by
 side: CIDEr, scene accuracy on the synthetic shapes set (exact object sets, object
-precision/recall), and the share of images whose caption is identical at both precisions.
+precision/recall), and the share of images whose caption is identical to fp32-plain's.
 
 The gate (issue 20): int8 may cost at most 2% relative CIDEr and 1 point of scene accuracy
 (exact); a family that misses it keeps fp32 as its CPU default (Family.int8_on_cpu).
+Prepacked fp32 must give every image the same caption as fp32-plain.
 
 Writes bench/results/int8_quality.json and prints a markdown table.
 """
@@ -19,6 +23,8 @@ Writes bench/results/int8_quality.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import tempfile
@@ -31,37 +37,55 @@ MAX_CIDER_DROP = 0.02  # relative
 MAX_EXACT_DROP = 0.01  # absolute (1 point)
 
 
-def evaluate(model: str, transform: str, quantize: str, args, out: Path, scorer) -> dict[str, Any]:
+VARIANTS = {"fp32-plain": "none", "fp32": "none", "int8": "int8"}  # variant -> --quantize
+
+
+@contextlib.contextmanager
+def unpacked():
+    """eval generate loading plain nn.Linear layers (its load_captioner call, without prepack)."""
+    import captioning.loading as loading
+
+    real = loading.load_captioner
+    loading.load_captioner = functools.partial(real, prepack=False)
+    try:
+        yield
+    finally:
+        loading.load_captioner = real
+
+
+def evaluate(model: str, transform: str, variant: str, args, out: Path, scorer) -> dict[str, Any]:
     from captioning.generation import GenerationSettings
     from eval.generate import GenerateConfig, run_generate
 
     cfg = GenerateConfig(model=model, dataset=str(args.dataset), split=args.split, out=out, dtype="fp32",
-                         device="cpu", quantize=quantize, max_images=args.max_images, batch_size=args.batch_size,
-                         caption_transform=transform, metrics=["CIDEr"], report=False, overwrite=True,
-                         generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
-    record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
+                         device="cpu", quantize=VARIANTS[variant], max_images=args.max_images,
+                         batch_size=args.batch_size, caption_transform=transform, metrics=["CIDEr"], report=False,
+                         overwrite=True, generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
+    with unpacked() if variant == "fp32-plain" else contextlib.nullcontext():
+        record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
     preds = json.loads((out / "predictions.json").read_text())
     return {"record": record, "captions": {str(p["image_id"]): p["caption"] for p in preds}}
 
 
 def compare(name: str, model: str, transform: str, args, work: Path, scorer) -> dict[str, Any]:
-    runs = {q: evaluate(model, transform, q, args, work / f"{name}-{q}", scorer) for q in ("none", "int8")}
+    runs = {v: evaluate(model, transform, v, args, work / f"{name}-{v}", scorer) for v in VARIANTS}
     row: dict[str, Any] = {"model": model, "caption_transform": transform,
-                           "family": runs["none"]["record"]["model"]["family"]}
-    for q, run in runs.items():
+                           "family": runs["fp32"]["record"]["model"]["family"]}
+    ref = runs["fp32-plain"]["captions"]
+    for v, run in runs.items():
         rec = run["record"]
         scene = rec.get("scene_accuracy") or {}
-        row[q] = {"CIDEr": rec["metrics"]["CIDEr"], "exact": scene.get("exact"),
-                  "object_precision": scene.get("object_precision"), "object_recall": scene.get("object_recall")}
-    a, b = runs["none"]["captions"], runs["int8"]["captions"]
-    row["identical_captions"] = sum(a[k] == b.get(k) for k in a) / max(1, len(a))
-    row["n_images"] = len(a)
-    cider_drop = (row["none"]["CIDEr"] - row["int8"]["CIDEr"]) / max(row["none"]["CIDEr"], 1e-9)
-    exact_drop = ((row["none"]["exact"] or 0) - (row["int8"]["exact"] or 0)) if row["none"]["exact"] is not None \
-        else 0.0
+        row[v] = {"CIDEr": rec["metrics"]["CIDEr"], "exact": scene.get("exact"),
+                  "object_precision": scene.get("object_precision"), "object_recall": scene.get("object_recall"),
+                  "identical_captions": sum(ref[k] == run["captions"].get(k) for k in ref) / max(1, len(ref))}
+    row["n_images"] = len(ref)
+    base, int8 = row["fp32-plain"], row["int8"]
+    cider_drop = (base["CIDEr"] - int8["CIDEr"]) / max(base["CIDEr"], 1e-9)
+    exact_drop = ((base["exact"] or 0) - (int8["exact"] or 0)) if base["exact"] is not None else 0.0
     row["cider_relative_drop"] = round(cider_drop, 4)
     row["exact_drop"] = round(exact_drop, 4)
     row["passes_gate"] = cider_drop <= MAX_CIDER_DROP and exact_drop <= MAX_EXACT_DROP
+    row["prepack_unchanged"] = row["fp32"]["identical_captions"] == 1.0
     return row
 
 
@@ -94,14 +118,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)
-    print("| model | family | images | CIDEr fp32 | CIDEr int8 | exact fp32 | exact int8 | identical captions | gate |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | family | images | variant | CIDEr | exact object set | identical to fp32-plain |")
+    print("|---|---|---|---|---|---|---|")
+
+    def pct(x):
+        return "" if x is None else f"{x:.1%}"
+
     for name, r in result["models"].items():
-        def pct(x):
-            return "" if x is None else f"{x:.1%}"
-        print(f"| {name} | {r['family']} | {r['n_images']} | {r['none']['CIDEr']:.3f} | {r['int8']['CIDEr']:.3f} | "
-              f"{pct(r['none']['exact'])} | {pct(r['int8']['exact'])} | {r['identical_captions']:.1%} | "
-              f"{'pass' if r['passes_gate'] else 'FAIL'} |")
+        for v in VARIANTS:
+            print(f"| {name} | {r['family']} | {r['n_images']} | {v} | {r[v]['CIDEr']:.3f} | {pct(r[v]['exact'])} | "
+                  f"{pct(r[v]['identical_captions'])} |")
+        print(f"{name}: int8 gate {'pass' if r['passes_gate'] else 'FAIL'}; prepacked fp32 "
+              f"{'unchanged' if r['prepack_unchanged'] else 'CHANGED captions'}")
     print(f"wrote {args.out}")
     return 0
 

@@ -30,9 +30,10 @@ At longest edge 1024 (toolkit: image splitting on) both give 2x2 tiles + overvie
 image tokens: that pair is matched. Both pairs are measured (--tiles).
 
 Variants, alternating (A B C D ... A B C D ...) for --rounds rounds, medians reported:
-  toolkit_fp32   captioning.loading.load_captioner(dtype="fp32") + caption_images, in this
-                 process, loaded once, torch.set_num_threads(threads)
-  toolkit_int8   the same with quantize="int8" (skipped when load_captioner has no such keyword)
+  toolkit_fp32   captioning.loading.load_captioner(dtype="fp32", prepack=True) + caption_images,
+                 as every captioning entry point serves it, in this process, loaded once,
+                 torch.set_num_threads(threads)
+  toolkit_int8   the same with quantize="int8"
   llamacpp_f32   llama-mtmd-cli -m text-f32.gguf --mmproj mmproj-f32.gguf --temp 0 -t threads
                  --ignore-eos -n new_tokens, one process per image
   llamacpp_q8_0  the same with text-q8_0.gguf (llama-quantize) + mmproj-q8_0.gguf (converter)
@@ -53,7 +54,6 @@ CPU flags) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -241,10 +241,9 @@ class ToolkitVariant:
         from captioning.loading import load_captioner
 
         self.name = name
-        kw: dict[str, Any] = {"quantize": quantize} if quantize else {}
         t = time.perf_counter()
         self.captioner = load_captioner(model_dir, dtype="fp32", device="cpu", image_splitting=edge > 512,
-                                        image_longest_edge=edge, **kw)
+                                        image_longest_edge=edge, quantize=quantize, prepack=True)
         self.load_s = time.perf_counter() - t
         self.image = image
         self.settings = GenerationSettings(min_new_tokens=new_tokens, max_new_tokens=new_tokens)
@@ -315,8 +314,6 @@ def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Pa
     import torch
     from generation_speed import synthetic_photo
 
-    from captioning.loading import load_captioner
-
     torch.set_num_threads(threads)
     started = time.time()
     report: dict[str, Any] = {
@@ -343,18 +340,12 @@ def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Pa
         image = synthetic_photo(0)
         image.save(image_path)
 
-        has_int8 = "quantize" in inspect.signature(load_captioner).parameters
-        if not has_int8:
-            msg = "load_captioner has no quantize keyword: toolkit_int8 skipped"
-            log(msg)
-            report["skipped"]["toolkit_int8"] = msg
         variants: list[Any] = []
         for edge in tiles:
             variants.append(ToolkitVariant(f"toolkit_fp32@{edge}", mdir, image, edge=edge, quantize=None,
                                            new_tokens=new_tokens))
-            if has_int8:
-                variants.append(ToolkitVariant(f"toolkit_int8@{edge}", mdir, image, edge=edge, quantize="int8",
-                                               new_tokens=new_tokens))
+            variants.append(ToolkitVariant(f"toolkit_int8@{edge}", mdir, image, edge=edge, quantize="int8",
+                                           new_tokens=new_tokens))
             for prec in ("f32", "q8_0"):
                 variants.append(LlamaVariant(f"llamacpp_{prec}@{edge}", gguf[prec]["text"],
                                              gguf[prec][f"mmproj-{edge}"], image_path, new_tokens, threads))
