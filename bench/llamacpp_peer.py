@@ -261,8 +261,8 @@ class ToolkitVariant:
         return int((ids == image_id).sum()), int(ids.numel())
 
     def _instrument(self) -> None:
-        """Hooks: vision tower + connector (image encode), and the language model's forwards
-        (the first of a generate call is the prompt, the rest decode steps)."""
+        """Hooks: vision tower + connector (image encode), and the language model's forwards,
+        head included (the first of a generate call is the prompt, the rest decode steps)."""
         model = self.captioner.model
         inner = model.model
         self.t: dict[str, float] = {}
@@ -283,9 +283,14 @@ class ToolkitVariant:
                     self.t[key] = self.t.get(key, 0.0) + dt
             return hook
 
-        for key, mod in (("vision", inner.vision_model), ("connector", inner.connector), ("text", inner.text_model)):
-            mod.register_forward_pre_hook(pre(key))
-            mod.register_forward_hook(post(key))
+        # a language-model step runs from the text model's input to the head's logits (the
+        # head's matrix-vector product is a fifth of a decode step's weights, and llama.cpp's
+        # decode time includes it)
+        for key, first, last in (("vision", inner.vision_model, inner.vision_model),
+                                 ("connector", inner.connector, inner.connector),
+                                 ("text", inner.text_model, model.lm_head)):
+            first.register_forward_pre_hook(pre(key))
+            last.register_forward_hook(post(key))
 
     def run(self) -> dict[str, Any]:
         from captioning.generation import caption_images
