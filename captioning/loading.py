@@ -292,8 +292,8 @@ class PrepackedLinear(torch.nn.Module):
     Why: for one token at a time (every decode step) ``nn.Linear`` goes through MKL's sgemm,
     which on a 2-core CPU streamed the weights at about 11 GB/s on one thread; the prepacked
     layer streams them at 17-25 GB/s on both (BENCHMARKS.md, "the fp32 text side"). Same
-    arithmetic, another summation order: outputs agree to ~1e-6 relative, greedy tokens are
-    identical (tests/test_prepack.py, bench/int8_quality.py).
+    arithmetic, another summation order: outputs agree to float32 rounding, and trained
+    models give the same greedy captions (tests/test_prepack.py, bench/int8_quality.py).
 
     Only this wrapper is ours (no module in torch or transformers swaps it in for eager
     inference). No parameters: the packed weight is an opaque oneDNN tensor, so the layer
@@ -324,7 +324,7 @@ class PrepackedLinear(torch.nn.Module):
 
 
 #: the batch-size hint oneDNN lays the weights out for (any batch runs; this is the layout's
-#: sweet spot). Measured: 1, 16 and 99 within noise for decode, 16+ a little better for prefill.
+#: sweet spot). SmolVLM-256M's text side, hints 1 / 16 / 64: 1.105 / 1.052 / 1.112 s (BENCHMARKS.md).
 PACK_HINT = 16
 
 

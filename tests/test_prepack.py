@@ -124,8 +124,9 @@ def test_a_prepacked_model_refuses_training_and_saving(arch_models, tmp_path):
 
 
 def test_every_captioning_entry_point_serves_prepacked(tiny_models, shapes_dir, tmp_path, monkeypatch):
-    """captioning.caption, eval generate and the Space load with prepack=True; training and
-    release merge (which train, merge and save) do not."""
+    """captioning.caption, eval generate and the Space load with prepack=True. (Training and
+    release merge load plain layers: a prepacked model refuses train() and saving, so their
+    own tests would fail if they did not.)"""
     import captioning.loading as loading
 
     seen: list[bool] = []
