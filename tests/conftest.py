@@ -38,6 +38,23 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def arch_models(tmp_path_factory):
+    """Tiny random model folders of any architecture captioning.factory builds (``arch`` ->
+    folder), built on first use. Tests load them; none writes into them."""
+    from captioning.factory import build_random_model
+
+    root = tmp_path_factory.mktemp("archs")
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = build_random_model(arch, root / arch)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def shapes_images(shapes_dir):
     """A handful of decoded shapes test images."""
     from captioning.images import load_image

@@ -25,22 +25,6 @@ CAPTION = "two red circles above a blue square"
 
 
 @pytest.fixture(scope="module")
-def arch_models(tmp_path_factory):
-    """Tiny random model folders, built on first use."""
-    from captioning.factory import build_random_model
-
-    root = tmp_path_factory.mktemp("archs")
-    cache: dict[str, object] = {}
-
-    def get(arch: str):
-        if arch not in cache:
-            cache[arch] = build_random_model(arch, root / arch)
-        return cache[arch]
-
-    return get
-
-
-@pytest.fixture(scope="module")
 def images(shapes_images):
     """Shapes images plus two of other sizes (Qwen-VL's token count follows the image size)."""
     return [*shapes_images[:3], shapes_images[3].resize((48, 64)), shapes_images[4].resize((80, 56))]
@@ -165,23 +149,11 @@ def _first_step_logits(cap, inputs) -> torch.Tensor:
 def test_fine_tuned_model_stops(arch, arch_models, images):
     """Trained on one caption, greedy decoding reproduces it and ends at a stop token: the
     stop token is supervised and generation honours it."""
+    from tests.training.helpers import memorise
+
     cap = _load(arch_models(arch))
     fam, proc, model = cap.family, cap.processor, cap.model
-    from training.engine import caption_loss
-
-    batch = fam.collate(proc, [fam.encode_example(proc, im, CAPTION, cap.prompt) for im in images[:2]])
-    loss_fn = caption_loss(shift=fam.shifts_labels)
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(100):
-        loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.02:
-            break
-    model.eval()
+    memorise(cap, images[:2], [CAPTION] * 2, steps=100, stop_loss=0.02)
     with torch.inference_mode():
         inputs = fam.generation_inputs(proc, images[:1], [cap.prompt])
         new = fam.new_tokens(fam.generate(model, inputs, max_new_tokens=24, do_sample=False), inputs)[0]

@@ -29,21 +29,6 @@ def _load(folder, **kw):
     return load_captioner(str(folder), dtype="fp32", device="cpu", trust_remote_code=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def arch_models(tmp_path_factory):
-    from captioning.factory import build_random_model
-
-    root = tmp_path_factory.mktemp("prepack")
-    cache: dict[str, object] = {}
-
-    def get(arch: str):
-        if arch not in cache:
-            cache[arch] = build_random_model(arch, root / arch)
-        return cache[arch]
-
-    return get
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prepacked_layers_compute_the_same_function(arch, arch_models, shapes_images):
     plain, packed = _load(arch_models(arch)), _load(arch_models(arch), prepack=True)
@@ -61,27 +46,13 @@ def test_prepacked_layers_compute_the_same_function(arch, arch_models, shapes_im
 
 
 def _memorise(folder, images, out):
-    """A model fine-tuned to give each image its own caption (clear margins, unlike random
-    weights), saved as a model folder."""
-    from training.engine import caption_loss
+    """A model fine-tuned to give each image its own caption, saved as a model folder."""
+    from tests.training.helpers import memorise
 
     cap = _load(folder)
-    fam, proc, model = cap.family, cap.processor, cap.model
-    batch = fam.collate(proc, [fam.encode_example(proc, im, c, cap.prompt) for im, c in zip(images, CAPTIONS)])
-    loss_fn = caption_loss(shift=fam.shifts_labels)
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(150):
-        loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.01:
-            break
-    model.eval()
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
+    memorise(cap, images, CAPTIONS, steps=150, stop_loss=0.01)
+    cap.model.save_pretrained(out)
+    cap.processor.save_pretrained(out)
     return out
 
 

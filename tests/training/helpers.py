@@ -52,3 +52,25 @@ class Snapshot(TrainerCallback):
 
     def changed(self) -> set[str]:
         return {n for n, p in self.before.items() if not torch.equal(p, self.after[n])}
+
+
+def memorise(cap, images, captions, *, steps: int, stop_loss: float) -> None:
+    """Full fine-tuning of ``cap.model`` in place until it reproduces ``captions`` (one per
+    image; loss under ``stop_loss`` or ``steps`` steps, AdamW lr 1e-2, seeded), left in eval
+    mode: a model with clear margins, unlike random weights."""
+    from training.engine import caption_loss
+
+    fam, proc, model = cap.family, cap.processor, cap.model
+    batch = fam.collate(proc, [fam.encode_example(proc, im, c, cap.prompt) for im, c in zip(images, captions)])
+    loss_fn = caption_loss(shift=fam.shifts_labels)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < stop_loss:
+            break
+    model.eval()
