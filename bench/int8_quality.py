@@ -59,6 +59,7 @@ def evaluate(model: str, transform: str, variant: str, args, out: Path, scorer) 
 
     cfg = GenerateConfig(model=model, dataset=str(args.dataset), split=args.split, out=out, dtype="fp32",
                          device="cpu", quantize=VARIANTS[variant], max_images=args.max_images,
+                         trust_remote_code=args.trust_remote_code,
                          batch_size=args.batch_size, caption_transform=transform, metrics=["CIDEr"], report=False,
                          overwrite=True, generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
     with unpacked() if variant == "fp32-plain" else contextlib.nullcontext():
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="models that ship their own code (the bridge)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     import torch
