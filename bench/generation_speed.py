@@ -519,10 +519,9 @@ def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens:
     report["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     report["seconds"] = round(time.time() - started, 1)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_suffix(out.suffix + ".tmp")
-        tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp_out, out)
+        from captioning.files import write_json
+
+        write_json(out, report)  # atomic; creates the folder
     return report
 
 

@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: done", flush=True)
     from captioning.files import write_json
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)
+    write_json(args.out, result)  # creates the folder
     print("| model | family | images | variant | CIDEr | exact object set | identical to fp32-plain |")
     print("|---|---|---|---|---|---|---|")
 

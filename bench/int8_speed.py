@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 Path(tmp))
     from captioning.files import write_json
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)
+    write_json(args.out, result)  # creates the folder
     print(f"| model | variant | s/image (one) | images/s (batch {args.batch_size}) | text side s | peak / resident "
           "MiB | vs fp32-plain |")
     print("|---|---|---|---|---|---|---|")

@@ -387,8 +387,7 @@ def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Pa
     if out is not None:
         from captioning.files import write_json
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, report)
+        write_json(out, report)  # creates the folder
     return report
 
 
