@@ -449,3 +449,10 @@ class TrainConfigRecord:
         return self.section("data").get("caption_transform")
 
 
+def precision_label(dtype: str | None, quantize: str | None = None) -> str | None:
+    """How a number was computed, in the words the card, the Space and ``reproduce`` all use:
+    the dtype ("float32", "bfloat16"), or "int8 weights and activations (float32 elsewhere)"
+    when the Linear layers ran int8 (``quantize``, as metrics.json records it)."""
+    if quantize:
+        return f"{quantize} weights and activations ({dtype or 'float32'} elsewhere)"
+    return dtype

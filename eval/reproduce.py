@@ -27,7 +27,7 @@ from typing import Any
 
 from captioning.errors import UserError
 from captioning.generation import GenerationSettings
-from captioning.records import METRICS, EvalRecord
+from captioning.records import METRICS, EvalRecord, precision_label
 
 DEFAULT_TOLERANCE = 0.005
 
@@ -269,12 +269,14 @@ def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> 
     """Recorded vs reproduced, side by side, with the verdict on the last line."""
     rec = recorded.record
     ds = rec.get("dataset") or {}
+    was = precision_label(rec.get("dtype", "?"), rec.get("quantize"))
+    now = precision_label(new.get("dtype"), new.get("quantize"))
     lines = [f"model:   {recorded.source}",
              f"dataset: {ds.get('source')} [{ds.get('split')}], {comparison.n_reproduced} images "
              f"(refs hash {str(ds.get('hash'))[:12]})",
              f"recorded {rec.get('created', '?')} with {rec.get('versions', {}).get('transformers', '?')} "
-             f"transformers / {rec.get('device', '?')} {_precision(rec)}; reproduced with "
-             f"{new.get('versions', {}).get('transformers', '?')} / {new.get('device')} {_precision(new)}",
+             f"transformers / {rec.get('device', '?')} {was}; reproduced with "
+             f"{new.get('versions', {}).get('transformers', '?')} / {new.get('device')} {now}",
              "",
              f"{'metric':<10}  {'recorded':>10}  {'reproduced':>10}  {'diff':>10}  ok"]
     for r in comparison.rows:
@@ -297,8 +299,3 @@ def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> 
         lines.append("NOT reproduced: " + ", ".join(f"{r['metric']} differs by {r['diff']:+.4f}" for r in bad)
                      + f" (tolerance {comparison.tolerance:g})")
     return "\n".join(lines)
-
-
-def _precision(rec: dict) -> str:
-    """dtype, plus int8 when the Linear layers were quantised: "float32 int8"."""
-    return f"{rec.get('dtype', '?')}{' ' + rec['quantize'] if rec.get('quantize') else ''}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.records import precision_label
 
 # the card's inputs and images live beside this module; their names stay importable from here
 from release.card_images import DIGITS, LOSS_CURVE, fmt, loss_curve_png, make_badges, metric_items
@@ -28,15 +29,6 @@ __all__ = ["DEFAULT_TEMPLATE", "TEMPLATES_DIR", "CardInputs", "card_data", "coll
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
-
-
-def precision_label(metrics: dict[str, Any]) -> str | None:
-    """The precision an eval ran at, from metrics.json: "float32", "bfloat16", "int8 (float32
-    activations)"... None for records that do not say."""
-    dtype = metrics.get("dtype")
-    if metrics.get("quantize"):
-        return f"{metrics['quantize']} weights and activations ({dtype or 'float32'} elsewhere)"
-    return dtype
 
 
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",
@@ -238,7 +230,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
                       "caption_transform": ds.get("caption_transform"),
                       "generation": m.get("generation") or {}, "created": m.get("created"),
                       "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt"),
-                      "scene": _scene_accuracy(m), "precision": precision_label(m)}
+                      "scene": _scene_accuracy(m), "precision": precision_label(m.get("dtype"), m.get("quantize"))}
     else:
         not_measured.append("captioning metrics (no metrics.json: the model was not evaluated)")
     if inputs.loss:

@@ -92,10 +92,10 @@ def test_eval_records_int8_and_refuses_to_resume_at_another_precision(tiny_model
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "quantize: 'int8' -> None" in err and "--overwrite" in err
 
-    from release.card import precision_label
+    from captioning.records import precision_label
 
-    assert precision_label(rec) == "int8 weights and activations (float32 elsewhere)"
-    assert precision_label({"dtype": "float32"}) == "float32"
+    assert precision_label(rec["dtype"], rec["quantize"]) == "int8 weights and activations (float32 elsewhere)"
+    assert precision_label("float32") == "float32"
 
 
 def test_caption_cli_takes_quantize(tiny_models, shapes_dir, capsys):

@@ -23,6 +23,7 @@ import gradio as gr
 from captioning.errors import UserError
 from captioning.files import write_atomic
 from captioning.images import load_image
+from captioning.records import precision_label
 
 from .components import user_error
 from .models import ModelInfo, base_pairs
@@ -224,9 +225,8 @@ class CaptionSpace:
         if load_s:
             timing += f" · model load {load_s:.2f} s"
         decoding = decoding_note(settings.num_beams, temperature, settings.num_captions)
-        timing += f" · {cap.device.type}, {str(cap.dtype).replace('torch.', '')}"
-        if getattr(cap, "quantize", None):
-            timing += f" ({cap.quantize} weights and activations)"
+        precision = precision_label(str(cap.dtype).replace("torch.", ""), getattr(cap, "quantize", None))
+        timing += f" · {cap.device.type}, {precision}"
         timing += f" · {decoding} · {seed_note(settings)}"
         return "\n".join(out[0]), timing
 
