@@ -295,19 +295,25 @@ class PrepackedLinear(torch.nn.Module):
     arithmetic, another summation order: outputs agree to float32 rounding, and trained
     models give the same greedy captions (tests/test_prepack.py, bench/int8_quality.py).
 
+    A layer with ``siblings`` holds no weight of its own: it returns its columns of the one
+    product its sibling layers share (:class:`SiblingProduct`).
+
     Only this wrapper is ours (no module in torch or transformers swaps it in for eager
     inference). No parameters: the packed weight is an opaque oneDNN tensor, so the layer
     refuses training and saving instead of silently doing neither.
     """
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, siblings: SiblingProduct | None = None, index: int = 0):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), PACK_HINT)
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.siblings, self.index = siblings, index
+        self.packed = None if siblings else _pack(linear.weight)
+        self.bias = None if siblings or linear.bias is None else linear.bias.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.siblings is not None:
+            return self.siblings.columns(self.index, x)
+        return _packed_linear(x, self.packed, self.bias)
 
     def train(self, mode: bool = True):
         if mode:
@@ -320,19 +326,81 @@ class PrepackedLinear(torch.nn.Module):
                            "weights; load it without prepack=True to save it")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        shared = f", shared with {len(self.siblings.ends) - 1} sibling(s)" if self.siblings else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None or bool(self.siblings and self.siblings.bias is not None)}{shared}")
+
+
+class SiblingProduct:
+    """One prepacked product for sibling Linear layers that a model calls one after another on
+    the same input (an attention's q, k and v projections; an MLP's gate and up projections).
+    The first sibling called computes all their outputs in one oneDNN call and each sibling
+    returns its own columns (a view) of it: fewer, larger products stream the weights faster
+    (SmolVLM-256M's decode step: 4 products per layer instead of 7; BENCHMARKS.md). Each
+    output column is the same dot product as before, computed by the same kernel.
+
+    Keyed on the input's identity: a sibling called on another input (an attention used for
+    cross-attention reads k and v from the encoder's states) computes the product of that
+    input afresh, so a result is never stale, at worst partly unused. The output is released
+    once every sibling has taken its columns.
+    """
+
+    def __init__(self, linears: list[torch.nn.Linear]):
+        self.packed = _pack(torch.cat([lin.weight.detach() for lin in linears]))
+        has_bias = linears[0].bias is not None
+        self.bias = torch.cat([lin.bias.detach().float() for lin in linears]) if has_bias else None
+        self.ends = [0]
+        for lin in linears:
+            self.ends.append(self.ends[-1] + lin.out_features)
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._taken: set[int] = set()
+
+    def columns(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if x is not self._input or index in self._taken:
+            self._input, self._output, self._taken = x, _packed_linear(x, self.packed, self.bias), set()
+        out = self._output[..., self.ends[index]:self.ends[index + 1]]
+        self._taken.add(index)
+        if len(self._taken) == len(self.ends) - 1:
+            self._input = self._output = None
+        return out
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float(), PACK_HINT)
+
+
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 #: the batch-size hint oneDNN lays the weights out for (any batch runs; this is the layout's
 #: sweet spot). SmolVLM-256M's text side, hints 1 / 16 / 64: 1.105 / 1.052 / 1.112 s (BENCHMARKS.md).
 PACK_HINT = 16
 
+#: sibling Linear layers that the supported families' self-attention and MLP code calls one after
+#: another on the same input: each group is prepacked as one product (SiblingProduct)
+SIBLING_GROUPS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("gate_proj", "up_proj"))
+#: parts of a module's name that mark a cross-attention (its q reads the decoder, k and v the
+#: encoder): left unfused, as one product there would compute unused columns at every step
+CROSS_ATTENTION = ("crossattention", "cross_attn", "encoder_attn")
+
 
 def prepack_linear(model):
     """``model`` (fp32, on CPU, in eval mode) with every ``nn.Linear`` replaced in place by a
-    :class:`PrepackedLinear`; each fp32 weight is dropped as its layer is replaced (a weight
-    tied to an embedding stays with the embedding)."""
-    for module in list(model.modules()):
+    :class:`PrepackedLinear`, sibling layers (SIBLING_GROUPS) sharing one product; each fp32
+    weight is dropped as its layer is replaced (a weight tied to an embedding stays with the
+    embedding)."""
+    for path, module in list(model.named_modules()):
+        if not any(part in path for part in CROSS_ATTENTION):
+            for names in SIBLING_GROUPS:
+                linears = [module._modules.get(n) for n in names]
+                if (all(type(lin) is torch.nn.Linear for lin in linears)
+                        and len({lin.in_features for lin in linears}) == 1
+                        and len({lin.bias is None for lin in linears}) == 1):
+                    shared = SiblingProduct(linears)
+                    for i, (name, lin) in enumerate(zip(names, linears)):
+                        setattr(module, name, PrepackedLinear(lin, siblings=shared, index=i))
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:  # exactly Linear: not peft's or bitsandbytes' subclasses
                 setattr(module, name, PrepackedLinear(child))

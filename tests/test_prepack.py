@@ -5,10 +5,12 @@ instead of silently doing neither."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from captioning.loading import PrepackedLinear, load_captioner
+from captioning.loading import PrepackedLinear, load_captioner, prepack_linear
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 
@@ -43,6 +45,47 @@ def test_prepacked_layers_compute_the_same_function(arch, arch_models, shapes_im
             b = fam.generate(packed.model, inputs, **kw).logits[0]
         # same arithmetic in another summation order: float32 rounding apart
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().amax()))
+
+
+def _shared(model) -> set[str]:
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, PrepackedLinear) and m.siblings}
+
+
+def test_sibling_layers_share_one_product_in_self_attention_and_mlp(arch_models):
+    smolvlm = _load(arch_models("idefics3"), prepack=True).model
+    assert _shared(smolvlm) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
+    attn = smolvlm.model.text_model.layers[0].self_attn
+    assert attn.q_proj.siblings is attn.k_proj.siblings is attn.v_proj.siblings
+    assert attn.q_proj.siblings is not smolvlm.model.text_model.layers[1].self_attn.q_proj.siblings
+    florence = _load(arch_models("florence2"), prepack=True).model  # BART: self- and cross-attention
+    cross = [m for n, m in florence.named_modules() if ".encoder_attn." in n and isinstance(m, PrepackedLinear)]
+    assert cross and not any(m.siblings for m in cross)
+    assert _shared(_load(arch_models("blip"), prepack=True).model) == {"query", "key", "value"}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_shared_product_is_never_stale(bias):
+    """Siblings called on one input share a product; a sibling called on another input (as in
+    cross-attention) gets that input's product; the shared output is released once taken."""
+    torch.manual_seed(0)
+    names, widths = ("q_proj", "k_proj", "v_proj"), (32, 8, 8)
+    plain = torch.nn.Module()
+    for name, width in zip(names, widths):
+        setattr(plain, name, torch.nn.Linear(32, width, bias=bias))
+    packed = prepack_linear(copy.deepcopy(plain)).eval()
+    product = packed.q_proj.siblings
+    x, y = torch.randn(1, 5, 32), torch.randn(1, 7, 32)
+    close = torch.testing.assert_close
+    with torch.inference_mode():
+        for name in names:  # self-attention: one input
+            close(getattr(packed, name)(x), getattr(plain, name)(x), rtol=1e-5, atol=1e-5)
+        assert product._output is None
+        close(packed.q_proj(x), plain.q_proj(x), rtol=1e-5, atol=1e-5)  # cross-attention: q reads x,
+        close(packed.k_proj(y), plain.k_proj(y), rtol=1e-5, atol=1e-5)  # k and v read y
+        close(packed.v_proj(y), plain.v_proj(y), rtol=1e-5, atol=1e-5)
+        close(packed.q_proj(y), plain.q_proj(y), rtol=1e-5, atol=1e-5)
+        close(packed.q_proj(y), plain.q_proj(y), rtol=1e-5, atol=1e-5)  # the same sibling twice
+        close(packed.v_proj(x), plain.v_proj(x), rtol=1e-5, atol=1e-5)
 
 
 def _memorise(folder, images, out):
