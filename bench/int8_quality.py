@@ -17,6 +17,10 @@ The gate (issue 20): int8 may cost at most 2% relative CIDEr and 1 point of scen
 (exact); a family that misses it keeps fp32 as its CPU default (Family.int8_on_cpu).
 Prepacked fp32 must give every image the same caption as fp32-plain.
 
+--batched-int8 adds a probe, int8-batched: int8 with --batch-size images per forward (int8 is
+served one image per forward, so that a caption never depends on its neighbours): how far its
+captions move from one-at-a-time int8's.
+
 Writes bench/results/int8_quality.json and prints a markdown table.
 """
 
@@ -38,6 +42,23 @@ MAX_EXACT_DROP = 0.01  # absolute (1 point)
 
 
 VARIANTS = {"fp32-plain": "none", "fp32": "none", "int8": "int8"}  # variant -> --quantize
+PROBE = "int8-batched"  # with --batched-int8: int8 with --batch-size images per forward
+
+
+@contextlib.contextmanager
+def raw_batches():
+    """int8 put through the forward --batch-size images at a time, as fp32 is (the probe of how
+    much int8 captions depend on the batch): images_per_forward answers the batch size, for
+    caption_images and for the record eval generate writes."""
+    import captioning.generation as generation
+    import eval.generate as eval_generate
+
+    real = generation.images_per_forward
+    generation.images_per_forward = eval_generate.images_per_forward = lambda captioner, batch_size: batch_size
+    try:
+        yield
+    finally:
+        generation.images_per_forward = eval_generate.images_per_forward = real
 
 
 @contextlib.contextmanager
@@ -58,18 +79,21 @@ def evaluate(model: str, transform: str, variant: str, args, out: Path, scorer) 
     from eval.generate import GenerateConfig, run_generate
 
     cfg = GenerateConfig(model=model, dataset=str(args.dataset), split=args.split, out=out, dtype="fp32",
-                         device="cpu", quantize=VARIANTS[variant], max_images=args.max_images,
+                         device="cpu", quantize="int8" if variant == PROBE else VARIANTS[variant],
+                         max_images=args.max_images,
                          trust_remote_code=args.trust_remote_code,
                          batch_size=args.batch_size, caption_transform=transform, metrics=["CIDEr"], report=False,
                          overwrite=True, generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
-    with unpacked() if variant == "fp32-plain" else contextlib.nullcontext():
+    context = {"fp32-plain": unpacked, PROBE: raw_batches}.get(variant, contextlib.nullcontext)
+    with context():
         record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
     preds = json.loads((out / "predictions.json").read_text())
     return {"record": record, "captions": {str(p["image_id"]): p["caption"] for p in preds}}
 
 
 def compare(name: str, model: str, transform: str, args, work: Path, scorer) -> dict[str, Any]:
-    runs = {v: evaluate(model, transform, v, args, work / f"{name}-{v}", scorer) for v in VARIANTS}
+    variants = [*VARIANTS, PROBE] if args.batched_int8 else list(VARIANTS)
+    runs = {v: evaluate(model, transform, v, args, work / f"{name}-{v}", scorer) for v in variants}
     row: dict[str, Any] = {"model": model, "caption_transform": transform,
                            "family": runs["fp32"]["record"]["model"]["family"]}
     ref = runs["fp32-plain"]["captions"]
@@ -79,6 +103,9 @@ def compare(name: str, model: str, transform: str, args, work: Path, scorer) -> 
         row[v] = {"CIDEr": rec["metrics"]["CIDEr"], "exact": scene.get("exact"),
                   "object_precision": scene.get("object_precision"), "object_recall": scene.get("object_recall"),
                   "identical_captions": sum(ref[k] == run["captions"].get(k) for k in ref) / max(1, len(ref))}
+    if PROBE in runs:
+        one = runs["int8"]["captions"]
+        row[PROBE]["identical_to_int8"] = sum(one[k] == runs[PROBE]["captions"].get(k) for k in one) / max(1, len(one))
     row["n_images"] = len(ref)
     base, int8 = row["fp32-plain"], row["int8"]
     cider_drop = (base["CIDEr"] - int8["CIDEr"]) / max(base["CIDEr"], 1e-9)
@@ -102,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="models that ship their own code (the bridge)")
+    parser.add_argument("--batched-int8", action="store_true",
+                        help=f"also run {PROBE}: int8 with --batch-size images per forward, to measure how much "
+                             "its captions depend on the batch (int8 is served one image per forward)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     import torch
@@ -127,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return "" if x is None else f"{x:.1%}"
 
     for name, r in result["models"].items():
-        for v in VARIANTS:
+        for v in [x for x in (*VARIANTS, PROBE) if x in r]:
+            to_int8 = f" ({pct(r[v]['identical_to_int8'])} identical to int8)" if v == PROBE else ""
             print(f"| {name} | {r['family']} | {r['n_images']} | {v} | {r[v]['CIDEr']:.3f} | {pct(r[v]['exact'])} | "
-                  f"{pct(r[v]['identical_captions'])} |")
+                  f"{pct(r[v]['identical_captions'])}{to_int8} |")
         print(f"{name}: int8 gate {'pass' if r['passes_gate'] else 'FAIL'}; prepacked fp32 "
               f"{'unchanged' if r['prepack_unchanged'] else 'CHANGED captions'}")
     print(f"wrote {args.out}")

@@ -10,7 +10,11 @@ captioning.generation.caption_images, the code every stage uses.
 
 Variants: fp32-plain (load_captioner's plain nn.Linear layers: the toolkit before issue 20, the
 baseline every speedup is measured against); fp32 (prepack=True, what every captioning entry
-point serves: each Linear weight laid out once for oneDNN's matmul, same greedy tokens); int8
+point serves: each Linear weight laid out once for oneDNN's matmul, sibling q/k/v and gate/up
+layers sharing one product, same greedy tokens); fp32-unfused and int8-unfused (only with
+--variants: every layer its own product, as before the shared products); int8-batched (only with
+--variants: int8 with --batch-size images per forward, as fp32 is; captions then depend on the
+batch, see bench/int8_quality.py --batched-int8); int8
 (load_captioner(quantize="int8"): PyTorch's dynamic int8 Linear layers, int8 weights per
 channel + activations quantised per call); bf16 (dtype="bf16") only where the CPU has native
 bf16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo). They are loaded side by side
@@ -33,6 +37,7 @@ Writes bench/results/int8_speed.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -56,16 +61,22 @@ def native_bf16() -> bool:
 BASELINE = "fp32-plain"
 
 
-def variant_kwargs(variant: str) -> dict[str, Any]:
-    return {BASELINE: {"dtype": "fp32"}, "fp32": {"dtype": "fp32", "prepack": True},
-            "int8": {"dtype": "fp32", "quantize": "int8"}, "bf16": {"dtype": "bf16"}}[variant]
+VARIANTS = {BASELINE: {"dtype": "fp32"}, "fp32": {"dtype": "fp32", "prepack": True},
+            "int8": {"dtype": "fp32", "quantize": "int8"}, "bf16": {"dtype": "bf16"}}
+VARIANTS |= {f"{v}-unfused": VARIANTS[v] for v in ("fp32", "int8")} | {"int8-batched": VARIANTS["int8"]}
 
 
 def load(model_dir: Path, model: str, variant: str):
-    from captioning.loading import load_captioner
+    import captioning.loading as loading
 
     extra = {"image_splitting": False, "image_longest_edge": 512} if model == "smolvlm" else {}
-    return load_captioner(str(model_dir), device="cpu", **variant_kwargs(variant), **extra)
+    groups = loading.SIBLING_GROUPS
+    if variant.endswith("-unfused"):  # every layer its own product: no SiblingProduct
+        loading.SIBLING_GROUPS = ()
+    try:
+        return loading.load_captioner(str(model_dir), device="cpu", **VARIANTS[variant], **extra)
+    finally:
+        loading.SIBLING_GROUPS = groups
 
 
 def images(n: int):
@@ -138,6 +149,8 @@ def memory(model_dir: Path, model: str, variant: str, threads: int) -> dict[str,
 
 
 def run_model(model: str, variants: list[str], rounds: int, batch: int, threads: int, tmp: Path) -> dict[str, Any]:
+    from int8_quality import raw_batches
+
     from captioning.factory import build_random_model
     from captioning.generation import caption_images
 
@@ -153,8 +166,9 @@ def run_model(model: str, variants: list[str], rounds: int, batch: int, threads:
         for v in variants:
             single[v].append(timed(lambda v=v: caption_images(caps[v], imgs[:1], settings=settings(),
                                                               batch_size=1)))
-            batched[v].append(batch / timed(lambda v=v: caption_images(caps[v], imgs, settings=settings(),
-                                                                       batch_size=batch)))
+            with raw_batches() if v == "int8-batched" else contextlib.nullcontext():
+                batched[v].append(batch / timed(lambda v=v: caption_images(caps[v], imgs, settings=settings(),
+                                                                           batch_size=batch)))
             if model == "smolvlm":
                 text[v].append(text_side(caps[v], imgs[0]))
         print(f"  {model} round {r + 1}/{rounds}: " + ", ".join(
@@ -187,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)} (default: "
+                        f"{BASELINE}, fp32, int8 and bf16 where the CPU has native bf16)")
     parser.add_argument("--no-bf16", action="store_true", help="skip bf16 even where the CPU has it")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -194,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     variants = [BASELINE, "fp32", "int8"] + (["bf16"] if native_bf16() and not args.no_bf16 else [])
+    if args.variants:
+        variants = args.variants.split(",")
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown or BASELINE not in variants:
+            parser.error(f"--variants: {', '.join(unknown) or 'no ' + BASELINE}: choose from {', '.join(VARIANTS)}, "
+                         f"{BASELINE} included (the baseline)")
     import machine
 
     result: dict[str, Any] = {

@@ -151,7 +151,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     ``prepack=True`` (inference only; acts for fp32 on CPU): every Linear layer's weight is
     laid out once for oneDNN's matmul (:func:`prepack_linear`): faster captions with the same
     greedy tokens, but a model that can no longer be trained or saved. Every captioning entry
-    point (captioning.caption, eval generate, the Space) passes it.
+    point (captioning.caption, eval generate, the Space) passes it. Prepacked and int8 models
+    alike run sibling layers that read the same input as one product (:func:`fuse_siblings`).
     """
     from transformers import AutoConfig
 
@@ -239,6 +240,7 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     if quantize or prepack:
         if adapter_dir is not None:
             net = net.merge_and_unload()  # LoRA merged into the full-precision weights, then quantised/packed
+        fuse_siblings(net)
         net = quantize_int8(net) if quantize else prepack_linear(net)
     net.eval()
     fam.prepare_model(net, processor)
@@ -284,6 +286,95 @@ def quantize_int8(model):
     return model
 
 
+class SiblingProduct(torch.nn.Module):
+    """One product for sibling Linear layers that a model calls one after another on the same
+    input (an attention's q, k and v projections; an MLP's gate and up projections): their
+    weights stacked in one ``nn.Linear`` (``self.linear``), which prepack_linear or quantize_int8
+    then replace like any other. The first sibling called computes all their outputs in one call
+    and each sibling (:class:`SiblingLinear`) returns its own columns, a view: fewer, larger
+    products stream the weights faster (SmolVLM-256M's decode step: 4 products per layer
+    instead of 7; BENCHMARKS.md). Each output column is the same dot product as before, and int8
+    quantises the shared input once, as each sibling did.
+
+    Keyed on the input's identity: a sibling called on another input (an attention used for
+    cross-attention reads k and v from the encoder's states) computes the product of that input
+    afresh, so a result is never stale, at worst partly unused. The output is released once
+    every sibling has taken its columns. Written here: transformers and torch fuse projections
+    only inside compiled graphs.
+    """
+
+    def __init__(self, linears: list[torch.nn.Linear]):
+        super().__init__()
+        first = linears[0]
+        self.ends = [0]
+        for lin in linears:
+            self.ends.append(self.ends[-1] + lin.out_features)
+        # built on the meta device (no throwaway initialisation), then given the stacked weights
+        self.linear = torch.nn.Linear(first.in_features, self.ends[-1], bias=first.bias is not None, device="meta")
+        with torch.no_grad():
+            self.linear.weight = torch.nn.Parameter(torch.cat([lin.weight for lin in linears]), requires_grad=False)
+            if first.bias is not None:
+                self.linear.bias = torch.nn.Parameter(torch.cat([lin.bias for lin in linears]), requires_grad=False)
+        #: (input, output, indices of the siblings that took their columns), or None: one tuple,
+        #: read once and replaced whole, so threads sharing a model never read another call's output
+        self._state: tuple[torch.Tensor, torch.Tensor, frozenset[int]] | None = None
+
+    def columns(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        state = self._state
+        if state is None or state[0] is not x or index in state[2]:
+            state = (x, self.linear(x), frozenset())
+        taken = state[2] | {index}
+        self._state = None if len(taken) == len(self.ends) - 1 else (x, state[1], taken)
+        return state[1][..., self.ends[index]:self.ends[index + 1]]
+
+
+class SiblingLinear(torch.nn.Module):
+    """A Linear layer served by its columns of a :class:`SiblingProduct`. The first sibling holds
+    the product as a submodule; the others refer to it without registering it again."""
+
+    def __init__(self, product: SiblingProduct, index: int):
+        super().__init__()
+        if index == 0:
+            self.product = product
+        else:
+            object.__setattr__(self, "product", product)
+        self.index = index
+        self.in_features = product.linear.in_features
+        self.out_features = product.ends[index + 1] - product.ends[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.product.columns(self.index, x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, sibling {self.index}"
+
+
+#: sibling Linear layers that the supported families' self-attention and MLP code calls one after
+#: another on the same input: each group becomes one SiblingProduct
+SIBLING_GROUPS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("gate_proj", "up_proj"))
+#: parts of a module's name that mark a cross-attention (its q reads the decoder, k and v the
+#: encoder): left alone, as one product there would compute unused columns at every step
+CROSS_ATTENTION = ("crossattention", "cross_attn", "encoder_attn")
+
+
+def fuse_siblings(model):
+    """``model`` (for inference) with each group of sibling Linear layers (SIBLING_GROUPS, same
+    input size, all with or all without bias) replaced in place by :class:`SiblingLinear` layers
+    sharing one :class:`SiblingProduct`; the separate weights are dropped."""
+    for path, module in list(model.named_modules()):
+        if any(part in path for part in CROSS_ATTENTION):
+            continue
+        for names in SIBLING_GROUPS:
+            linears = [module._modules.get(n) for n in names]
+            if (all(type(lin) is torch.nn.Linear for lin in linears)
+                    and len({lin.in_features for lin in linears}) == 1
+                    and len({lin.bias is None for lin in linears}) == 1):
+                product = SiblingProduct(linears)
+                for i, name in enumerate(names):
+                    setattr(module, name, SiblingLinear(product, i))
+    return model
+
+
 class PrepackedLinear(torch.nn.Module):
     """An fp32 ``nn.Linear`` for CPU inference whose weight oneDNN has reordered once into the
     blocked layout its matmul kernels read (``torch.ops.mkldnn._reorder_linear_weight`` and
@@ -295,25 +386,19 @@ class PrepackedLinear(torch.nn.Module):
     arithmetic, another summation order: outputs agree to float32 rounding, and trained
     models give the same greedy captions (tests/test_prepack.py, bench/int8_quality.py).
 
-    A layer with ``siblings`` holds no weight of its own: it returns its columns of the one
-    product its sibling layers share (:class:`SiblingProduct`).
-
     Only this wrapper is ours (no module in torch or transformers swaps it in for eager
     inference). No parameters: the packed weight is an opaque oneDNN tensor, so the layer
     refuses training and saving instead of silently doing neither.
     """
 
-    def __init__(self, linear: torch.nn.Linear, siblings: SiblingProduct | None = None, index: int = 0):
+    def __init__(self, linear: torch.nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.siblings, self.index = siblings, index
-        self.packed = None if siblings else _pack(linear.weight)
-        self.bias = None if siblings or linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), PACK_HINT)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.siblings is not None:
-            return self.siblings.columns(self.index, x)
-        return _packed_linear(x, self.packed, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def train(self, mode: bool = True):
         if mode:
@@ -326,81 +411,19 @@ class PrepackedLinear(torch.nn.Module):
                            "weights; load it without prepack=True to save it")
 
     def extra_repr(self) -> str:
-        shared = f", shared with {len(self.siblings.ends) - 1} sibling(s)" if self.siblings else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None or bool(self.siblings and self.siblings.bias is not None)}{shared}")
-
-
-class SiblingProduct:
-    """One prepacked product for sibling Linear layers that a model calls one after another on
-    the same input (an attention's q, k and v projections; an MLP's gate and up projections).
-    The first sibling called computes all their outputs in one oneDNN call and each sibling
-    returns its own columns (a view) of it: fewer, larger products stream the weights faster
-    (SmolVLM-256M's decode step: 4 products per layer instead of 7; BENCHMARKS.md). Each
-    output column is the same dot product as before, computed by the same kernel.
-
-    Keyed on the input's identity: a sibling called on another input (an attention used for
-    cross-attention reads k and v from the encoder's states) computes the product of that
-    input afresh, so a result is never stale, at worst partly unused. The output is released
-    once every sibling has taken its columns.
-    """
-
-    def __init__(self, linears: list[torch.nn.Linear]):
-        self.packed = _pack(torch.cat([lin.weight.detach() for lin in linears]))
-        has_bias = linears[0].bias is not None
-        self.bias = torch.cat([lin.bias.detach().float() for lin in linears]) if has_bias else None
-        self.ends = [0]
-        for lin in linears:
-            self.ends.append(self.ends[-1] + lin.out_features)
-        self._input: torch.Tensor | None = None
-        self._output: torch.Tensor | None = None
-        self._taken: set[int] = set()
-
-    def columns(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if x is not self._input or index in self._taken:
-            self._input, self._output, self._taken = x, _packed_linear(x, self.packed, self.bias), set()
-        out = self._output[..., self.ends[index]:self.ends[index + 1]]
-        self._taken.add(index)
-        if len(self._taken) == len(self.ends) - 1:
-            self._input = self._output = None
-        return out
-
-
-def _pack(weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float(), PACK_HINT)
-
-
-def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 #: the batch-size hint oneDNN lays the weights out for (any batch runs; this is the layout's
 #: sweet spot). SmolVLM-256M's text side, hints 1 / 16 / 64: 1.105 / 1.052 / 1.112 s (BENCHMARKS.md).
 PACK_HINT = 16
 
-#: sibling Linear layers that the supported families' self-attention and MLP code calls one after
-#: another on the same input: each group is prepacked as one product (SiblingProduct)
-SIBLING_GROUPS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("gate_proj", "up_proj"))
-#: parts of a module's name that mark a cross-attention (its q reads the decoder, k and v the
-#: encoder): left unfused, as one product there would compute unused columns at every step
-CROSS_ATTENTION = ("crossattention", "cross_attn", "encoder_attn")
-
 
 def prepack_linear(model):
     """``model`` (fp32, on CPU, in eval mode) with every ``nn.Linear`` replaced in place by a
-    :class:`PrepackedLinear`, sibling layers (SIBLING_GROUPS) sharing one product; each fp32
-    weight is dropped as its layer is replaced (a weight tied to an embedding stays with the
-    embedding)."""
-    for path, module in list(model.named_modules()):
-        if not any(part in path for part in CROSS_ATTENTION):
-            for names in SIBLING_GROUPS:
-                linears = [module._modules.get(n) for n in names]
-                if (all(type(lin) is torch.nn.Linear for lin in linears)
-                        and len({lin.in_features for lin in linears}) == 1
-                        and len({lin.bias is None for lin in linears}) == 1):
-                    shared = SiblingProduct(linears)
-                    for i, (name, lin) in enumerate(zip(names, linears)):
-                        setattr(module, name, PrepackedLinear(lin, siblings=shared, index=i))
+    :class:`PrepackedLinear`; each fp32 weight is dropped as its layer is replaced (a weight
+    tied to an embedding stays with the embedding)."""
+    for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:  # exactly Linear: not peft's or bitsandbytes' subclasses
                 setattr(module, name, PrepackedLinear(child))

@@ -10,17 +10,14 @@ import copy
 import pytest
 import torch
 
-from captioning.loading import PrepackedLinear, load_captioner, prepack_linear
+from captioning.loading import PrepackedLinear, SiblingLinear, fuse_siblings, load_captioner, prepack_linear
+from tests.layers import linears, not_served_by
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 
 # one architecture per family (and the encoder-decoder, which has its own generate path)
 ARCHS = ["idefics3", "blip", "bridge", "qwen2_vl", "gemma3", "paligemma", "florence2"]
 CAPTIONS = ["two red circles above a blue square", "one green triangle", "three small yellow squares"]
-
-
-def _linears(model) -> int:
-    return sum(type(m) is torch.nn.Linear for m in model.modules())
 
 
 def _packed(model) -> int:
@@ -34,8 +31,8 @@ def _load(folder, **kw):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prepacked_layers_compute_the_same_function(arch, arch_models, shapes_images):
     plain, packed = _load(arch_models(arch)), _load(arch_models(arch), prepack=True)
-    assert _packed(plain.model) == 0 and _linears(packed.model) == 0
-    assert _packed(packed.model) == _linears(plain.model) > 0  # vision, connector, LM and head alike
+    assert _packed(plain.model) == 0 and linears(packed.model) == 0
+    assert linears(plain.model) > 0 and not not_served_by(plain.model, packed.model, PrepackedLinear)  # all of them
     fam = plain.family
     for images in (shapes_images[:1], shapes_images[:3]):  # prefill of one image, and a batch
         inputs = fam.generation_inputs(plain.processor, images, [plain.prompt] * len(images))
@@ -48,18 +45,19 @@ def test_prepacked_layers_compute_the_same_function(arch, arch_models, shapes_im
 
 
 def _shared(model) -> set[str]:
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, PrepackedLinear) and m.siblings}
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, SiblingLinear)}
 
 
 def test_sibling_layers_share_one_product_in_self_attention_and_mlp(arch_models):
     smolvlm = _load(arch_models("idefics3"), prepack=True).model
     assert _shared(smolvlm) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
     attn = smolvlm.model.text_model.layers[0].self_attn
-    assert attn.q_proj.siblings is attn.k_proj.siblings is attn.v_proj.siblings
-    assert attn.q_proj.siblings is not smolvlm.model.text_model.layers[1].self_attn.q_proj.siblings
+    assert attn.q_proj.product is attn.k_proj.product is attn.v_proj.product
+    assert isinstance(attn.q_proj.product.linear, PrepackedLinear)
+    assert attn.q_proj.product is not smolvlm.model.text_model.layers[1].self_attn.q_proj.product
     florence = _load(arch_models("florence2"), prepack=True).model  # BART: self- and cross-attention
-    cross = [m for n, m in florence.named_modules() if ".encoder_attn." in n and isinstance(m, PrepackedLinear)]
-    assert cross and not any(m.siblings for m in cross)
+    cross = [m for n, m in florence.named_modules() if ".encoder_attn." in n and n.endswith("_proj")]
+    assert cross and all(isinstance(m, PrepackedLinear) for m in cross)
     assert _shared(_load(arch_models("blip"), prepack=True).model) == {"query", "key", "value"}
 
 
@@ -72,20 +70,45 @@ def test_a_shared_product_is_never_stale(bias):
     plain = torch.nn.Module()
     for name, width in zip(names, widths):
         setattr(plain, name, torch.nn.Linear(32, width, bias=bias))
-    packed = prepack_linear(copy.deepcopy(plain)).eval()
-    product = packed.q_proj.siblings
-    x, y = torch.randn(1, 5, 32), torch.randn(1, 7, 32)
-    close = torch.testing.assert_close
+    for served in (fuse_siblings(copy.deepcopy(plain)), prepack_linear(fuse_siblings(copy.deepcopy(plain)))):
+        served.eval()
+        product = served.q_proj.product
+        x, y = torch.randn(1, 5, 32), torch.randn(1, 7, 32)
+
+        def same(name, inp, served=served):
+            torch.testing.assert_close(getattr(served, name)(inp), getattr(plain, name)(inp), rtol=1e-5, atol=1e-5)
+
+        with torch.inference_mode():
+            for name in names:  # self-attention: one input
+                same(name, x)
+            assert product._state is None  # released once each sibling took its columns
+            same("q_proj", x)  # cross-attention: q reads x, k and v read y
+            same("k_proj", y)
+            same("v_proj", y)
+            same("q_proj", y)
+            same("q_proj", y)  # the same sibling twice
+            same("v_proj", x)
+
+
+def test_shared_products_do_not_change_the_function(arch_models, shapes_images, monkeypatch):
+    """Prepacked and int8 alike: a model served with shared sibling products gives the logits
+    of the same model served with every layer on its own."""
+    import captioning.loading as loading
+
+    folder = arch_models("idefics3")
+    fused = {q: _load(folder, prepack=True, quantize=q) for q in (None, "int8")}
+    monkeypatch.setattr(loading, "SIBLING_GROUPS", ())
+    apart = {q: _load(folder, prepack=True, quantize=q) for q in (None, "int8")}
+    assert not _shared(apart[None].model) and _shared(fused["int8"].model)
+    fam = fused[None].family
+    inputs = fam.generation_inputs(fused[None].processor, shapes_images[:2], [fused[None].prompt] * 2)
+    kw = {"max_new_tokens": 3, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
     with torch.inference_mode():
-        for name in names:  # self-attention: one input
-            close(getattr(packed, name)(x), getattr(plain, name)(x), rtol=1e-5, atol=1e-5)
-        assert product._output is None
-        close(packed.q_proj(x), plain.q_proj(x), rtol=1e-5, atol=1e-5)  # cross-attention: q reads x,
-        close(packed.k_proj(y), plain.k_proj(y), rtol=1e-5, atol=1e-5)  # k and v read y
-        close(packed.v_proj(y), plain.v_proj(y), rtol=1e-5, atol=1e-5)
-        close(packed.q_proj(y), plain.q_proj(y), rtol=1e-5, atol=1e-5)
-        close(packed.q_proj(y), plain.q_proj(y), rtol=1e-5, atol=1e-5)  # the same sibling twice
-        close(packed.v_proj(x), plain.v_proj(x), rtol=1e-5, atol=1e-5)
+        for q in fused:
+            a = fam.generate(apart[q].model, inputs, **kw).logits
+            b = fam.generate(fused[q].model, inputs, **kw).logits
+            for x, y in zip(a, b):
+                torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5 * float(x.abs().amax()))
 
 
 def _memorise(folder, images, out):
@@ -115,7 +138,7 @@ def test_prepack_applies_only_to_fp32_on_cpu(arch_models):
     folder = arch_models("idefics3")
     assert _packed(_load(folder, prepack=True, quantize="int8").model) == 0  # int8 layers instead
     bf16 = load_captioner(str(folder), dtype="bf16", device="cpu", prepack=True)
-    assert _packed(bf16.model) == 0 and _linears(bf16.model) > 0
+    assert _packed(bf16.model) == 0 and linears(bf16.model) > 0
 
 
 def test_with_an_adapter_merges_first(tiny_models, shapes_dir, tmp_path):
