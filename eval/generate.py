@@ -63,9 +63,13 @@ class GenerateConfig:
     dtype: str = option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16", group=MODEL)
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps", group=MODEL)
     load_in_4bit: bool = option(False, help="4-bit NF4 weights (bitsandbytes)", group=MODEL)
-    quantize: str = option("none", help="int8: int8 weights and per-token int8 activations in every Linear layer "
-                                        "(CPU only; about 2x faster); recorded, since it changes the numbers",
+    quantize: str = option("none", help="int8: int8 weights and int8 activations (scaled per call) in every "
+                                        "Linear layer (CPU only; about 2x faster); recorded, since it changes the "
+                                        "numbers",
                            group=MODEL, choices=QUANTIZE_CHOICES)
+    int8_batches: bool = option(False, help="with --quantize int8: --batch-size images per forward, as at full "
+                                            "precision (more images/s, but a caption then depends on the images "
+                                            "batched with it); recorded", group=MODEL)
     trust_remote_code: bool = option(False, help="allow models that ship their own code (never on by default)",
                                      group=MODEL)
     family: str | None = option(None, help="model family (default: train_config.yaml, else from config.json)",
@@ -117,6 +121,8 @@ class GenerateConfig:
             raise UserError("--image-longest-edge must be a positive number of pixels")
         if self.report_rows < 1:
             raise UserError("--report-rows must be at least 1")
+        if self.int8_batches and self.quantize != "int8":
+            raise UserError("--int8-batches goes with --quantize int8 (other precisions batch anyway)")
 
 
 # --------------------------------------------------------------------------- processes
@@ -186,7 +192,8 @@ def caption_batch(cfg: GenerateConfig, captioner, dataset, indices: range) -> li
                 raise UserError(f"{e} (pass --skip-bad-images to caption around it; this run resumes "
                                 "where it stopped once the file is fixed)") from None
             slots.append({"skipped": " ".join(str(e).split())})
-    captions = caption_images(captioner, images, None, cfg.generation, batch_size=len(images)) if images else []
+    captions = (caption_images(captioner, images, None, cfg.generation, batch_size=len(images),
+                               int8_batches=cfg.int8_batches) if images else [])
     got = iter(c[0] for c in captions)
     return [next(got) if s is None else s for s in slots]
 
@@ -257,6 +264,7 @@ def _settings(cfg: GenerateConfig, captioner, dataset, model_block: dict) -> dic
         "dtype": str(captioner.dtype).replace("torch.", ""),
         "load_in_4bit": cfg.load_in_4bit,
         "quantize": captioner.quantize,
+        **({"int8_batches": True} if cfg.int8_batches else {}),  # absent otherwise: older journals still resume
         "device": captioner.device.type,
     }
 
@@ -423,7 +431,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
                                                   "image_splitting": cfg.image_splitting},
         "prompt": captioner.prompt,
         "batch_size": cfg.batch_size,
-        "images_per_forward": images_per_forward(captioner, cfg.batch_size),
+        "images_per_forward": images_per_forward(captioner, cfg.batch_size, cfg.int8_batches),
         "dtype": settings["dtype"],
         "dtype_requested": cfg.dtype,
         "load_in_4bit": cfg.load_in_4bit,

@@ -224,7 +224,8 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
         # "" = no prompt (unconditional BLIP); None would fall back to the family default
         prompt="" if prompt is None else prompt,
         image_longest_edge=gen_rec.get("image_longest_edge"), image_splitting=gen_rec.get("image_splitting"),
-        quantize=rec.get("quantize") or "none",  # an int8 number is reproduced at int8
+        quantize=rec.get("quantize") or "none",  # an int8 number is reproduced at int8,
+        int8_batches=rec.get("quantize") == "int8" and int(rec.get("images_per_forward") or 1) > 1,  # as batched
         batch_size=batch_size or int(rec.get("batch_size") or 8), generation=settings,
         metrics=wanted, tokenize=tokenize, progress=progress, overwrite=False,
     )

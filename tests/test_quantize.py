@@ -106,6 +106,58 @@ def test_eval_records_int8_and_refuses_to_resume_at_another_precision(tiny_model
     assert precision_label("float32") == "float32"
 
 
+def test_int8_batches_is_opt_in_recorded_and_reproduced(tiny_models, shapes_dir, tmp_path, capsys, monkeypatch):
+    """int8 takes one image per forward unless --int8-batches asks for --batch-size; the choice is
+    recorded, a run folder refuses to go on without it, and reproduce re-runs as recorded."""
+    import shutil
+
+    import captioning.generation as generation
+    import eval.generate as eval_generate
+    from eval.reproduce import reproduce
+    from eval.run import main
+
+    forwards: list[int] = []
+    real = generation._batches
+
+    def spy(*a, **kw):
+        for chunk in real(*a, **kw):
+            forwards.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(generation, "_batches", spy)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["idefics3"], model)
+    base = ["generate", "--model", str(model), "--dataset", str(shapes_dir), "--split", "test", "--max-images", "4",
+            "--batch-size", "4", "--max-new-tokens", "4", "--metrics", "CIDEr", "--no-report"]
+    args = [*base, "--quantize", "int8"]
+    one, batched = tmp_path / "one", tmp_path / "batched"
+    assert main([*args, "--out", str(one)]) == 0
+    assert forwards == [1, 1, 1, 1]
+    forwards.clear()
+    assert main([*args, "--out", str(batched), "--int8-batches"]) == 0
+    assert forwards == [4]
+    rec = json.loads((batched / "metrics.json").read_text())
+    assert rec["quantize"] == "int8" and rec["batch_size"] == 4 and rec["images_per_forward"] == 4
+    capsys.readouterr()
+    assert main([*args, "--out", str(batched)]) != 0  # the same folder one image per forward: refused
+    assert "int8_batches" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "x"), "--int8-batches"]) != 0
+    assert "--int8-batches goes with --quantize int8" in capsys.readouterr().err
+
+    runs = []
+
+    def stop(cfg, **kw):  # what reproduce would run, without running it
+        runs.append(cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_generate, "run_generate", stop)
+    for folder, as_batched in ((one, False), (batched, True)):
+        shutil.copy(folder / "metrics.json", model / "metrics.json")  # a release folder: model + its record
+        with pytest.raises(KeyboardInterrupt):
+            reproduce(str(model), progress=False)
+        assert runs[-1].quantize == "int8" and runs[-1].int8_batches is as_batched
+
+
 def test_caption_cli_takes_quantize(tiny_models, shapes_dir, capsys):
     from captioning.caption import main
 
