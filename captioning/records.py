@@ -449,10 +449,14 @@ class TrainConfigRecord:
         return self.section("data").get("caption_transform")
 
 
-def precision_label(dtype: str | None, quantize: str | None = None) -> str | None:
+def precision_label(dtype: str | None, quantize: str | None = None,
+                    images_per_forward: int | None = None) -> str | None:
     """How a number was computed, in the words the card, the Space and ``reproduce`` all use:
     the dtype ("float32", "bfloat16"), or "int8 weights and activations (float32 elsewhere)"
-    when the Linear layers ran int8 (``quantize``, as metrics.json records it)."""
+    when the Linear layers ran int8 (``quantize``, as metrics.json records it), with ", N images
+    per forward" when int8 batched them (``images_per_forward``; its captions then depend on the
+    batch)."""
     if quantize:
-        return f"{quantize} weights and activations ({dtype or 'float32'} elsewhere)"
+        batched = f", {images_per_forward} images per forward" if (images_per_forward or 1) > 1 else ""
+        return f"{quantize} weights and activations ({dtype or 'float32'} elsewhere){batched}"
     return dtype

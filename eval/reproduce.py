@@ -270,8 +270,8 @@ def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> 
     """Recorded vs reproduced, side by side, with the verdict on the last line."""
     rec = recorded.record
     ds = rec.get("dataset") or {}
-    was = precision_label(rec.get("dtype", "?"), rec.get("quantize"))
-    now = precision_label(new.get("dtype"), new.get("quantize"))
+    was = precision_label(rec.get("dtype", "?"), rec.get("quantize"), rec.get("images_per_forward"))
+    now = precision_label(new.get("dtype"), new.get("quantize"), new.get("images_per_forward"))
     lines = [f"model:   {recorded.source}",
              f"dataset: {ds.get('source')} [{ds.get('split')}], {comparison.n_reproduced} images "
              f"(refs hash {str(ds.get('hash'))[:12]})",

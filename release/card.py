@@ -230,7 +230,8 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
                       "caption_transform": ds.get("caption_transform"),
                       "generation": m.get("generation") or {}, "created": m.get("created"),
                       "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt"),
-                      "scene": _scene_accuracy(m), "precision": precision_label(m.get("dtype"), m.get("quantize"))}
+                      "scene": _scene_accuracy(m),
+                      "precision": precision_label(m.get("dtype"), m.get("quantize"), m.get("images_per_forward"))}
     else:
         not_measured.append("captioning metrics (no metrics.json: the model was not evaluated)")
     if inputs.loss:

@@ -104,6 +104,9 @@ def test_eval_records_int8_and_refuses_to_resume_at_another_precision(tiny_model
 
     assert precision_label(rec["dtype"], rec["quantize"]) == "int8 weights and activations (float32 elsewhere)"
     assert precision_label("float32") == "float32"
+    batched = precision_label("float32", "int8", 8)
+    assert batched == "int8 weights and activations (float32 elsewhere), 8 images per forward"
+    assert precision_label("float32", None, 8) == "float32"  # full precision batches anyway
 
 
 def test_int8_batches_is_opt_in_recorded_and_reproduced(tiny_models, shapes_dir, tmp_path, capsys, monkeypatch):
