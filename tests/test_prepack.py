@@ -1,7 +1,8 @@
 """Prepacked fp32 Linear layers (captioning.loading.prepack_linear, the lean CPU text side):
 every entry point serves with them, they compute the same function as nn.Linear, a trained
 model's greedy captions are unchanged, and a prepacked model refuses training and saving
-instead of silently doing neither."""
+instead of silently doing neither. Sibling layers that read one input (q/k/v, gate/up) share one
+product (captioning.loading.fuse_siblings), prepacked or int8, without changing the function."""
 
 from __future__ import annotations
 
