@@ -17,9 +17,9 @@ The gate (issue 20): int8 may cost at most 2% relative CIDEr and 1 point of scen
 (exact); a family that misses it keeps fp32 as its CPU default (Family.int8_on_cpu).
 Prepacked fp32 must give every image the same caption as fp32-plain.
 
---batched-int8 adds a probe, int8-batched: int8 with --batch-size images per forward (int8 is
-served one image per forward, so that a caption never depends on its neighbours): how far its
-captions move from one-at-a-time int8's.
+--batched-int8 adds a probe, int8-batched: int8 with --batch-size images per forward (eval
+generate --int8-batches; by default int8 takes one image per forward, so that a caption never
+depends on its neighbours): how far its captions move from one-at-a-time int8's.
 
 Writes bench/results/int8_quality.json and prints a markdown table.
 """
@@ -42,23 +42,7 @@ MAX_EXACT_DROP = 0.01  # absolute (1 point)
 
 
 VARIANTS = {"fp32-plain": "none", "fp32": "none", "int8": "int8"}  # variant -> --quantize
-PROBE = "int8-batched"  # with --batched-int8: int8 with --batch-size images per forward
-
-
-@contextlib.contextmanager
-def raw_batches():
-    """int8 put through the forward --batch-size images at a time, as fp32 is (the probe of how
-    much int8 captions depend on the batch): images_per_forward answers the batch size, for
-    caption_images and for the record eval generate writes."""
-    import captioning.generation as generation
-    import eval.generate as eval_generate
-
-    real = generation.images_per_forward
-    generation.images_per_forward = eval_generate.images_per_forward = lambda captioner, batch_size: batch_size
-    try:
-        yield
-    finally:
-        generation.images_per_forward = eval_generate.images_per_forward = real
+PROBE = "int8-batched"  # with --batched-int8: int8 with --batch-size images per forward (--int8-batches)
 
 
 @contextlib.contextmanager
@@ -80,12 +64,11 @@ def evaluate(model: str, transform: str, variant: str, args, out: Path, scorer) 
 
     cfg = GenerateConfig(model=model, dataset=str(args.dataset), split=args.split, out=out, dtype="fp32",
                          device="cpu", quantize="int8" if variant == PROBE else VARIANTS[variant],
-                         max_images=args.max_images,
+                         int8_batches=variant == PROBE, max_images=args.max_images,
                          trust_remote_code=args.trust_remote_code,
                          batch_size=args.batch_size, caption_transform=transform, metrics=["CIDEr"], report=False,
                          overwrite=True, generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
-    context = {"fp32-plain": unpacked, PROBE: raw_batches}.get(variant, contextlib.nullcontext)
-    with context():
+    with unpacked() if variant == "fp32-plain" else contextlib.nullcontext():
         record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
     preds = json.loads((out / "predictions.json").read_text())
     return {"record": record, "captions": {str(p["image_id"]): p["caption"] for p in preds}}

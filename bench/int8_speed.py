@@ -13,8 +13,9 @@ baseline every speedup is measured against); fp32 (prepack=True, what every capt
 point serves: each Linear weight laid out once for oneDNN's matmul, sibling q/k/v and gate/up
 layers sharing one product, same greedy tokens); fp32-unfused and int8-unfused (only with
 --variants: every layer its own product, as before the shared products); int8-batched (only with
---variants: int8 with --batch-size images per forward, as fp32 is; captions then depend on the
-batch, see bench/int8_quality.py --batched-int8); int8
+--variants: int8 with --batch-size images per forward, caption_images(int8_batches=True) as
+eval generate --int8-batches runs it; captions then depend on the batch, see
+bench/int8_quality.py --batched-int8); int8
 (load_captioner(quantize="int8"): PyTorch's dynamic int8 Linear layers, int8 weights per
 channel + activations quantised per call); bf16 (dtype="bf16") only where the CPU has native
 bf16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo). They are loaded side by side
@@ -37,7 +38,6 @@ Writes bench/results/int8_speed.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import subprocess
 import sys
@@ -149,8 +149,6 @@ def memory(model_dir: Path, model: str, variant: str, threads: int) -> dict[str,
 
 
 def run_model(model: str, variants: list[str], rounds: int, batch: int, threads: int, tmp: Path) -> dict[str, Any]:
-    from int8_quality import raw_batches
-
     from captioning.factory import build_random_model
     from captioning.generation import caption_images
 
@@ -166,9 +164,9 @@ def run_model(model: str, variants: list[str], rounds: int, batch: int, threads:
         for v in variants:
             single[v].append(timed(lambda v=v: caption_images(caps[v], imgs[:1], settings=settings(),
                                                               batch_size=1)))
-            with raw_batches() if v == "int8-batched" else contextlib.nullcontext():
-                batched[v].append(batch / timed(lambda v=v: caption_images(caps[v], imgs, settings=settings(),
-                                                                           batch_size=batch)))
+            batched[v].append(batch / timed(lambda v=v: caption_images(caps[v], imgs, settings=settings(),
+                                                                       batch_size=batch,
+                                                                       int8_batches=v == "int8-batched")))
             if model == "smolvlm":
                 text[v].append(text_side(caps[v], imgs[0]))
         print(f"  {model} round {r + 1}/{rounds}: " + ", ".join(
