@@ -460,3 +460,8 @@ def precision_label(dtype: str | None, quantize: str | None = None,
         batched = f", {images_per_forward} images per forward" if (images_per_forward or 1) > 1 else ""
         return f"{quantize} weights and activations ({dtype or 'float32'} elsewhere){batched}"
     return dtype
+
+
+def record_precision(record: dict[str, Any]) -> str | None:
+    """:func:`precision_label` of an eval's metrics.json record."""
+    return precision_label(record.get("dtype"), record.get("quantize"), record.get("images_per_forward"))

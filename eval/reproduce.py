@@ -27,7 +27,7 @@ from typing import Any
 
 from captioning.errors import UserError
 from captioning.generation import GenerationSettings
-from captioning.records import METRICS, EvalRecord, precision_label
+from captioning.records import METRICS, EvalRecord, record_precision
 
 DEFAULT_TOLERANCE = 0.005
 
@@ -270,8 +270,7 @@ def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> 
     """Recorded vs reproduced, side by side, with the verdict on the last line."""
     rec = recorded.record
     ds = rec.get("dataset") or {}
-    was = precision_label(rec.get("dtype", "?"), rec.get("quantize"), rec.get("images_per_forward"))
-    now = precision_label(new.get("dtype"), new.get("quantize"), new.get("images_per_forward"))
+    was, now = record_precision(rec) or "?", record_precision(new)
     lines = [f"model:   {recorded.source}",
              f"dataset: {ds.get('source')} [{ds.get('split')}], {comparison.n_reproduced} images "
              f"(refs hash {str(ds.get('hash'))[:12]})",

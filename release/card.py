@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.records import precision_label
+from captioning.records import record_precision
 
 # the card's inputs and images live beside this module; their names stay importable from here
 from release.card_images import DIGITS, LOSS_CURVE, fmt, loss_curve_png, make_badges, metric_items
@@ -231,7 +231,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
                       "generation": m.get("generation") or {}, "created": m.get("created"),
                       "command": m.get("command"), "versions": m.get("versions") or {}, "prompt": m.get("prompt"),
                       "scene": _scene_accuracy(m),
-                      "precision": precision_label(m.get("dtype"), m.get("quantize"), m.get("images_per_forward"))}
+                      "precision": record_precision(m)}
     else:
         not_measured.append("captioning metrics (no metrics.json: the model was not evaluated)")
     if inputs.loss:

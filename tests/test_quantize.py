@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from captioning.errors import UserError
+from tests.layers import linears, not_served_by
 
 
 def _int8_layers(model) -> int:
@@ -17,16 +18,10 @@ def _int8_layers(model) -> int:
     return sum(isinstance(m, DynamicInt8Linear) for m in model.modules())
 
 
-def _linear_layers(model) -> int:
-    return sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-
-
 def _all_int8(plain, int8) -> bool:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-    from tests.layers import not_served_by
-
-    return _linear_layers(plain) > 0 and not not_served_by(plain, int8, DynamicInt8Linear)
+    return linears(plain) > 0 and not not_served_by(plain, int8, DynamicInt8Linear)
 
 
 @pytest.mark.parametrize("arch", ["idefics3", "blip", "bridge"])
@@ -38,7 +33,7 @@ def test_int8_quantises_every_linear_layer_and_stays_close(arch, tiny_models, sh
     fp32 = load_captioner(tiny_models[arch], dtype="fp32", device="cpu", trust_remote_code=remote)
     int8 = load_captioner(tiny_models[arch], dtype="fp32", device="cpu", quantize="int8", trust_remote_code=remote)
     assert fp32.quantize is None and int8.quantize == "int8"
-    assert _int8_layers(fp32.model) == 0 and _linear_layers(int8.model) == 0
+    assert _int8_layers(fp32.model) == 0 and linears(int8.model) == 0
     assert _all_int8(fp32.model, int8.model)  # vision, connector, LM and head alike
     settings = GenerationSettings(max_new_tokens=5)
     one = caption_images(int8, shapes_images[:3], settings=settings, batch_size=1)
@@ -61,7 +56,7 @@ def test_int8_with_an_adapter_merges_first(tiny_models, shapes_dir, tmp_path, sh
     cap = load_captioner(run, dtype="fp32", device="cpu", quantize="int8")
     assert cap.adapter == str(run) and cap.quantize == "int8"
     assert not any("lora" in n for n, _ in cap.model.named_modules())  # merged, then quantised
-    assert _int8_layers(cap.model) > 0 and _linear_layers(cap.model) == 0
+    assert _int8_layers(cap.model) > 0 and linears(cap.model) == 0
 
 
 def test_quantize_mistakes_are_one_line_errors(tiny_models):
@@ -141,6 +136,9 @@ def test_int8_batches_is_opt_in_recorded_and_reproduced(tiny_models, shapes_dir,
     assert forwards == [4]
     rec = json.loads((batched / "metrics.json").read_text())
     assert rec["quantize"] == "int8" and rec["batch_size"] == 4 and rec["images_per_forward"] == 4
+    from captioning.records import record_precision
+
+    assert record_precision(rec).endswith(", 4 images per forward")  # what the card and reproduce print
     capsys.readouterr()
     assert main([*args, "--out", str(batched)]) != 0  # the same folder one image per forward: refused
     assert "int8_batches" in capsys.readouterr().err
