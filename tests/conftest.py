@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# TEST_TORCH_THREADS=1 for a suite run beside another torch job: two 2-thread jobs on 2 cores
+# run about 10x slower each
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")
