@@ -3,22 +3,24 @@
 Every command (eval/run.py, training.train, release, captioning.caption, captioning.factory,
 captioning.shapes, space/app.py) runs its work through :func:`guarded`:
 
-- a :class:`~captioning.errors.UserError`, or an ``OSError`` about a path (permission denied,
-  read-only place, a file where a folder must be, no space left, a name too long) becomes
-  one line ``error: ...`` on stderr and exit code 2;
+- a failure classified by kind (:func:`user_message`: a :class:`~captioning.errors.UserError`;
+  the disk: no space, read-only, permission, a name too long, a symlink loop; damaged
+  weights, JSON, YAML or tokenizer files; memory; the network, offline vs missing) becomes one
+  line ``error: ...`` on stderr naming the file or flag, and exit code 2;
 - Ctrl-C becomes ``interrupted`` and exit code 130 (long runs keep their journal or
   checkpoints and resume);
+- anything else is a bug of the toolkit: one line that says so, exit code 1;
 - ``--debug``, anywhere on the command line of any entry point, shows the traceback instead.
-
-Anything else is a bug of the toolkit and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
+import os
 import sys
 import types
 import typing
@@ -36,7 +38,25 @@ _OS_REASONS = {
     errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
     errno.ENOTDIR: "a file stands where a folder must be", errno.EISDIR: "is a folder, not a file",
     errno.ENOENT: "no such file or folder", errno.ENAMETOOLONG: "name too long", errno.EEXIST: "already exists",
+    errno.ELOOP: "a loop of symbolic links", errno.EFBIG: "file too large for this file system or limit",
+    errno.EIO: "input/output error (a failing disk or a damaged file system)", errno.ENXIO: "not a regular file",
+    errno.EMFILE: "too many open files", errno.ENFILE: "too many open files", errno.ETXTBSY: "file busy",
+    errno.ENOTEMPTY: "folder not empty", errno.EXDEV: "on another file system", errno.ENOMEM: "out of memory",
 }
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_OS_ADVICE = {errno.ENOSPC: "free some space and run it again", errno.EDQUOT: "free some space and run it again",
+              errno.EFBIG: "write it to another file system, or raise the limit (ulimit -f)",
+              errno.EACCES: "pick a place you can write to", errno.EPERM: "pick a place you can write to",
+              errno.EROFS: "pick a place you can write to", errno.ELOOP: "fix or remove the link",
+              errno.EIO: "check the disk", errno.EMFILE: "raise the limit (ulimit -n)",
+              errno.ENFILE: "raise the limit (ulimit -n)", errno.ENOMEM: "close other programs or use a "
+              "machine with more memory"}
+
+#: a library's own text inside a message is cut here: a damaged file can make it megabytes long
+#: (a YAML alias bomb's value, a whole JSON document in a parse error)
+MAX_DETAIL = 300
+#: the longest line an error prints
+MAX_MESSAGE = 1000
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -44,7 +64,7 @@ class ArgumentParser(argparse.ArgumentParser):
     every other error, instead of the usage text plus a message."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+        self.exit(2, f"error: {self.prog}: {cut(one_line(message))} (see --help)\n")
 
 
 def printable(text: str) -> str:
@@ -58,16 +78,175 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
-def user_message(exc: BaseException) -> str | None:
-    """The message to show for ``exc`` when a user can fix it, else None (a bug: traceback)."""
+def cut(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` at most ``limit`` characters, its middle replaced by how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 40
+    return f"{text[:keep * 2 // 3]} ...[{len(text) - keep:,} characters]... {text[-(keep // 3):]}"
+
+
+# ------------------------------------------------------------------ failures classified by kind
+# One rule per kind of failure, wherever it is raised: the boundary below, the Space's handlers
+# and its MCP tools all go through user_message. A kind that names no file finds it in the
+# traceback (the innermost frame holding a path to an existing file of the right suffix), so
+# call sites need not wrap every read.
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".model", ".csv", ".jinja")
+
+
+def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...]) -> str | None:
+    """The file a failure was reading: the innermost frame's local variable that is a path
+    to an existing file ending in one of ``suffixes``."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, (str, os.PathLike)):
+                text = os.fspath(value)
+                if isinstance(text, str) and len(text) < 4096 and text.lower().endswith(suffixes):
+                    try:
+                        if os.path.isfile(text):
+                            return text
+                    except (OSError, ValueError):
+                        continue
+    return None
+
+
+def _raised_in(exc: BaseException, *packages: str) -> bool:
+    """Whether ``exc`` was raised inside one of ``packages`` (its innermost Python frame)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _os_message(exc: OSError) -> str | None:
+    if exc.errno not in _OS_REASONS:
+        return None
+    if not (exc.filename or exc.errno in _FULL or exc.errno == errno.ENOMEM):
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    advice = _OS_ADVICE.get(exc.errno, "pick another path")
+    return f"{where}{_OS_REASONS[exc.errno]}; {advice}"
+
+
+def _damaged(exc: BaseException, what: str, suffixes: tuple[str, ...], detail: str) -> str:
+    path = _file_in_traceback(exc, suffixes)
+    where = f"{path}: " if path else ""
+    return (f"{where}damaged {what} ({cut(one_line(detail))}); write it again with the command that made it, "
+            "or copy or download it again")
+
+
+def _memory_message(exc: BaseException) -> str:
+    return (f"out of memory ({cut(one_line(exc) or exc.__class__.__name__, 150)}); use a smaller --batch-size, "
+            "fewer or smaller images, or a machine with more memory")
+
+
+_MEMORY_TEXT = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory")
+_DISK_FULL_TEXT = ("no space left on device", "os error 28", "file write failed", "disk quota exceeded")
+
+
+def _hub_message(exc: BaseException) -> str | None:
+    try:
+        from huggingface_hub import errors as hub
+    except ImportError:  # pragma: no cover - a requirement
+        return None
+    repo = getattr(exc, "repo_id", None) or ""
+    name = f"{repo}: " if repo else ""
+    # LocalEntryNotFoundError (offline, not cached) subclasses EntryNotFoundError: test it first
+    if isinstance(exc, hub.LocalEntryNotFoundError) or exc.__class__.__name__ == "OfflineModeIsEnabled":
+        return (f"{name}not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set, or no "
+                "network); download it where there is a network, or pass a local folder")
+    if isinstance(exc, hub.GatedRepoError):
+        return f"{name}a gated repository: accept its terms on the Hub, then log in (hf auth login)"
+    if isinstance(exc, hub.RepositoryNotFoundError):
+        return f"{name}no such repository on the Hub (or it is private: log in with hf auth login); check the id"
+    if isinstance(exc, hub.RevisionNotFoundError):
+        return f"{name}no such revision on the Hub; check --revision"
+    if isinstance(exc, hub.EntryNotFoundError):
+        return f"{name}a file is missing from the repository ({cut(one_line(exc), 150)})"
+    if isinstance(exc, hub.HfHubHTTPError):
+        return f"{name}the Hub refused the request ({cut(one_line(exc), 200)}); check the id, the token and the network"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__class__.__module__.split(".")[0] in ("httpx",
+                                                                                                     "requests"):
+        return (f"cannot reach the Hub or server ({cut(one_line(exc) or exc.__class__.__name__, 150)}); check the "
+                "network, or set HF_HUB_OFFLINE=1 and pass local folders")
+    return None
+
+
+def _classify_one(exc: BaseException) -> str | None:
+    """The message for this exception alone (not its causes), or None."""
+    import json
+
     if isinstance(exc, UserError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno in _OS_REASONS and (exc.filename or exc.errno == errno.ENOSPC):
-        where = f"{exc.filename}: " if exc.filename else ""
-        advice = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EACCES: "pick a place you "
-                  "can write to", errno.EPERM: "pick a place you can write to", errno.EROFS: "pick a place you can "
-                  "write to"}.get(exc.errno, "pick another path")
-        return f"{where}{_OS_REASONS[exc.errno]}; {advice}"
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to read (a file or value that refers to itself?); check the inputs"
+    if isinstance(exc, MemoryError):
+        return _memory_message(exc)
+    hub = _hub_message(exc)
+    if hub:
+        return hub
+    text = str(exc).lower()
+    if isinstance(exc, OSError):
+        if exc.errno is not None:
+            return _os_message(exc)
+        if any(t in text for t in _DISK_FULL_TEXT):
+            return f"no space left on the device ({cut(one_line(exc), 150)}); free some space and run it again"
+        if _raised_in(exc, "transformers", "peft", "huggingface_hub", "tokenizers"):
+            # the libraries raise a bare OSError (no errno) with a sentence for a folder that lacks
+            # a file or holds an unreadable one ("... does not appear to have a file named ...")
+            return f"cannot load ({cut(one_line(exc))}); check the folder, or pass the one written by this toolkit"
+        return None
+    name = exc.__class__.__name__
+    if name == "SafetensorError":
+        if any(t in text for t in _DISK_FULL_TEXT):
+            return f"no space left on the device ({cut(one_line(exc), 150)}); free some space and run it again"
+        return _damaged(exc, "weights file (safetensors)", (".safetensors",), str(exc))
+    if isinstance(exc, RuntimeError) and any(t in text for t in _MEMORY_TEXT):
+        return _memory_message(exc)
+    if isinstance(exc, RuntimeError) and any(t in text for t in _DISK_FULL_TEXT):
+        return f"no space left on the device ({cut(one_line(exc), 150)}); free some space and run it again"
+    if isinstance(exc, RuntimeError) and ("pytorchstreamreader" in text or "zip archive" in text):
+        return _damaged(exc, "torch file", _WEIGHT_SUFFIXES, str(exc))
+    if name in ("UnpicklingError", "BadZipFile"):
+        return _damaged(exc, "file", _WEIGHT_SUFFIXES, str(exc))
+    if isinstance(exc, json.JSONDecodeError):
+        return _damaged(exc, "JSON file", _TEXT_SUFFIXES, f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+    if exc.__class__.__module__.startswith("yaml") and isinstance(exc, Exception) and name.endswith("Error"):
+        return _damaged(exc, "YAML file", _TEXT_SUFFIXES, str(exc))
+    if isinstance(exc, UnicodeDecodeError):
+        path = _file_in_traceback(exc, _TEXT_SUFFIXES)
+        return f"{path + ': ' if path else ''}not UTF-8 text (byte {exc.start}); save it as UTF-8"
+    if type(exc) is Exception and _raised_in(exc, "tokenizers", "transformers.tokenization_utils_tokenizers",
+                                            "transformers.tokenization_utils_fast"):
+        # the Rust tokenizer raises a bare Exception for a tokenizer.json it cannot parse
+        return _damaged(exc, "tokenizer file", (".json",), str(exc))
+    if name in ("UnidentifiedImageError", "DecompressionBombError"):
+        return f"not a readable image ({cut(one_line(exc), 200)}); pass a PNG, JPEG, WebP, BMP, GIF or TIFF file"
+    return None
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one-line message for ``exc`` when its cause is outside the toolkit (a user's
+    mistake, a damaged file, the disk, memory, the network), else None (a bug: the boundary
+    reports it as an internal error). A wrapped failure (``raise ... from e``, or raised while
+    handling ``e``) is classified by the first exception in the chain that has a kind."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        message = _classify_one(exc)
+        if message is not None:
+            return cut(one_line(message), MAX_MESSAGE)
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
@@ -95,8 +274,12 @@ def quiet_third_party() -> None:
 
 
 def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str = "") -> int:
-    """Run ``body`` and return its exit code (None counts as 0); a user's mistake is one line
-    on stderr and code 2, Ctrl-C code 130. ``prefix`` goes before the message."""
+    """Run ``body`` and return its exit code (None counts as 0): the one error boundary.
+
+    A failure whose cause is outside the toolkit (:func:`user_message`) is one line on stderr
+    and code 2; Ctrl-C code 130; a closed pipe (``| head``) ends quietly with code 141;
+    anything else is a bug of the toolkit: one line saying so, and code 1. ``--debug`` keeps
+    every traceback. ``prefix`` goes before the message."""
     quiet_third_party()
     try:
         rc = body()
@@ -105,11 +288,21 @@ def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str 
             raise
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (caption ... | head -1): nothing left to say to it
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:
+        if debug or e.__class__.__module__.startswith("click."):
+            raise  # click's exits and usage errors: the release group reports them its own way
         message = user_message(e)
-        if message is None or debug:
-            raise
-        print(f"error: {prefix}{one_line(message)}", file=sys.stderr)
+        if message is None:
+            print(f"error: {prefix}internal error ({e.__class__.__name__}: {cut(one_line(e), 200)}); this is a bug "
+                  f"of the toolkit: run the command again with {DEBUG_FLAG} for the traceback and report it",
+                  file=sys.stderr)
+            return 1
+        print(f"error: {prefix}{message}", file=sys.stderr)
         return 2
     return 0 if rc is None else int(rc)
 

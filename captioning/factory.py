@@ -35,7 +35,7 @@ from typing import Any
 
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
-from captioning.files import check_writable
+from captioning.files import output_lock, partial_folder, replace_folder
 from captioning.records import FACTORY, KIND_FACTORY, write_record
 
 SIZES = ("tiny", "demo", "real")
@@ -298,11 +298,13 @@ def save_random_model(model, processor, out: str | Path, *, arch: str, size: str
     from captioning.families import family_for_config
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    write_record(out / FACTORY, KIND_FACTORY, {"family": family_for_config(model.config).name, "arch": arch,
-                                               "size": size, "seed": seed})
+    # assembled beside it and moved in whole: a folder cut off mid-save never looks complete
+    with partial_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_record(tmp / FACTORY, KIND_FACTORY, {"family": family_for_config(model.config).name, "arch": arch,
+                                                   "size": size, "seed": seed})
+        replace_folder(tmp, out)
     return out
 
 
@@ -352,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.params_only:
             if not args.out:
                 raise UserError("--out is required (or pass --params-only)")
-            out = check_writable(args.out, "--out")
-            save_random_model(model, processor, out, arch=args.family, size=args.size, seed=args.seed)
+            with output_lock(args.out, "--out") as out:
+                save_random_model(model, processor, out, arch=args.family, size=args.size, seed=args.seed)
             print(f"saved {args.size} {args.family} to {out}")
 
     return guarded(run, debug=debug)

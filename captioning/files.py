@@ -1,15 +1,32 @@
-"""Files written atomically and JSON read with one-line errors: the I/O every stage shares.
+"""Files written atomically, one writer per output, JSON and YAML read safely: the I/O every
+stage shares.
 
-Every write goes through :func:`write_atomic`: a temporary file in the same folder, fsynced,
-renamed over the target (readers never see half a file), with the mode a plain ``open``
-would give under the current umask. Every JSON file is read through :func:`read_json_file`.
+- Every write goes through :func:`write_atomic`: a temporary file in the same folder, fsynced,
+  renamed over the target (readers never see half a file), with the mode a plain ``open``
+  would give under the current umask. A folder is assembled in :func:`partial_folder` and
+  moved in whole by :func:`replace_folder`.
+- Everything half-written is named ``.NAME.partial-*`` beside or inside its target, so the
+  next writer of that target finds and removes what a killed run left (:func:`output_lock`).
+- :func:`output_lock` makes a command the one writer of its output: a second one is refused
+  in one line naming the first one's pid; a lock left by a dead process is taken over.
+- Every JSON file is read through :func:`read_json_file` and written through
+  :func:`write_json`; every YAML file is parsed by :func:`parse_yaml`. Both refuse what is
+  not data: NaN and Infinity, duplicate keys, YAML alias bombs, oversized files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +59,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_name(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,22 +73,177 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def partial_name(target: str | os.PathLike) -> str:
+    """The name prefix of everything half-written for ``target``: ``.NAME.partial-``. Hidden,
+    so nothing half-written ever looks complete, and one pattern, so the next writer of
+    ``target`` finds what a killed run left (:func:`remove_partials`)."""
+    return f".{Path(target).name}{_PARTIAL}"
+
+
+_PARTIAL = ".partial-"
+
+
+@contextlib.contextmanager
+def partial_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """A new empty folder beside ``target`` to assemble it in (same file system, so
+    :func:`replace_folder` moves it in with one rename); removed on the way out, whatever
+    happens. A run killed before that leaves it for the next writer of ``target`` to remove."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{partial_name(target)}{os.getpid()}-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Move the finished folder ``src`` to ``dst`` (same filesystem): an old ``dst`` is
     renamed aside first and removed only once the new one is in place, so ``dst`` is at
     every moment either the old folder or the complete new one."""
-    import shutil
-
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        old = dst.with_name(f"{partial_name(dst)}old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
     return dst
+
+
+def remove_partials(target: str | os.PathLike, log=None) -> list[Path]:
+    """Remove what killed writers of ``target`` left: ``.NAME.partial-*`` beside it, and
+    inside it (a folder) every ``.*.partial-*`` and write-check probe. Only the holder of
+    :func:`output_lock` for ``target`` may call this: no live writer then owns them. Each
+    removal is listed through ``log`` (default: stderr). Returns what was removed."""
+    target = Path(target)
+    found: list[Path] = []
+    if target.parent.is_dir():
+        found += sorted(target.parent.glob(f"{glob_escape(partial_name(target))}*"))
+    if target.is_dir() and not target.is_symlink():
+        for root, dirs, files in os.walk(target):
+            for name in [*dirs, *files]:
+                if name.startswith(".") and (_PARTIAL in name or name.startswith(".write-check-")):
+                    found.append(Path(root) / name)
+            dirs[:] = [d for d in dirs if not (d.startswith(".") and _PARTIAL in d)]
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        say(f"removed {p} (left half-written by an interrupted run)")
+    return found
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+# ------------------------------------------------------------------ one writer per output
+#: locks this process holds: lock file -> [fd, depth]; a command that locks its output and
+#: calls a core function that locks it again (push -> merge) is one writer, not two
+_HELD: dict[str, list[int]] = {}
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of ``target``: ``.NAME.lock`` beside it (beside, not inside, so a folder
+    replaced whole by :func:`replace_folder` keeps its lock, and a file can be locked too)."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike, flag: str, *, file: bool = False, sweep: bool = True,
+                log=None) -> Iterator[Path]:
+    """Hold ``target`` (an output folder or file) as its one writer while the block runs.
+
+    ``fcntl.flock`` (the standard library; no package needed on the Linux and macOS machines
+    this runs on) on ``.NAME.lock`` beside it: the kernel drops the lock when its process dies,
+    however it dies, so a lock left by a killed run is simply taken over, and no pid has to be
+    guessed alive or dead. A second writer is refused in one line naming ``flag`` and the
+    first writer's pid. Then what killed writers left half-written is removed (``sweep``).
+    The lock file is removed on the way out. Checks first that ``target`` can be written
+    (:func:`check_writable`; its folder when ``file``): nothing is created where nothing could
+    be written."""
+    target = Path(target).expanduser()
+    check_writable(target.parent if file else target, flag)
+    made = _make_parents(target.parent)
+    path = lock_path(target)
+    key = str(path.absolute())
+    try:
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            _HELD[key] = [_acquire(path, target, flag), 1]
+            if sweep:
+                remove_partials(target, log)
+        try:
+            yield target
+        finally:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] == 0:
+                fd = _HELD.pop(key)[0]
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                os.close(fd)
+    finally:
+        for folder in made:  # created for the lock only: leave no empty folder behind a refused run
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, innermost first."""
+    made = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _acquire(path: Path, target: Path, flag: str) -> int:
+    """An fd holding the flock of ``path``; a UserError when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise UserError(f"{flag} {target} is being written by another run ({holder}); wait for it to finish, "
+                            f"or pick another {flag}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # a lock released and unlinked between our open and flock is a file nobody else will
+        # open again: take the lock of the file now at that path instead
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{' '.join(sys.argv)[:500]}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 1000, 0).decode("utf-8", "replace").splitlines()
+    except OSError:
+        text = []
+    pid = text[0].strip() if text and text[0].strip().isdigit() else "?"
+    command = text[1].strip() if len(text) > 1 else ""
+    return f"pid {pid}" + (f": {command[:150]}" if command else "")
 
 
 def check_writable(folder: str | os.PathLike, flag: str) -> Path:
@@ -95,14 +267,38 @@ def check_writable(folder: str | os.PathLike, flag: str) -> Path:
     return folder
 
 
-def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
-    """JSON text as every record is written (UTF-8, not ASCII-escaped, newline at the end)."""
-    return json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+def dumps_json(obj: Any, *, indent: int | None = 2, path: str | os.PathLike | None = None) -> str:
+    """JSON text as every record is written (UTF-8, not ASCII-escaped, newline at the end).
+    NaN and Infinity are refused, naming the key (and ``path``): JSON has no such numbers, and
+    a record holding one would put "NaN" in a card's model-index or a comparison table."""
+    bad = non_finite(obj)
+    if bad is not None:
+        where = f"{path}: " if path else ""
+        raise UserError(f"{where}{bad[0]} is {bad[1]}, not a number a record can hold; the run that computed it "
+                        "diverged or was given bad input")
+    return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """:func:`write_atomic` of ``obj`` as JSON."""
-    return write_atomic(path, dumps_json(obj, indent=indent))
+    """:func:`write_atomic` of ``obj`` as JSON (NaN and Infinity refused: :func:`dumps_json`)."""
+    return write_atomic(path, dumps_json(obj, indent=indent, path=path))
+
+
+def non_finite(obj: Any, where: str = "") -> tuple[str, str] | None:
+    """(the dotted key, the value) of the first NaN or infinite number in a JSON-like value."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the value", repr(obj)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 #: the largest JSON file read. COCO's largest caption file is well under this: a bigger one
@@ -110,21 +306,75 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
 MAX_JSON_BYTES = 2 * 2**30
 
 
-def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
-    """Parse a JSON file; every way it can be unreadable (missing, a folder, not UTF-8, not
-    JSON, over :data:`MAX_JSON_BYTES`) is a one-line UserError naming it (and ``what`` it
-    was given as: a flag, say). A UTF-8 BOM is tolerated (Windows editors write one)."""
+class _Constant(str):
+    """NaN / Infinity / -Infinity as the JSON reader met them (refused once it knows the key)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _constant_at(obj: Any, where: str = "") -> tuple[str, str] | None:
+    if isinstance(obj, _Constant):
+        return where or "the value", str(obj)
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for k, v in items:
+        key = f"{where}{k}" if str(k).startswith("[") else (f"{where}.{k}" if where else str(k))
+        found = _constant_at(v, key)
+        if found:
+            return found
+    return None
+
+
+def special_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, when it is not one: a FIFO or socket or device
+    (reading one would block or never end), a loop of symbolic links, a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == 40:  # ELOOP
+            return "a loop of symbolic links, not a file; fix or remove the link"
+        return None  # missing: the read names it
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return f"{kind}, not a regular file; pass a file"
+    return None
+
+
+def read_text_file(path: str | os.PathLike, what: str | None = None, *, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """A UTF-8 text file's text (a BOM dropped: Windows editors write one); every way it can
+    be unreadable (missing, a folder, a FIFO, a symlink loop, not UTF-8, over ``max_bytes``)
+    is a one-line UserError naming it (and ``what`` it was given as: a flag, say)."""
     path = Path(path)
     label = f"{what} " if what else ""
+    problem = special_file_problem(path)
+    if problem:
+        raise UserError(f"{label}{path} is {problem}")
     try:
         size = path.stat().st_size
     except OSError:
         size = 0  # the read below names what is wrong
-    if size > MAX_JSON_BYTES:
-        raise UserError(f"{label}{path} is {size / 2**30:.1f} GiB: files over {MAX_JSON_BYTES / 2**30:.0f} GiB "
-                        "are refused (COCO's largest caption file is ~90 MB); check the file")
+    if size > max_bytes:
+        raise UserError(f"{label}{path} is {_size(size)}: files over {_size(max_bytes)} are refused here; check the "
+                        "file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path} (no such file)" if what else f"{path}: no such file") from None
     except IsADirectoryError:
@@ -132,9 +382,131 @@ def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
     except UnicodeDecodeError as e:
         raise UserError(f"{label}{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except OSError as e:
-        raise UserError(f"cannot read {label}{path}: {e.strerror}") from None
+        raise UserError(f"cannot read {label}{path}: {e.strerror or e.__class__.__name__}") from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON text as data; not JSON, a duplicate key, NaN or Infinity are one-line UserErrors
+    naming ``source`` and the key."""
     try:
-        return json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_Constant)
+    except _DuplicateKey as e:
+        raise UserError(f"{source}: key {str(e)[:100]!r} appears twice in one object; keep one") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{label}{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
+        raise UserError(f"{source} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
                         "fix it, or regenerate it with the command that wrote it") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be data; check the file") from None
+    bad = _constant_at(doc)
+    if bad is not None:
+        raise UserError(f"{source}: {bad[0]} is {bad[1]}, not a number; fix the file, or regenerate it with the "
+                        "command that wrote it")
+    return doc
+
+
+def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
+    """Parse a JSON file (:func:`read_text_file`, then :func:`parse_json`): every way it can be
+    unreadable or not data is a one-line UserError naming it."""
+    path = Path(path)
+    text = read_text_file(path, what)
+    return parse_json(text, f"{what} {path}" if what else str(path))
+
+
+# ------------------------------------------------------------------ YAML
+#: YAML files this toolkit reads are recipes, configs and Space model lists: a few KiB and a
+#: few hundred values. A "billion laughs" document is small but its aliases expand to
+#: billions of values once anything walks it: the expanded size is bounded, not the aliases.
+MAX_YAML_BYTES = 1 * 2**20
+MAX_YAML_VALUES = 100_000
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as plain data, safely: PyYAML's SafeLoader (no Python objects), at most
+    :data:`MAX_YAML_BYTES` and :data:`MAX_YAML_VALUES` values with aliases expanded, duplicate
+    keys refused (YAML forbids them; PyYAML would silently keep the last), NaN and infinities
+    refused. Each problem is a one-line UserError naming ``source`` (and the line)."""
+    import yaml
+
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{source} is {_size(len(text))}: YAML files over {_size(MAX_YAML_BYTES)} are refused (a "
+                        "recipe or config is a few KiB); check the file")
+    loader = _yaml_loader(text, source)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise UserError(f"{source}: its aliases expand to over {MAX_YAML_VALUES:,} values (a \"billion laughs\" "
+                            "document?); a recipe or config holds a few hundred: write the values out")
+        doc = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or e.__class__.__name__
+        raise UserError(f"{source} is not valid YAML: {str(problem)[:200]}{at}; fix it") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be data; check the file") from None
+    finally:
+        loader.dispose()
+    bad = non_finite(doc)
+    if bad is not None:
+        raise UserError(f"{source}: {bad[0]} is {bad[1]}, not a finite number; give a number")
+    return doc
+
+
+def _expanded_size(node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias expanded (each node counted once
+    per place it appears; memoised, so a bomb is measured without being expanded)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_VALUES + 1  # a node that contains itself expands without end
+    total = 1
+    value = node.value
+    if isinstance(value, list):
+        for item in value:
+            for child in (item if isinstance(item, tuple) else (item,)):
+                total += _expanded_size(child, memo)
+                if total > MAX_YAML_VALUES:
+                    break
+    memo[id(node)] = total
+    return total
+
+
+def _yaml_loader_class():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def __init__(self, text: str, source: str):
+            super().__init__(text)
+            self.source = source
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key != "<<" and key in seen:
+                    raise UserError(f"{self.source}: key {str(key)[:100]!r} appears twice in one mapping (line "
+                                    f"{key_node.start_mark.line + 1}); keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _yaml_loader(text: str, source: str):
+    """A loader of ``text`` (the class is built on first use: yaml is imported lazily)."""
+    global _LOADER_CLASS
+    if _LOADER_CLASS is None:
+        _LOADER_CLASS = _yaml_loader_class()
+    return _LOADER_CLASS(text, source)
+
+
+_LOADER_CLASS = None
+
+
+def read_yaml_file(path: str | os.PathLike, what: str | None = None) -> Any:
+    """Parse a YAML file (:func:`read_text_file`, then :func:`parse_yaml`)."""
+    path = Path(path)
+    return parse_yaml(read_text_file(path, what, max_bytes=MAX_YAML_BYTES), f"{what} {path}" if what else str(path))

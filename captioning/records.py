@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from captioning.errors import UserError
-from captioning.files import read_json_file, write_json
+from captioning.files import read_json_file, read_yaml_file, write_json
 
 SCHEMA = 1
 TRAIN_CONFIG = "train_config.yaml"
@@ -160,7 +160,22 @@ def _checked(path: Path, doc: Any, kind: str) -> dict[str, Any]:
                         "upgrade the toolkit")
     if kind in (KIND_EVAL, KIND_TRAINING) and not isinstance(doc.get("metrics"), dict):
         raise UserError(f"{path}: no 'metrics' object; regenerate it with {_KIND_SOURCES[kind].split(' of ')[-1]}")
+    if kind in (KIND_EVAL, KIND_TRAINING):
+        for key, value in doc["metrics"].items():
+            # a number, or null for a metric that could not be computed (SPICE offline)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UserError(f"{path}: metrics.{key} is {_shown(value)}, not a number; regenerate it with "
+                                f"{_KIND_SOURCES[kind].split(' of ')[-1]}")
+        n = doc.get("n_images")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise UserError(f"{path}: n_images is {_shown(n)}, not a count of images; regenerate it")
     return doc
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: its type and at most 40 characters of it."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 # ---------------------------------------------------------------------------- typed views
@@ -384,18 +399,10 @@ class TrainConfigRecord:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> TrainConfigRecord:
-        import yaml
-
         path = _resolve(path, TRAIN_CONFIG)
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file; pass a folder written by training/train.py") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read {path} ({e.__class__.__name__})") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); re-run training or fix the file") \
-                from None
+        if not path.exists() and not path.is_symlink():
+            raise UserError(f"{path}: no such file; pass a folder written by training/train.py")
+        doc = read_yaml_file(path)
         if doc is None:
             doc = {}
         if not isinstance(doc, dict) or not all(isinstance(v, dict) or v is None or k == "name"

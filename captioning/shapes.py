@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
-from captioning.files import check_writable, read_json_file, write_atomic
+from captioning.files import output_lock, read_json_file, write_atomic
 
 # Bump whenever any output byte could change for the same settings: it is part of
 # the "already generated?" check, so old outputs get regenerated instead of reused.
@@ -324,15 +324,15 @@ def _generate(out_dir, seed: int, counts: dict[str, int], size: int) -> tuple[pa
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a directory (it is created if missing)")
-    check_writable(out, "--out")
     try:
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
-        for split, count in counts.items():
-            info = _info(split, seed, size, count)
-            if _up_to_date(out / "annotations" / f"captions_{split}.json", out / "images", info):
-                skipped.append(split)
-            else:
-                _generate_split(out, split, seed, count, size)
+        with output_lock(out, "--out"):
+            (out / "annotations").mkdir(parents=True, exist_ok=True)
+            for split, count in counts.items():
+                info = _info(split, seed, size, count)
+                if _up_to_date(out / "annotations" / f"captions_{split}.json", out / "images", info):
+                    skipped.append(split)
+                else:
+                    _generate_split(out, split, seed, count, size)
     except PermissionError as exc:
         raise UserError(f"--out {out}: cannot write there ({exc.strerror}); pick a writable directory") from exc
     return out, skipped

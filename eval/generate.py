@@ -16,6 +16,7 @@ the same, and predictions.json is byte-identical.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 from captioning.cli import QUANTIZE_CHOICES, option, positive_int
 from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
-from captioning.files import check_writable, write_json
+from captioning.files import output_lock, write_json
 from captioning.generation import GenerationSettings, images_per_forward
 from captioning.images import MAX_PIXELS
 from captioning.records import KIND_EVAL, METRICS, write_record
@@ -275,6 +276,19 @@ def _log(msg: str) -> None:
 
 def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None = None,
                  log: Callable[[str], None] = _log) -> GenerateResult | None:
+    """Caption ``cfg.split`` of ``cfg.dataset`` with ``cfg.model`` and score it into ``cfg.out``,
+    as ``cfg.out``'s one writer (captioning.files.output_lock, held by the main process of a
+    sharded run: a second run, or a resume while the first lives, is refused, not interleaved
+    into the journal). See :func:`_run_generate`."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UserError(f"--out {cfg.out} is a file: pass a folder")
+    main_process = os.environ.get("RANK", "0") == "0"
+    with output_lock(cfg.out, "--out") if main_process else contextlib.nullcontext():
+        return _run_generate(cfg, scorer=scorer, command=command, log=log)
+
+
+def _run_generate(cfg: GenerateConfig, *, scorer: Any, command: str | None,
+                  log: Callable[[str], None]) -> GenerateResult | None:
     """Caption ``cfg.split`` of ``cfg.dataset`` with ``cfg.model`` and score it into ``cfg.out``.
 
     Returns the result on the main process and None on the other processes of a sharded
@@ -289,10 +303,6 @@ def run_generate(cfg: GenerateConfig, *, scorer: Any = None, command: str | None
         hf_logging.disable_progress_bar()  # also transformers' "Loading weights" bars
     procs = Processes()
     out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder")
-    if procs.main:
-        check_writable(out, "--out")  # before the model loads and hours of captioning start
     dataset = _load_split(cfg, procs, log)
     captioner = _load_model(cfg, procs)
     model_block = describe_model(captioner)

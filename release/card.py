@@ -269,12 +269,15 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
 
 
 def write_card(inputs: CardInputs, out: str | Path, template: str = DEFAULT_TEMPLATE) -> Path:
-    """Render and write README (``out``) plus its badges and loss curve beside it."""
-    from captioning.files import write_atomic
+    """Render and write README (``out``) plus its badges and loss curve beside it, as the
+    card's one writer (captioning.files.output_lock of ``out``); what a killed run left
+    half-written of these files is removed first."""
+    from captioning.files import output_lock, remove_partials, write_atomic
 
-    out = Path(out)
-    text, files = render_card(inputs, template)
-    for rel, data in files.items():
-        write_atomic(out.parent / rel, data)
-    write_atomic(out, text)
+    with output_lock(out, "--out", file=True) as out:
+        text, files = render_card(inputs, template)
+        for rel, data in files.items():
+            remove_partials(out.parent / rel)
+            write_atomic(out.parent / rel, data)
+        write_atomic(out, text)
     return out

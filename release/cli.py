@@ -89,7 +89,8 @@ def cli(debug: bool) -> None:
                                               "fp16 5e-2, bf16 0.25)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--trust-remote-code", is_flag=True, help="allow a base that ships its own model code (bridge); "
-              "never on by default (train_config.yaml's model.trust_remote_code also enables it)")
+              "never on by default, and only this flag turns it on (an adapter whose train_config.yaml asks for "
+              "it is refused without it)")
 @click.option("--allow-other-base", is_flag=True, help="with --base: merge into a base other than the one the "
               "adapter was trained on, on purpose (recorded in merge_check.json and said on the card)")
 def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, device, trust_remote_code,

@@ -16,7 +16,6 @@ failing check writes nothing and stops the release.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.files import replace_folder
+from captioning.files import output_lock, partial_folder, replace_folder
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.records import (
     KIND_MERGE_CHECK,
@@ -64,8 +63,8 @@ class MergeOptions:
     #: None: DEFAULT_TOLERANCE for the storage dtype
     tolerance: float | None = None
     device: str = "auto"
-    #: load model code shipped with the base (bridge); also taken from train_config.yaml's
-    #: model.trust_remote_code, which the user set explicitly for training
+    #: load model code shipped with the base (bridge). Only this flag turns it on: an adapter
+    #: whose train_config.yaml asks for it is refused without it
     trust_remote_code: bool = False
     #: merge into a --base other than the one the adapter was trained on, on purpose
     #: (recorded in merge_check.json; the card says so)
@@ -260,8 +259,14 @@ def save_model_folder(model, processor, out: Path, dtype) -> list[str]:
 def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> MergeResult:
     """Merge ``opts.adapter`` into its base, save it to ``opts.out``, and check it.
 
-    Raises UserError (nothing written) when the check fails.
+    Raises UserError (nothing written) when the check fails. ``opts.out``'s one writer
+    (captioning.files.output_lock) while it runs.
     """
+    with output_lock(opts.out, "--out"):
+        return _merge_adapter(opts, log)
+
+
+def _merge_adapter(opts: MergeOptions, log: Callable[[str], None]) -> MergeResult:
     from captioning.loading import _DTYPES, load_captioner
 
     t0 = time.time()
@@ -271,7 +276,12 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
     identity = check_base(opts.adapter, base, revision, origin, allow_other=opts.allow_other_base)
     train_cfg = TrainConfigRecord.find(opts.adapter) or TrainConfigRecord(path=opts.adapter / TRAIN_CONFIG)
     data_cfg, quant = train_cfg.section("data"), train_cfg.section("quantization")
-    trust = opts.trust_remote_code or train_cfg.trust_remote_code
+    if train_cfg.trust_remote_code and not opts.trust_remote_code:
+        # a file written by someone else never switches on code execution: only this command's flag does
+        raise UserError(f"{train_cfg.path} asks for trust_remote_code: merging would run the Python code shipped "
+                        f"with the base {base} (and copy it into the release); pass --trust-remote-code if you trust "
+                        "that code")
+    trust = opts.trust_remote_code
     out_dtype = base_dtype(base, revision, trust) if opts.dtype == "auto" else opts.dtype
     tolerance = DEFAULT_TOLERANCE[out_dtype] if opts.tolerance is None else opts.tolerance
     log(f"base: {base} (from {origin}{', revision ' + revision if revision else ''}; weights "
@@ -291,11 +301,7 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
     images = probe_images(opts.probes)
     reference = probe_outputs(cap, images, opts.max_new_tokens)
 
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = opts.out.with_name(f".{opts.out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with partial_folder(opts.out) as tmp:
         merged = cap.model.merge_and_unload()
         changes = save_model_folder(merged, cap.processor, tmp, _DTYPES[out_dtype])
         del merged, cap
@@ -320,8 +326,6 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
         write_record(tmp / MERGE_CHECK, KIND_MERGE_CHECK, check)
         del reloaded
         replace_folder(tmp, opts.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return MergeResult(out=opts.out, base=base, family=check["family"], dtype=out_dtype, check=check)
 
 

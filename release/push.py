@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.errors import UserError
-from captioning.files import check_writable, read_json_file, write_atomic, write_json
+from captioning.files import output_lock, partial_folder, read_json_file, write_atomic, write_json
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.records import (
     KIND_MERGE_CHECK,
@@ -307,18 +307,25 @@ class PushResult:
 
 
 def push(opts: PushOptions, log: Callable[[str], None] = print) -> PushResult:
-    """Assemble the release and publish it (Hub), write it (--to-dir) or only describe it (--dry-run)."""
+    """Assemble the release and publish it (Hub), write it (--to-dir, as its one writer:
+    captioning.files.output_lock) or only describe it (--dry-run)."""
     if opts.to_dir is not None and not opts.dry_run:
-        check_writable(opts.to_dir, "--to-dir")
-        # fail before any merge work when the destination would be refused anyway
-        if opts.to_dir.is_dir() and any(opts.to_dir.iterdir()) and not opts.force:
-            raise UserError(f"--to-dir {opts.to_dir} is not empty: pass --force to replace it, or choose a new folder")
-    elif not opts.dry_run:
+        with output_lock(opts.to_dir, "--to-dir"):
+            # fail before any merge work when the destination would be refused anyway
+            if opts.to_dir.is_dir() and any(opts.to_dir.iterdir()) and not opts.force:
+                raise UserError(f"--to-dir {opts.to_dir} is not empty: pass --force to replace it, or choose a new "
+                                "folder")
+            return _push(opts, log)
+    if not opts.dry_run:
         hub.get_api(opts.token)  # offline mode or a missing token fail now, not after the merge
-    parent = opts.to_dir.parent if opts.to_dir is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".release-", dir=parent) as tmp:
+    return _push(opts, log)
+
+
+def _push(opts: PushOptions, log: Callable[[str], None]) -> PushResult:
+    # assembled beside --to-dir (one rename puts it in place; a killed run's partial folder is
+    # removed by the next writer), else in the system's temporary folder for an upload
+    with partial_folder(opts.to_dir) if opts.to_dir is not None else \
+            tempfile.TemporaryDirectory(prefix="release-") as tmp:
         folder = assemble(opts, Path(tmp) / "release", log=log)
         if opts.dry_run:
             where = f"into {opts.to_dir}" if opts.to_dir else (

@@ -58,7 +58,8 @@ def bridge(work: Path, *, seed: int = 0, threads: int = 1, scorer=None) -> dict:
     lm = _train(["--config", str(RECIPES / "bridge-shapes-lm-tiny.yaml"), "--output-dir", str(work / "lm"),
                  "--model.factory.seed", str(seed), "--optim.max_steps", "120", "--eval.enabled", "false",
                  *common], scorer)
-    run = _train(["--config", str(RECIPES / "shapes-bridge-tiny.yaml"), "--model.name_or_path", str(lm),
+    run = _train(["--config", str(RECIPES / "shapes-bridge-tiny.yaml"), "--model.trust_remote_code", "true",
+                  "--model.name_or_path", str(lm),
                   "--output-dir", str(work / "bridge"), *common], scorer)
     return {**before_after(run), "lm": lm, "run": run}
 

@@ -84,7 +84,7 @@ def test_train_config_record(tmp_path):
     assert rec.has_prompt and rec.prompt is None and rec.caption_transform == "linguistic_errors"
     assert TrainConfigRecord.find(tmp_path / "nothing-here") is None
     (tmp_path / "train_config.yaml").write_text("model: [1, 2\n")
-    with pytest.raises(UserError, match="train_config.yaml: not valid YAML"):
+    with pytest.raises(UserError, match="train_config.yaml is not valid YAML"):
         TrainConfigRecord.find(tmp_path)
     (tmp_path / "train_config.yaml").write_text("- a list\n")
     with pytest.raises(UserError, match="expected the sections of a training config"):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from captioning.cli import one_line
 from captioning.errors import UserError
+from captioning.files import parse_yaml, special_file_problem
 from captioning.records import OLD_OPTIM_KEYS, upgrade_train_config
 from training.config import TrainConfig
 
@@ -27,8 +28,7 @@ def build_parser(prog: str = "python -m training.train"):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    yaml_load = jsonargparse.get_loader("yaml")
-    jsonargparse.set_loader(_MODE, lambda text: upgrade_train_config(yaml_load(text)), exceptions=(ValueError,))
+    jsonargparse.set_loader(_MODE, lambda text: _load_yaml(text, []), exceptions=(ValueError,))
     parser = ArgumentParser(
         prog=prog, usage=f"{prog} --config RECIPE.yaml [--section.key VALUE ...]", exit_on_error=False,
         allow_abbrev=False, parser_mode=_MODE, print_config=None,
@@ -47,12 +47,30 @@ def build_parser(prog: str = "python -m training.train"):
     return parser
 
 
+def _load_yaml(text: str, argv: list[str]):
+    """jsonargparse's loader of recipes and of flag values: captioning.files.parse_yaml (no
+    alias bombs, no duplicate keys, no NaN), old optim keys renamed. Its errors name the flag
+    whose value ``text`` is, else the recipe."""
+    flag = next((a.split("=", 1)[0] if "=" in a else argv[i - 1] for i, a in enumerate(argv)
+                 if a.startswith("--") and a.endswith(f"={text}") or (i and a == text and argv[i - 1] != "--config")),
+                None)
+    return upgrade_train_config(parse_yaml(text, flag or f"--config {_recipe(argv)}"))
+
+
 def parse(parser, argv: list[str]):
     """(TrainConfig, the parsed namespace) from ``argv``; a mistake is one UserError line."""
+    import jsonargparse
     import yaml
     from jsonargparse import ArgumentError
 
     argv = list(argv)
+    for i, a in enumerate(argv):  # jsonargparse would block reading a FIFO, loop on a link loop
+        value = a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1] if a == "--config" and i + 1 < len(
+            argv) else None
+        problem = special_file_problem(Path(value)) if value and not value.lstrip().startswith("{") else None
+        if problem:
+            raise UserError(f"--config {value} is {problem}")
+    jsonargparse.set_loader(_MODE, lambda text: _load_yaml(text, argv), exceptions=(ValueError,))
     try:
         ns = parser.parse_args(argv)
         if ns.get("name") is None:
@@ -62,7 +80,24 @@ def parse(parser, argv: list[str]):
     except (ArgumentError, yaml.YAMLError) as err:
         raise _usage_error(err, argv, parser) from None
     cfg = TrainConfig(**{f.name: init[f.name] for f in dataclasses.fields(TrainConfig)})
+    source = _recipe(argv)
+    if cfg.model.trust_remote_code and source != "config" and not _on_command_line(argv, "model.trust_remote_code"):
+        # a recipe or saved train_config.yaml may come from anyone: a file never switches on code execution
+        raise UserError(f"--config {source} sets model.trust_remote_code: training would run the Python code "
+                        f"shipped with {cfg.model.name_or_path or 'the base model'}; a recipe cannot switch that on: "
+                        "pass --model.trust_remote_code true on the command line if you trust that code")
     return cfg, init
+
+
+def _on_command_line(argv: list[str], key: str) -> bool:
+    """Whether ``argv`` itself sets ``--key`` to true (bare, ``true`` or ``=true``)."""
+    for i, a in enumerate(argv):
+        if a == f"--{key}":
+            nxt = argv[i + 1].lower() if i + 1 < len(argv) else ""
+            return nxt in ("", "true", "yes", "1") or nxt.startswith("--")
+        if a.startswith(f"--{key}="):
+            return a.split("=", 1)[1].lower() in ("true", "yes", "1")
+    return False
 
 
 def _usage_error(err: Exception, argv: list[str], parser) -> UserError:

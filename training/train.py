@@ -13,6 +13,8 @@ receives the adapter (or full model), the processor, ``train_config.yaml``, ``me
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import shutil
 import sys
@@ -23,7 +25,7 @@ from typing import Any
 
 from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
-from captioning.files import check_writable, write_atomic, write_json
+from captioning.files import check_writable, output_lock, write_atomic, write_json
 from captioning.fingerprints import model_fingerprint
 from captioning.records import TRAIN_CONFIG, TrainConfigRecord, TrainingRecord
 from training.config import TrainConfig
@@ -56,8 +58,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, scorer: Any = None, c
     threads = torch.get_num_threads()
     if cfg.optim.num_threads:
         torch.set_num_threads(cfg.optim.num_threads)
+    out = Path(cfg.output.dir or Path("runs") / cfg.name)
+    # the main process (accelerate launch sets RANK) is the folder's one writer; the other
+    # processes of the same run write beside it
+    main_process = os.environ.get("RANK", "0") == "0"
+    lock = output_lock(out, "--output-dir") if main_process else contextlib.nullcontext()
     try:
-        return _train(cfg, resume=resume, scorer=scorer, command=command, log=log, extra_callbacks=callbacks)
+        with lock:
+            return _train(cfg, resume=resume, scorer=scorer, command=command, log=log, extra_callbacks=callbacks)
     finally:
         torch.set_num_threads(threads)
 
