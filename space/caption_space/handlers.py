@@ -8,6 +8,7 @@ import html
 import io
 import json
 import logging
+import re
 import secrets
 import tempfile
 import threading
@@ -440,9 +441,20 @@ def seed_note(settings) -> str:
     return "no seed needed (temperature 0)"
 
 
+#: the image reader's refusal of an image over a pixel limit (its own, or Pillow's): the
+#: image's size, and the limit it is over
+_OVER_LIMIT = re.compile(r"image is (?P<size>.+?), over (?:the|Pillow's own) limit of (?P<limit>\d[\d,]*)")
+
+
 def plain_image_error(message: str, name: str) -> str:
-    """The image reader's message in a visitor's words: size limits are kept as they are;
-    anything about a decoder becomes one plain line naming the formats that work."""
+    """The image reader's message in a visitor's words: an image over the pixel limit is told
+    the limit and to upload a smaller one (the reader's advice is for whoever runs the
+    command: flags a visitor cannot pass); anything about a decoder becomes one plain line
+    naming the formats that work; other size messages are kept as they are."""
+    over = _OVER_LIMIT.search(message)
+    if over:
+        return (f"{name}: the image is {over['size']}, over this Space's limit of {over['limit']} pixels: "
+                "upload a smaller image")
     if "pixels" in message and "Pillow" not in message and "PIL" not in message:
         return message
     return f"{name}: not an image file we can read; upload a PNG, JPEG, WebP, GIF, BMP or TIFF image"

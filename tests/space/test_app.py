@@ -319,8 +319,16 @@ def test_image_limits_and_errors(tiny_space, space_app, png, tmp_path):
     app = tiny_space.caption_space
     small = app._image((str(png((200, 150))), "big.png"))  # 30,000 px: under max, over downscale
     assert small.width * small.height <= 1_000 and abs(small.width / small.height - 4 / 3) < 0.1
-    with pytest.raises(space_app.gr.Error, match=r"huge.png: image is 300x300 = 90,000 pixels, over the limit"):
-        app._image((str(png((300, 300), "huge.png")), "huge.png"))
+    # a visitor cannot pass --max-pixels: the refusal says the Space's limit and what they can do
+    huge = png((300, 300), "huge.png")
+    over = "huge.png: the image is 300x300 = 90,000 pixels, over this Space's limit of 50,000 pixels: upload a " \
+           "smaller image"
+    with pytest.raises(space_app.gr.Error) as err:
+        app._image((str(huge), "huge.png"))
+    assert err.value.message == over
+    assert app.check_upload((str(huge), "huge.png")) == (over, False)
+    table, *_ = app.batch([str(huge)], app.model_id(app.infos[2]), **_settings())
+    assert table[0][3] == over
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(space_app.gr.Error, match="bad.jpg: not an image file we can read") as err:
@@ -340,7 +348,8 @@ def test_decompression_bomb_refused_before_decoding(space_app, tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("1", (8000, 8000)).save(bomb)  # 64 MP, a few KB on disk
     app = SimpleNamespace(limits=space_app.Limits())
-    with pytest.raises(space_app.gr.Error, match="bomb.png: image is .*over the limit"):
+    with pytest.raises(space_app.gr.Error, match="bomb.png: the image is .*over this Space's limit of 50,000,000 "
+                                                 "pixels: upload a smaller image"):
         space_app.CaptionSpace._load(app, str(bomb), "bomb.png")
 
 
