@@ -32,6 +32,7 @@ if __name__ == "__main__" and not (Path(__file__).resolve().parent / "captioning
 import gradio as gr
 
 from caption_space.components import FilesInput, image_input
+from caption_space.failures import handled
 from caption_space.handlers import (
     BATCH_COLUMNS,
     IMAGE_SUFFIXES,
@@ -92,9 +93,15 @@ def launch_kwargs(mcp: bool = True) -> dict[str, Any]:
     (a Node process that outlives close()), an upload size cap, the MCP server (the four
     public endpoints as tools) unless ``mcp`` is False. System fonts only, so the page
     never loads web fonts from a third party. The examples folder is served so the API
-    page's sample image URL opens in a browser too."""
+    page's sample image URL opens in a browser too.
+
+    ``show_error``: Gradio sends a refusal's text only for a gr.Error, and every handler
+    raises nothing else (caption_space.failures.handled); what Gradio itself refuses before
+    a handler runs (a plain HTTP call missing inputs, a value of the wrong type) would
+    otherwise reach the caller as ``{"error": null}``."""
     return dict(theme=gr.themes.Soft(**THEME_FONTS), css=CSS, ssr_mode=False, max_file_size="50mb",
-                footer_links=["api", "settings"], share=False, mcp_server=mcp, allowed_paths=[str(EXAMPLES_DIR)])
+                footer_links=["api", "settings"], share=False, mcp_server=mcp, allowed_paths=[str(EXAMPLES_DIR)],
+                show_error=True)
 
 
 def mcp_wanted(no_mcp: bool = False, env: dict[str, str] | None = None) -> bool:
@@ -103,6 +110,7 @@ def mcp_wanted(no_mcp: bool = False, env: dict[str, str] | None = None) -> bool:
     return not no_mcp and env.get(ENV_MCP, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
+@handled
 def refuse_or_clear(app: CaptionSpace, image, outputs: list) -> tuple:
     """At upload: a file that is not a readable image is taken off the input with a plain
     message (a toast and in place of the result); a good one clears the previous result,
@@ -117,6 +125,7 @@ def refuse_or_clear(app: CaptionSpace, image, outputs: list) -> tuple:
                     for o in outputs])
 
 
+@handled
 def beams_for(temperature) -> dict:
     """Beams while sampling are 1 and greyed (the handlers refuse beams with sampling);
     back at temperature 0 they can be set again."""
@@ -125,6 +134,12 @@ def beams_for(temperature) -> dict:
     except (TypeError, ValueError):
         sampling = False
     return gr.update(value=1, interactive=False) if sampling else gr.update(interactive=True)
+
+
+@handled
+def decoding_line(beams, temperature, variations=1) -> str:
+    """The line under a tab's settings: how a request will decode."""
+    return f"Decoding: {decoding_note(beams, temperature, variations)}"
 
 
 def settings_panel(tab: str, *, variations: bool = False) -> tuple[list, gr.Slider | None, gr.Number]:
@@ -152,8 +167,7 @@ def settings_panel(tab: str, *, variations: bool = False) -> tuple[list, gr.Slid
         note = gr.Markdown(f"Decoding: {decoding_note(1, 0, 1)}", elem_id=f"{tab}_decoding",
                            elem_classes="decoding-note")
     temperature.change(beams_for, inputs=temperature, outputs=beams, **private)
-    gr.on([c.change for c in (beams, temperature, var) if c is not None],
-          lambda b, t, v=1: f"Decoding: {decoding_note(b, t, v)}",
+    gr.on([c.change for c in (beams, temperature, var) if c is not None], decoding_line,
           inputs=[c for c in (beams, temperature, var) if c is not None], outputs=note, **private)
     return [max_new, beams, temperature, top_p], var, seed
 

@@ -19,12 +19,6 @@ import gradio as gr
 
 from .views import esc
 
-
-def user_error(e: Exception) -> gr.Error:
-    """A UserError's message as the one-line error the UI shows (no traceback logged)."""
-    return gr.Error(esc(str(e)), print_exception=False)
-
-
 #: the route Gradio serves files under; an example's URL on this Space names its file there
 FILE_ROUTE = "/gradio_api/file="
 

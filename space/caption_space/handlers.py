@@ -7,7 +7,6 @@ import csv
 import html
 import io
 import json
-import logging
 import re
 import secrets
 import tempfile
@@ -26,13 +25,11 @@ from captioning.files import write_atomic
 from captioning.images import load_image
 from captioning.records import precision_label
 
-from .components import user_error
+from .failures import handled, public_error
 from .models import ModelInfo, base_pairs
 from .registry import ModelLoadError, ModelRegistry, generate, register, stable_ids
 from .views import card_fields, card_line, compare_html, esc
 from .views import models_table as views_models_table
-
-log = logging.getLogger("space")
 
 #: larger uploads are resized to this many pixels before the processor sees them: the
 #: processors shrink to <= 2048 px (SmolVLM with splitting) anyway, and a 50 MP photo
@@ -154,7 +151,7 @@ class CaptionSpace:
                                       temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
                                       num_captions=num_captions, seed=seed if sample else None)
         except UserError as e:
-            raise user_error(e) from None
+            raise public_error(e) from None
 
     def _prompt_for(self, info: ModelInfo, prompt: str | None) -> str | None:
         prompt = (prompt or "").strip()
@@ -175,11 +172,9 @@ class CaptionSpace:
         except ModelLoadError:
             raise
         except UserError as e:
-            raise user_error(e) from None
-        except Exception as e:
-            log.exception("generation with %s failed", key)
-            raise gr.Error(esc(f"{self.registry.info(key).label}: generation failed ({e.__class__.__name__}: {e})"),
-                           print_exception=False) from None
+            raise public_error(e) from None
+        except Exception as e:  # the model's name, as compare shows one error per model
+            raise public_error(e, f"{self.registry.info(key).label}: generation failed: ") from None
         return out, captioner, load_s, time.perf_counter() - start
 
     def _info(self, model) -> ModelInfo:
@@ -192,7 +187,8 @@ class CaptionSpace:
                                "(listed by /models)"), print_exception=False)
         return info
 
-    # --------------------------------------------------------------- handlers
+    # ------------------------------------------- handlers (each through failures.handled)
+    @handled
     def caption(self, image: str, model: str | None = None, prompt: str = "", max_new_tokens: int = 30,
                 num_beams: int = 1, temperature: float = 0.0, top_p: float = 1.0, variations: int = 1,
                 seed: int = -1) -> tuple[str, str]:
@@ -218,10 +214,7 @@ class CaptionSpace:
         settings = self.settings(max_new_tokens, num_beams, temperature, top_p, seed, variations)
         img = self._image(image)
         prompt = self._prompt_for(info, prompt)
-        try:
-            out, cap, load_s, gen_s = self._run(info.key, [img], prompt, settings)
-        except ModelLoadError as e:
-            raise user_error(e) from None
+        out, cap, load_s, gen_s = self._run(info.key, [img], prompt, settings)
         timing = f"**{load_s + gen_s:.2f} s** · generation {gen_s:.2f} s"
         if load_s:
             timing += f" · model load {load_s:.2f} s"
@@ -231,6 +224,7 @@ class CaptionSpace:
         timing += f" · {decoding} · {seed_note(settings)}"
         return "\n".join(out[0]), timing
 
+    @handled
     def compare(self, image: str, models: list[str] | None = None, max_new_tokens: int = 30, num_beams: int = 1,
                 temperature: float = 0.0, top_p: float = 1.0, seed: int = -1) -> tuple[str, list[dict]]:
         """Caption one image with 2-4 models and the same settings, side by side.
@@ -276,6 +270,7 @@ class CaptionSpace:
             results.append(row)
         return compare_html(results), results
 
+    @handled
     def batch(self, files: list[str], model: str | None = None, max_new_tokens: int = 30, num_beams: int = 1,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = -1,
               progress=gr.Progress()) -> tuple[list[list[str]], str, str, str]:  # noqa: B008 - how Gradio injects it
@@ -313,22 +308,16 @@ class CaptionSpace:
             rows.append({"file": name, "caption": "", "error": "", **used})
             try:
                 good.append((len(rows) - 1, self._load(source, name)))
-            except gr.Error as e:
-                rows[-1]["error"] = html.unescape(e.message)
+            except Exception as e:  # that image's row says why; the others go on
+                rows[-1]["error"] = html.unescape(public_error(e).message)
         if good:
             progress(0, desc=f"loading {info.label}")
-            try:
-                self.registry.get(info.key)
-            except ModelLoadError as e:
-                raise user_error(e) from None
+            self.registry.get(info.key)
             done = 0
             progress((0, len(good)), desc="captioning", unit="images")
             for first in range(0, len(good), 8):
                 chunk = good[first:first + 8]
-                try:
-                    out = self._run(info.key, [img for _, img in chunk], None, settings)[0]
-                except ModelLoadError as e:  # evicted by another request and now failing
-                    raise user_error(e) from None
+                out = self._run(info.key, [img for _, img in chunk], None, settings)[0]
                 for (row, _), caps in zip(chunk, out, strict=True):
                     rows[row]["caption"] = caps[0]
                 done += len(chunk)
@@ -368,6 +357,7 @@ class CaptionSpace:
         json_path = write_atomic(self.out_dir / f"{stem}.json", json.dumps(rows, indent=2, ensure_ascii=False))
         return csv_path, json_path
 
+    @handled
     def check_upload(self, image):
         """An image just uploaded (or picked) -> whether it can be captioned: (message, ok).
         Runs at upload, so a file that is not a readable image is refused before any click."""
@@ -375,10 +365,11 @@ class CaptionSpace:
             return "", True
         try:
             self._image(image)
-        except gr.Error as e:
-            return html.unescape(e.message), False
+        except Exception as e:
+            return html.unescape(public_error(e).message), False
         return "", True
 
+    @handled
     def model_info(self, model):
         """Model picked in the Caption tab -> prompt box state and a one-line card."""
         info = self._info(model)
@@ -397,6 +388,7 @@ class CaptionSpace:
             out[info.key] = "in memory" if info.key in loaded else ("failed: " + failure if failure else "not loaded")
         return out
 
+    @handled
     def models(self) -> list[dict]:
         """The models this Space serves, what each is, and the metrics their cards report.
 
@@ -408,10 +400,12 @@ class CaptionSpace:
         """
         return views_models_table(self.infos, self._status(), ids=self._id_of)
 
+    @handled
     def models_table(self):
         """The About tab's table: the rows of :meth:`models`, as MODELS_FIELDS says."""
         return [[row.get(key) for _, key in MODELS_FIELDS] for row in self.models()]
 
+    @handled
     def preset(self, index: int):
         """The Compare tab's models for the ``index``-th base vs fine-tuned button."""
         base, ft = self.pairs[index]

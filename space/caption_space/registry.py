@@ -4,7 +4,6 @@ recently used ones first; generation runs one batch at a time."""
 from __future__ import annotations
 
 import gc
-import logging
 import threading
 import time
 import weakref
@@ -15,14 +14,13 @@ from typing import Any
 
 from captioning.errors import UserError
 
+from .failures import public_message
 from .models import ModelEntry, ModelInfo
 
 try:  # Hugging Face ZeroGPU hardware: generation must run inside a @spaces.GPU function
     import spaces  # type: ignore[import-not-found]
 except ImportError:
     spaces = None
-
-log = logging.getLogger("space")
 
 #: the Compare tab's maximum, so comparing four models never reloads one mid-comparison;
 #: lower it (--max-loaded / CAPTION_MAX_LOADED) for models that do not fit 4 at a time
@@ -114,9 +112,9 @@ class ModelRegistry:
             try:
                 captioner = self._load(info.entry)
             except Exception as e:
-                msg = str(e) if isinstance(e, UserError) else f"{e.__class__.__name__}: {e}"
-                if not isinstance(e, UserError):
-                    log.exception("loading %s failed", key)
+                # kept for /models' status too: the one line every handler shows (a bug's
+                # traceback goes to the log only)
+                msg = public_message(e, f"loading {key}")
                 with self._lock:
                     self._failed[key] = (msg, time.monotonic())
                 raise ModelLoadError(f"model {info.label} failed to load: {msg}") from None

@@ -258,3 +258,78 @@ def test_mcp_is_on_by_default_and_can_be_turned_off(space_app, monkeypatch):
     monkeypatch.setenv("CAPTION_MCP", "0")
     assert space_app.main(["--models", "org/a"]) == 0
     assert seen == [True, False, False]
+
+
+# -------------------------------------------------------------- refusals, on every channel
+
+def _http_error(url: str, api: str, data: list) -> str | None:
+    """The error text a plain HTTP caller gets (``POST /gradio_api/call/<api>``, then its stream)."""
+    import httpx
+
+    event = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{url}gradio_api/call/{api}/{event}", timeout=300).text
+    assert "event: error" in stream, stream
+    return json.loads(stream.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])["error"]
+
+
+def _mcp_error(url: str, tool: str, arguments: dict) -> str:
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def talk():
+        async with streamable_http_client(url + "gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await session.call_tool(tool, arguments)
+
+    result = asyncio.run(talk())
+    assert result.isError, result
+    return " ".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+def test_a_refusal_reads_the_same_on_the_page_the_api_and_mcp(space_app, server, client, image, monkeypatch):
+    """What a visitor reads is what gradio_client, a plain HTTP caller and an MCP client get:
+    for a refusal a handler wrote (a damaged model), for a failure that was no gr.Error to
+    begin with (a full disk while writing the batch files, which Gradio used to send as
+    ``{"error": null}``) and for a request Gradio itself refuses (a plain HTTP call missing
+    inputs)."""
+    import errno
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from tests.space.helpers import space_part
+
+    app, url = server["app"], server["url"]
+    data_url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+    upload = {"url": data_url, "meta": {"_type": "gradio.FileData"}}
+    with pytest.raises(space_app.gr.Error) as page:
+        app.caption((str(image), image.name), "broken-model")
+    shown = page.value.message
+    assert "broken-model failed to load" in shown
+    with pytest.raises(AppError) as api:
+        client.predict(handle_file(str(image)), "broken-model", api_name="/caption")
+    assert str(api.value) == shown
+    assert _http_error(url, "caption", [upload, "broken-model", "", 30, 1, 0, 1, 1, -1]) == shown
+    assert _mcp_error(url, "caption", {"image": data_url, "model": "broken-model"}) == shown
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(space_part("handlers"), "write_atomic", full)
+    with pytest.raises(AppError) as api:
+        client.predict([handle_file(str(image))], "tiny-blip", 5, api_name="/batch")
+    # the file's name (each batch writes its own), not where the server keeps it
+    name, said = str(api.value).split(": ", 1)
+    assert name.startswith("captions-") and name.endswith(".csv")
+    assert said.startswith("no space left on the device; free some space")
+    import httpx
+
+    with open(image, "rb") as fh:  # a file input takes an uploaded file, not a data: URL
+        uploaded = httpx.post(url + "gradio_api/upload", files={"files": fh}).json()[0]
+    files = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}]
+    assert _http_error(url, "batch", [files, "tiny-blip", 5, 1, 0, 1, -1]).split(": ", 1)[1] == said
+
+    missing = _http_error(url, "caption", [upload])  # gradio_client fills in the defaults; plain HTTP does not
+    assert missing and "input values (needed: 9, got: 1)" in missing
+
