@@ -34,6 +34,7 @@ from captioning.records import (
     read_record,
     read_scores,
     scores_record,
+    scrub_paths,
 )
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
@@ -227,7 +228,8 @@ class ModelInfo:
         scores = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
         ds = m.get("dataset") if isinstance(m.get("dataset"), dict) else {}
         out = {"CIDEr": scores.get("CIDEr"), "Bleu_4": scores.get("Bleu_4"), "n_images": m.get("n_images"),
-               "split": ds.get("split"), "dataset": ds.get("source") or ds.get("id") or ds.get("path"),
+               # a local dataset as <local>/NAME: where the server keeps it is nobody's business
+               "split": ds.get("split"), "dataset": scrub_paths(ds.get("source") or ds.get("id") or ds.get("path")),
                "caption_transform": ds.get("caption_transform") or "none",
                "measured": "training" if kind_of(m) == KIND_TRAINING else "eval",
                "precision": "int8" if m.get("quantize") else m.get("dtype")}

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from captioning.records import KIND_TRAINING, measured_words, references_words, why_not_comparable
+from captioning.records import KIND_TRAINING, measured_words, references_words, scrub_paths, why_not_comparable
 
 from .models import KIND_BASE, KIND_FINE_TUNE, KIND_UNTRAINED, ModelInfo, badge, description
 
@@ -197,7 +197,8 @@ def models_table(infos: Sequence[ModelInfo], status: Mapping[str, str] | None = 
     for info in infos:
         m = info.card_metrics()
         paired = info.paired_base
-        base = ids.get(paired.key, paired.key) if paired is not None else info.base
+        # a served base by its id, another as its records name it, less where the server keeps it
+        base = ids.get(paired.key, paired.key) if paired is not None else scrub_paths(info.base)
         rows.append({"model": ids.get(info.key, info.key), "name": info.label, "kind": info.kind, "badge": badge(info),
                      "description": description(info), "base": base, "family": info.family,
                      **{name: number(m.get(k)) for name, k in SHOWN_METRICS},

@@ -13,9 +13,11 @@ import base64
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.space.helpers import free_port
 
@@ -333,3 +335,47 @@ def test_a_refusal_reads_the_same_on_the_page_the_api_and_mcp(space_app, server,
     missing = _http_error(url, "caption", [upload])  # gradio_client fills in the defaults; plain HTTP does not
     assert missing and "input values (needed: 9, got: 1)" in missing
 
+
+def test_no_server_path_in_any_api_result(space_app, guard, space_models, tiny_models, image, tmp_path,
+                                          tmp_path_factory):
+    """A training output that names its base by the folder it was trained from (not served
+    here) and was scored on a local dataset folder, and a model whose weights are cut short:
+    /models, /caption, /compare and /batch name them by id, folder name or file name only."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    trained = tmp_path / "trained"
+    shutil.copytree(space_models["ft"], trained)
+    for name in ("README.md", "release.json"):  # a training output has neither
+        (trained / name).unlink()
+    cfg = yaml.safe_load((trained / "train_config.yaml").read_text())
+    cfg["model"]["name_or_path"] = str(space_models["base"])
+    (trained / "train_config.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = json.loads((trained / "metrics.json").read_text())
+    metrics["dataset"]["source"] = str(tmp_path / "data" / "shapes")
+    (trained / "metrics.json").write_text(json.dumps(metrics))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_models["blip"], damaged)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:100])
+
+    demo = space_app.build_demo([str(trained), str(damaged)])
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **space_app.launch_kwargs(mcp=False))
+    try:
+        client = Client(url, analytics_enabled=False, verbose=False)
+        said = [client.predict(api_name="/models"),
+                client.predict(handle_file(str(image)), "trained", max_new_tokens=4, api_name="/caption"),
+                client.predict(handle_file(str(image)), ["trained", "damaged"], 4, api_name="/compare")]
+        with pytest.raises(AppError) as err:
+            client.predict(handle_file(str(image)), "damaged", api_name="/caption")
+        said.append(str(err.value))
+        table, _, json_path, summary = client.predict([handle_file(str(image))], "trained", 4, api_name="/batch")
+        said += [table, Path(json_path).read_text(), summary, client.predict(api_name="/models")]
+    finally:
+        demo.close()
+    text = json.dumps(said)
+    assert str(tmp_path_factory.getbasetemp()) not in text, text
+    models = said[0]
+    assert models[0]["base"] == "<local>/tiny-smolvlm"  # a folder on the server, by its name
+    assert said[2][1][0]["card_metrics"]["dataset"] == "<local>/shapes"
+    assert said[-1][1]["status"].startswith("failed: model.safetensors: ")
