@@ -60,7 +60,7 @@ from caption_space.models import (
 )
 from caption_space.registry import DEFAULT_MAX_LOADED, ModelLoadError, ModelRegistry
 from caption_space.views import about_markdown, card_line, card_not_comparable, compare_html, esc, metrics_line
-from captioning.cli import QUANTIZE_CHOICES, ArgumentParser, guarded, pop_debug
+from captioning.cli import QUANTIZE_CHOICES, ArgumentParser, guarded, pop_debug, positive_int
 from captioning.errors import UserError
 
 #: what tests, the load benchmark and scripts use of the Space
@@ -318,6 +318,17 @@ def quiet_telemetry() -> None:
     constants.HF_HUB_DISABLE_TELEMETRY = os.environ["HF_HUB_DISABLE_TELEMETRY"].upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def port_number(text: str) -> int:
+    """argparse ``type``: a TCP port to listen on, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number: use 1-65535")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the Space (``python space/app.py --help``); returns the exit code."""
     quiet_telemetry()
@@ -328,8 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     # A Space sets GRADIO_SERVER_NAME=0.0.0.0; locally the default stays on loopback.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="interface to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--max-loaded", type=int, default=int(os.environ.get(ENV_MAX_LOADED, DEFAULT_MAX_LOADED)),
+    # defaults from the environment stay strings: argparse checks them with the flag's own type
+    parser.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
+                        help="port to serve on, 1-65535 (default: $GRADIO_SERVER_PORT, else 7860)")
+    parser.add_argument("--max-loaded", type=positive_int,
+                        default=os.environ.get(ENV_MAX_LOADED, str(DEFAULT_MAX_LOADED)),
                         help="models kept in memory at once (least recently used ones are dropped)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPUs, fp32 on CPU), fp32, bf16, fp16")
@@ -337,12 +351,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="default for models that set none (a models entry's quantize=... wins): auto = int8 "
                              "on CPU for the families whose int8 captions passed the quality gate (BENCHMARKS.md), "
                              "none = full precision")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests worked on at once")
-    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before new ones are refused")
+    parser.add_argument("--concurrency", type=positive_int, default=2, help="requests worked on at once")
+    parser.add_argument("--max-queue", type=positive_int, default=64,
+                        help="requests waiting before new ones are refused")
     parser.add_argument("--no-mcp", action="store_true",
                         help="do not serve the MCP endpoint /gradio_api/mcp/ (also: CAPTION_MCP=0)")
     parser.add_argument("--max-pixels", type=int,
-                        default=int(os.environ.get("CAPTION_MAX_PIXELS", SPACE_MAX_PIXELS)),
+                        default=os.environ.get("CAPTION_MAX_PIXELS", str(SPACE_MAX_PIXELS)),
                         help=f"refuse uploads over this many pixels (default: $CAPTION_MAX_PIXELS, else "
                              f"{SPACE_MAX_PIXELS:,}); larger-than-needed images are downscaled before captioning")
     argv, debug = pop_debug(argv)

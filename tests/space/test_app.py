@@ -161,6 +161,32 @@ def test_cli_errors_are_one_line(space_app, capsys, monkeypatch):
     assert "unknown option" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1", "abc"])
+def test_bad_port_is_one_line(space_app, capsys, monkeypatch, port):
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    assert space_app.main(["--models", "org/a", "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: python space/app.py: argument --port: ") and "1-65535" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_port_from_the_environment_is_checked_like_the_flag(space_app, capsys, monkeypatch):
+    seen = []
+
+    def launch(self, **kwargs):
+        seen.append(kwargs["server_port"])
+        raise KeyboardInterrupt  # as Ctrl-C would: main closes the demo and returns 0
+
+    monkeypatch.setattr(space_app.gr.Blocks, "launch", launch)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "abc")
+    assert space_app.main(["--models", "org/a"]) == 2
+    assert capsys.readouterr().err.startswith("error: python space/app.py: argument --port: 'abc' is not a port")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
+    assert space_app.main(["--models", "org/a"]) == 0
+    assert space_app.main(["--models", "org/a", "--port", "65535"]) == 0
+    assert seen == [8123, 65535]
+
+
 # ------------------------------------------------------------------------- model cards
 
 def test_model_cards_read_once(tiny_space, space_models):
