@@ -95,6 +95,7 @@ class SpaceOptions:
                                     "it with `release push` first (or use --to-dir for a local Space)")
             elif not looks_like_hub_id(model_id):
                 raise UserError(f"--models {model_id}: neither a folder nor a hub id like org/name")
+        check_each_once(self.models)
 
 
 def check_hardware(flavor: str) -> str:
@@ -114,6 +115,23 @@ def check_short_description(text: str, where: str = "--short-description", fix: 
     if len(text) > SHORT_DESCRIPTION_MAX:
         raise UserError(f"{where} is {len(text)} characters: the Hub allows at most {SHORT_DESCRIPTION_MAX}; {fix}")
     return text
+
+
+def check_each_once(models: list[str]) -> None:
+    """A UserError naming the first model ``models`` lists twice: the app refuses to start on
+    such a list (space/caption_space/models.py ``dedupe``, the same rule), so a Space written
+    with it would never come up. Twice means one hub id (in any case, as the Hub reads it) or
+    one folder (however it is spelled) at one revision, whatever the names given."""
+    seen: dict[tuple[str, str | None], str] = {}
+    for m in models:
+        model_id = _model_id(m)
+        same = (str(Path(model_id).expanduser().resolve()) if Path(model_id).is_dir() else model_id.lower(),
+                _revision(m))
+        if same in seen:
+            also = "" if seen[same] == model_id else f" (also as {seen[same]!r})"
+            raise UserError(f"--models names {model_id!r} twice{also}: list each model once (another revision of "
+                            "it needs ;revision=...)")
+        seen[same] = model_id
 
 
 def _model_id(entry: str) -> str:

@@ -152,22 +152,24 @@ def configured_models(cli: str | None = None, *, env: dict[str, str] | None = No
     """The models to serve: ``--models``, else ``$CAPTION_MODELS``, else models.yaml."""
     env = os.environ if env is None else env
     if cli:
-        return parse_models(cli)
+        return dedupe(parse_models(cli), "--models")
     if env.get(ENV_MODELS, "").strip():
-        return parse_models(env[ENV_MODELS], where=ENV_MODELS)
-    return read_models_yaml(yaml_path)
+        return dedupe(parse_models(env[ENV_MODELS], where=ENV_MODELS), ENV_MODELS)
+    return dedupe(read_models_yaml(yaml_path), str(yaml_path))
 
 
-def dedupe(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
-    """``entries`` as they are, or a UserError naming the first model listed twice."""
-    seen: set[str] = set()
-    out = []
+def dedupe(entries: Sequence[ModelEntry], where: str = "the model list") -> list[ModelEntry]:
+    """``entries`` as they are, or a UserError naming the first model ``where`` lists twice:
+    the same hub id (in any case, as the Hub reads it) or the same folder (however it is
+    spelled: ``a``, ``./a``, ``a/``) at the same revision."""
+    seen: dict[tuple[str, str | None], str] = {}
     for e in entries:
-        if e.key in seen:
-            raise UserError(f"model {e.key!r} is listed twice: list each model once")
-        seen.add(e.key)
-        out.append(e)
-    return out
+        same = (str(Path(e.id).expanduser().resolve()) if e.local else e.id.lower(), e.revision)
+        if same in seen:
+            also = "" if seen[same] == e.key else f" (also as {seen[same]!r})"
+            raise UserError(f"{where} names model {e.key!r} twice{also}: list each model once")
+        seen[same] = e.key
+    return list(entries)
 
 
 # ------------------------------------------------------------------------ model cards

@@ -42,7 +42,8 @@ def render(**kw) -> tuple[dict, str]:
 
 
 def test_front_matter_for_hub_ids(space_dir):
-    meta, body = render(models=["ns/tiny-ft;name=Fine-tuned", "ns/tiny-base", "ns/tiny-ft;name=Again"])
+    # one repo at two revisions: listed once in models:, preloaded once (the pinned one loads at startup)
+    meta, body = render(models=["ns/tiny-ft;name=Fine-tuned", "ns/tiny-base", "ns/tiny-ft;name=Again;revision=v2"])
     assert meta == {
         "title": "Captioning", "sdk": "gradio", "sdk_version": version("gradio"), "python_version": PYTHON,
         "app_file": "app.py", "license": "apache-2.0", "models": ["ns/tiny-ft", "ns/tiny-base"],
@@ -118,6 +119,40 @@ def test_mistakes_are_one_line_naming_the_flag(space_dir, tmp_path):
     one_line_error(*run("--models", "ns/a", "--to-dir", tmp_path / "y"), "short_description is 61 characters",
                    "--short-description")
     assert not (tmp_path / "y").exists()
+
+
+def test_a_model_listed_twice_is_refused_naming_it(space_dir, tmp_path):
+    """The app refuses to start on a list that names one model twice: so does release space,
+    before anything is written."""
+    folder = tmp_path / "release"
+    folder.mkdir()
+    out = tmp_path / "out"
+    for models, says in (("ns/a,ns/a", "--models names 'ns/a' twice: list each model once"),
+                         ("ns/a;name=One,NS/A;name=Two", "--models names 'NS/A' twice (also as 'ns/a')"),
+                         ("ns/a;revision=v1,ns/a;revision=v1", "--models names 'ns/a' twice"),
+                         (f"{folder},{folder}/", f"--models names '{folder}/' twice (also as '{folder}')")):
+        one_line_error(*run("--models", models, "--to-dir", out), says)
+        assert not out.exists()
+    # two revisions of one repo are two models
+    assert run("--models", "ns/a;revision=v1,ns/a", "--to-dir", out)[0] == 0
+
+
+def test_the_space_starts_on_what_release_space_accepts(space_dir, tmp_path):
+    """Every list release space accepts is one the app's own check (dedupe) accepts too."""
+    from tests.space.helpers import load_app_module
+
+    space = load_app_module()
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for models in (["ns/a", "ns/a;revision=v1"], [str(folder), "ns/b"], ["ns/a;name=x", "ns/c;name=x"]):
+        opts = SpaceOptions(repo_id="ns/captioner", models=models, to_dir=tmp_path / "out")
+        entries = rs._entries(opts.models, local=True)
+        assert space.dedupe(space.parse_models(",".join(entries))) == space.parse_models(",".join(entries))
+    for models in (["ns/a", "ns/a"], [str(folder), f"{folder}/."]):
+        with pytest.raises(rs.UserError, match="twice"):
+            SpaceOptions(repo_id="ns/captioner", models=models, to_dir=tmp_path / "out")
+        with pytest.raises(space.UserError, match="twice"):
+            space.dedupe(space.parse_models(",".join(rs._entries(models, local=True))))
 
 
 def test_to_dir_and_dry_run(space_dir, tmp_path):

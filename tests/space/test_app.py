@@ -147,7 +147,7 @@ def test_models_sources_in_order(space_app, tmp_path):
     cfg.write_text("models: [{id: org/a, weights: big}]")
     with pytest.raises(space_app.UserError, match="unknown option"):
         space_app.configured_models(yaml_path=cfg, env={})
-    with pytest.raises(space_app.UserError, match="listed twice"):
+    with pytest.raises(space_app.UserError, match="names model 'org/a' twice"):
         space_app.build_demo(["org/a", "org/a"], loader=lambda e: None)
 
 
@@ -185,6 +185,23 @@ def test_port_from_the_environment_is_checked_like_the_flag(space_app, capsys, m
     assert space_app.main(["--models", "org/a"]) == 0
     assert space_app.main(["--models", "org/a", "--port", "65535"]) == 0
     assert seen == [8123, 65535]
+
+
+def test_a_model_listed_twice_is_one_line_naming_where(space_app, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("CAPTION_MODELS", raising=False)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for models, says in (("org/a,org/a", "--models names model 'org/a' twice: list each model once"),
+                         ("org/a;name=One,Org/A;name=Two", "--models names model 'Org/A' twice (also as 'org/a')"),
+                         (f"{folder},{folder}/", f"--models names model '{folder}/' twice (also as '{folder}')")):
+        assert space_app.main(["--models", models]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {says}") and err.count("\n") == 1, err
+    monkeypatch.setenv("CAPTION_MODELS", "org/a,org/a")
+    assert space_app.main([]) == 2
+    assert capsys.readouterr().err.startswith("error: CAPTION_MODELS names model 'org/a' twice")
+    # two revisions of one model are two models
+    assert [e.key for e in space_app.configured_models("org/a;revision=v1,org/a", env={})] == ["org/a@v1", "org/a"]
 
 
 # ------------------------------------------------------------------------- model cards
