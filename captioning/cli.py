@@ -173,6 +173,9 @@ def _hub_message(exc: BaseException) -> str | None:
         return f"{name}no such revision on the Hub; check --revision"
     if isinstance(exc, hub.EntryNotFoundError):
         return f"{name}a file is missing from the repository ({cut(one_line(exc), 150)})"
+    if exc.__class__.__name__ == "HFValidationError":
+        return (f"not a folder here, nor a Hub repo id (namespace/name): {cut(one_line(exc), 150)}; check the "
+                "path or the id")
     if isinstance(exc, hub.HfHubHTTPError):
         return f"{name}the Hub refused the request ({cut(one_line(exc), 200)}); check the id, the token and the network"
     if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__class__.__module__.split(".")[0] in ("httpx",
@@ -210,7 +213,7 @@ def _classify_one(exc: BaseException) -> str | None:
     if name == "SafetensorError":
         if any(t in text for t in _DISK_FULL_TEXT):
             return f"no space left on the device ({cut(one_line(exc), 150)}); free some space and run it again"
-        return _damaged(exc, "weights file (safetensors)", (".safetensors",), str(exc))
+        return _damaged(exc, "weights file", (".safetensors",), f"safetensors: {exc}")
     if isinstance(exc, RuntimeError) and any(t in text for t in _MEMORY_TEXT):
         return _memory_message(exc)
     if isinstance(exc, RuntimeError) and any(t in text for t in _DISK_FULL_TEXT):

@@ -8,13 +8,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from captioning.cli import option, positive_int
 from captioning.errors import UserError
+
+#: upper bounds of the decoding flags: a caption of 4096 tokens is already a long document, and
+#: beams and captions cost memory linearly; a larger value is a typo (one with ten zeros would
+#: decode for days instead of failing)
+MAX_NEW_TOKENS = 4096
+MAX_BEAMS = 64
 
 
 @dataclass
@@ -40,6 +47,14 @@ class GenerationSettings:
     seed: int | None = None
 
     def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
+        for name, limit in (("max_new_tokens", MAX_NEW_TOKENS), ("num_beams", MAX_BEAMS),
+                            ("num_captions", MAX_BEAMS)):
+            if getattr(self, name) > limit:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is over the limit of {limit}")
         if self.max_new_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioning.errors import UserError
+from captioning.files import special_file_problem
 
 __all__ = ["MAX_PIXELS", "ImageError", "ImageSource", "load_image"]
 
@@ -108,14 +109,15 @@ def _open_stream(source: object, label: str) -> tuple[IO[bytes], bool]:
     """Return a seekable binary stream for ``source`` and whether we must close it."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        problem = special_file_problem(path)  # a FIFO would block the read; a folder, a link loop
+        if problem:
+            raise ImageError(f"{label} is {problem.replace('a folder, not a file', 'a folder, not an image file')}")
         try:
             st = path.stat()
         except FileNotFoundError:
             raise ImageError(f"{label}: no such file") from None
         except OSError as e:
             raise ImageError(f"{label}: cannot access the file ({e.strerror or e})") from None
-        if path.is_dir():
-            raise ImageError(f"{label}: is a directory, not an image file")
         if st.st_size == 0:
             raise ImageError(f"{label}: empty file (0 bytes), not an image")
         try:

@@ -179,6 +179,9 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             if not base:
                 raise UserError(f"{adapter_dir}/adapter_config.json names no base model: pass --model BASE "
                                 f"--adapter {adapter_dir}")
+    if base != model and looks_local(base) and not Path(base).is_dir():
+        raise UserError(f"{adapter_dir}/adapter_config.json names the base {base}, which is not a folder here; pass "
+                        f"--model BASE --adapter {adapter_dir} with the base's folder or hub id")
     if not Path(base).is_dir():
         ensure_hub_reachable(base, revision=revision)
     elif not (Path(base) / "config.json").is_file():

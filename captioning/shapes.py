@@ -43,6 +43,9 @@ SPLITS = ("train", "val", "test")
 ID_BLOCK = 10_000_000
 MAX_COUNT = ID_BLOCK - 1
 MIN_SIZE = 32
+#: larger scenes would only be upscaled shapes; and each image is drawn whole in memory (with a
+#: float noise layer), so a side of 10^6 would ask for terabytes before the OOM killer stepped in
+MAX_SIZE = 4096
 GRID = 3
 
 # Saturated, far-apart colours; backgrounds are all mid/light greys, so no shape
@@ -303,8 +306,8 @@ def _check_args(seed: int, counts: dict[str, int], size: int) -> None:
     for flag, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT:
             raise UserError(f"--{flag} must be an integer from 0 to {MAX_COUNT} (got {n!r})")
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
-        raise UserError(f"--size must be an integer >= {MIN_SIZE} pixels (got {size!r})")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"--size must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels (got {size!r})")
 
 
 def generate(out_dir, *, seed: int = 0, n_train: int = 1000, n_val: int = 100,
@@ -347,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=1000, help="number of train images")
     parser.add_argument("--val", type=int, default=100, help="number of val images")
     parser.add_argument("--test", type=int, default=100, help="number of test images")
-    parser.add_argument("--size", type=int, default=64, help=f"image side in pixels (>= {MIN_SIZE})")
+    parser.add_argument("--size", type=int, default=64, help=f"image side in pixels ({MIN_SIZE} to {MAX_SIZE})")
     argv, debug = pop_debug(argv)
     try:
         args = parser.parse_args(argv)

@@ -259,7 +259,7 @@ def test_imagefolder_errors(tmp_path):
     root = tmp_path / "broken"
     root.mkdir()
     (root / "metadata.jsonl").write_text('{"file_name": "a.png", "caption": "ok"}\n{"file_name": \n')
-    with pytest.raises(UserError, match=r"metadata\.jsonl: invalid JSON at line 2"):
+    with pytest.raises(UserError, match=r"metadata\.jsonl: line 2 is not valid JSON"):
         load_captions(str(root), "train")
     (root / "metadata.jsonl").write_text('{"file_name": "a.png", "caption": "ok"}\n')
     with pytest.raises(UserError, match=r"image 'a\.png' not found.*relative to"):

@@ -5,6 +5,7 @@ Each reader returns rows; :func:`finish` selects them and resolves their image f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
@@ -13,7 +14,7 @@ from typing import Any
 
 from captioning.data.examples import CaptionDataset, CaptionExample, select
 from captioning.errors import UserError
-from captioning.files import read_json_file
+from captioning.files import parse_json, read_json_file, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -187,27 +188,23 @@ def imagefolder_rows(root: Path, split: str) -> tuple[list[_Row], Path]:
     return rows, folder
 
 
+# Both metadata formats are read through captioning.files: a BOM is accepted in each (as in
+# COCO json), a FIFO, a link loop or text that is not UTF-8 is one line naming the file.
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path}: invalid JSON at line {lineno} column {e.colno}: {e.msg}"
-                ) from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}: line {lineno} is not a JSON object")
-            out.append((lineno, record))
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        record = parse_json(line, f"{path}: line {lineno}")
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: line {lineno} is not a JSON object")
+        out.append((lineno, record))
     return out
 
 
 def _read_csv(path: Path) -> list[tuple[int, dict]]:
     out = []
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with io.StringIO(read_text_file(path), newline="") as fh:
         reader = csv.DictReader(fh)
         try:
             for record in reader:
