@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,13 @@ class Journal:
     intact_bytes: int
 
 
-def read_journal(path: Path) -> Journal:
-    """Parse a journal. A torn last line (the process was killed mid-write) is ignored and
-    later cut off; damage anywhere else is an error, because lines are only ever appended."""
+def read_journal(path: Path, log=None) -> Journal:
+    """Parse a journal. Everything up to the first line that does not parse is kept; that line
+    and the ones after it are cut off on the next start and their images captioned again. A
+    torn last line is what a kill leaves; damage further up (a disk error, an edit) is said
+    through ``log``. Finished captions are never thrown away for a damaged line after them."""
+    if not path.is_file():
+        raise UserError(f"{path} is not a file; move it away (it is not a journal this toolkit wrote)")
     data = path.read_bytes()
     header, batches, pos = None, {}, 0
     lines = data.split(b"\n")
@@ -63,12 +68,15 @@ def read_journal(path: Path) -> Journal:
             break
         try:
             rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if k == len(lines) - 2 and not lines[-1]:
-                # a complete-looking but unparsable last line: a torn write that got its newline
-                break
-            raise UserError(f"{path}: line {k + 1} is damaged; delete the file (its images are captioned "
-                            "again) or pass --overwrite") from None
+            if header is not None and not (isinstance(rec, dict) and isinstance(rec.get("batch"), int)):
+                raise ValueError("not a batch record")
+        except (UnicodeDecodeError, ValueError):
+            if not (k == len(lines) - 2 and not lines[-1]) and header is not None:
+                # not the torn write of a kill (that is the last line): say what is captioned again
+                (log or (lambda m: print(m, file=sys.stderr)))(
+                    f"note: {path}: line {k + 1} is damaged; the {len(batches)} batches before it are kept, the "
+                    "rest are captioned again")
+            break
         if header is None:
             if not isinstance(rec, dict) or rec.get("journal") != JOURNAL_VERSION or "fingerprint" not in rec:
                 raise UserError(f"{path}: not a journal written by eval/run.py generate; pass --overwrite or "

@@ -222,11 +222,17 @@ def test_killed_run_resumes_to_identical_files(tmp_path, reference_run, tiny_mod
     assert (out / "predictions.json").read_bytes() == (reference_run / "predictions.json").read_bytes()
 
 
-def test_journal_damage_in_the_middle_is_an_error(tmp_path):
+def test_journal_damage_in_the_middle_keeps_the_batches_before_it(tmp_path):
+    """Finished captions are never thrown away (nor is deleting them advised) for a damaged
+    line after them: the batches before it are kept, the rest captioned again."""
     path = tmp_path / jr.JOURNAL
-    path.write_text('{"journal": 1, "fingerprint": "x", "settings": {}}\nnot json\n{"batch": 0}\n')
-    with pytest.raises(jr.UserError, match="line 2 is damaged"):
-        jr.read_journal(path)
+    head = ('{"journal": 1, "fingerprint": "x", "settings": {}}\n{"batch": 0, "image_ids": [1], '
+            '"captions": ["a"]}\n')
+    path.write_text(head + 'not json\n{"batch": 1, "image_ids": [2], "captions": ["b"]}\n')
+    notes = []
+    j = jr.read_journal(path, log=notes.append)
+    assert list(j.batches) == [0] and j.intact_bytes == len(head)
+    assert len(notes) == 1 and "line 3 is damaged" in notes[0] and "delete" not in notes[0]
     path.write_text('{"journal": 1, "fingerprint": "x", "settings": {}}\n{"batch": 0, "image_ids": [1], '
                     '"captions": ["a"]}\n{"batch": 1, "ima')
     j = jr.read_journal(path)
