@@ -220,6 +220,10 @@ def _classify_one(exc: BaseException) -> str | None:
         return f"no space left on the device ({cut(one_line(exc), 150)}); free some space and run it again"
     if isinstance(exc, RuntimeError) and ("pytorchstreamreader" in text or "zip archive" in text):
         return _damaged(exc, "torch file", _WEIGHT_SUFFIXES, str(exc))
+    if isinstance(exc, RuntimeError) and ("pytorchstreamwriter" in text or "inline_container" in text):
+        # torch.save's writer reports a full disk as a position mismatch, without the OS error
+        return (f"writing a torch file failed ({cut(one_line(exc), 150)}): most often no space left on the device; "
+                "free some space and run it again")
     if name in ("UnpicklingError", "BadZipFile"):
         return _damaged(exc, "file", _WEIGHT_SUFFIXES, str(exc))
     if isinstance(exc, json.JSONDecodeError):
@@ -289,6 +293,7 @@ def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str 
     except KeyboardInterrupt:
         if debug:
             raise
+        _end_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -300,6 +305,7 @@ def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str 
         if debug or e.__class__.__module__.startswith("click."):
             raise  # click's exits and usage errors: the release group reports them its own way
         message = user_message(e)
+        _end_progress_bars()
         if message is None:
             print(f"error: {prefix}internal error ({e.__class__.__name__}: {cut(one_line(e), 200)}); this is a bug "
                   f"of the toolkit: run the command again with {DEBUG_FLAG} for the traceback and report it",
@@ -308,6 +314,17 @@ def guarded(body: Callable[[], int | None], *, debug: bool = False, prefix: str 
         print(f"error: {prefix}{message}", file=sys.stderr)
         return 2
     return 0 if rc is None else int(rc)
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars a failure left open, so the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        with contextlib.suppress(Exception):
+            bar.leave = False
+            bar.close()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
 
 
 def positive_int(text: str) -> int:
