@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from captioning.errors import UserError
-from captioning.files import read_json_file, read_yaml_file, write_json
+from captioning.files import parse_yaml, read_json_file, read_text_file, read_yaml_file, write_json
 
 SCHEMA = 1
 TRAIN_CONFIG = "train_config.yaml"
@@ -84,6 +84,27 @@ def model_config(folder: str | os.PathLike) -> dict:
         return {}
     doc = read_json_file(path)
     return doc if isinstance(doc, dict) else {}
+
+
+def card_front_matter(path: str | os.PathLike) -> dict[str, Any]:
+    """The YAML front matter of a model card (README.md) as a dict ({} when it has none).
+
+    Read here rather than with huggingface_hub's ModelCard.load, whose yaml.safe_load takes an
+    alias bomb or a duplicate key from a card someone else wrote: the text goes through
+    captioning.files (size, FIFO, link loops, BOM) and the YAML through parse_yaml. The block
+    is found with huggingface_hub's own pattern, so both read the same lines."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    path = Path(path)
+    match = REGEX_YAML_BLOCK.search(read_text_file(path, max_bytes=MAX_CARD_BYTES))
+    doc = parse_yaml(match.group(2), f"{path} front matter") if match else None
+    if doc is not None and not isinstance(doc, dict):
+        raise UserError(f"{path}: its front matter is not a mapping of keys (license:, base_model:, ...)")
+    return doc or {}
+
+
+#: a model card is text and a few images' worth of markup; the Hub warns well below this
+MAX_CARD_BYTES = 10 * 2**20
 
 
 def kind_of(doc: Any) -> str | None:

@@ -24,6 +24,7 @@ from captioning.records import (
     EvalRecord,
     TrainConfigRecord,
     adapter_base,
+    card_front_matter,
     model_config,
     read_record,
 )
@@ -171,9 +172,7 @@ def base_license(base: str | None, train_config: dict | None) -> tuple[str | Non
     for name in chain:
         readme = Path(name) / "README.md"
         if readme.is_file():
-            from huggingface_hub import ModelCard
-
-            lic = ModelCard(readme.read_text(encoding="utf-8"), ignore_metadata_errors=True).data.get("license")
+            lic = card_front_matter(readme).get("license")
             if lic:
                 return str(lic), f"{readme} front matter"
         if name in KNOWN_LICENSES:

@@ -17,18 +17,17 @@ hand-written part, and tests/test_release_compat.py loads the result under
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from captioning.files import write_json
+from captioning.files import read_json_file, write_json
 
 #: 5.x tokenizer class names -> the 4.x class that reads the same tokenizer.json
 _TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 
 
 def _read(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_file(path)
 
 
 def _fix_tokenizer_config(folder: Path) -> list[str]:

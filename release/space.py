@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning.errors import UserError
+from captioning.files import output_lock, partial_folder
 from release import hub
 from release.card import TEMPLATES_DIR, looks_like_hub_id
 from release.publish import PublishResult, describe_folder, publish_folder, write_to_dir
@@ -259,12 +260,19 @@ def assemble_space(opts: SpaceOptions, dest: Path) -> Path:
 
 def deploy_space(opts: SpaceOptions, log: Callable[[str], None] = print) -> PublishResult | Path | None:
     """Assemble the Space and push it (Hub), write it (--to-dir) or describe it (--dry-run)."""
-    if opts.to_dir is None and not opts.dry_run:
+    if opts.to_dir is not None and not opts.dry_run:
+        with output_lock(opts.to_dir, "--to-dir"):  # its one writer
+            return _deploy_space(opts, log)
+    if not opts.dry_run:
         hub.get_api(opts.token)
-    parent = opts.to_dir.parent if opts.to_dir is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".space-", dir=parent) as tmp:
+    return _deploy_space(opts, log)
+
+
+def _deploy_space(opts: SpaceOptions, log: Callable[[str], None]) -> PublishResult | Path | None:
+    # assembled beside --to-dir (one rename puts it in place; a killed run's partial folder is
+    # removed by the next writer), else in the system's temporary folder for an upload
+    with partial_folder(opts.to_dir) if opts.to_dir is not None else \
+            tempfile.TemporaryDirectory(prefix="space-") as tmp:
         folder = assemble_space(opts, Path(tmp) / "space")
         local = [_model_id(m) for m in opts.models if not looks_like_hub_id(_model_id(m))]
         if local:

@@ -12,11 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import yaml
-
 from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
-from captioning.files import read_json_file
+from captioning.files import read_json_file, read_yaml_file
 from captioning.fingerprints import weights_fingerprint
 from captioning.records import (
     FACTORY,
@@ -30,6 +28,7 @@ from captioning.records import (
     EvalRecord,
     TrainConfigRecord,
     TrainingRecord,
+    card_front_matter,
     kind_of,
     read_record,
     read_scores,
@@ -125,10 +124,8 @@ def parse_models(spec: str, *, where: str = "--models") -> list[ModelEntry]:
 def read_models_yaml(path: str | Path) -> list[ModelEntry]:
     """Entries from a models.yaml: a list (or ``models:`` list) of ids or mappings."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); fix the file") from e
+    # through captioning.files: no alias bombs, no duplicate keys, FIFOs and link loops named
+    data = read_yaml_file(path) if path.exists() or path.is_symlink() else None
     if isinstance(data, dict):
         data = data.get("models")
     if data is None:
@@ -310,15 +307,9 @@ def _read(path: Path | None, notes: list[str], read: Callable[[Path], Any]) -> A
 
 
 def _card_data(path: Path) -> dict:
-    """The card's front matter (empty when it has none)."""
-    from huggingface_hub import ModelCard
-
-    try:
-        # a Path, so a missing file is an error here, never a download; metadata the Hub
-        # would reject (a malformed model-index) is no reason to ignore base_model
-        return ModelCard.load(path, ignore_metadata_errors=True).data.to_dict()
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise UserError(f"front matter unreadable ({e.__class__.__name__})") from None
+    """The card's front matter (empty when it has none); metadata the Hub would reject (a
+    malformed model-index) is no reason to ignore base_model."""
+    return card_front_matter(path)
 
 
 def _json_object(path: Path) -> dict | None:
