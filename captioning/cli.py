@@ -96,9 +96,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".model", ".csv", ".jinja")
 
 
-def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...]) -> str | None:
+def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...], inside: str | None = None) -> str | None:
     """The file a failure was reading: the innermost frame's local variable that is a path
-    to an existing file ending in one of ``suffixes``."""
+    to an existing file ending in one of ``suffixes`` (or a folder holding ``inside``)."""
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -108,12 +108,15 @@ def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...]) -> str | N
         for value in list(frame.f_locals.values()):
             if isinstance(value, (str, os.PathLike)):
                 text = os.fspath(value)
-                if isinstance(text, str) and len(text) < 4096 and text.lower().endswith(suffixes):
-                    try:
-                        if os.path.isfile(text):
-                            return text
-                    except (OSError, ValueError):
-                        continue
+                if not isinstance(text, str) or len(text) >= 4096:
+                    continue
+                try:
+                    if text.lower().endswith(suffixes) and os.path.isfile(text):
+                        return text
+                    if inside and os.path.isfile(os.path.join(text, inside)):
+                        return os.path.join(text, inside)
+                except (OSError, ValueError):
+                    continue
     return None
 
 
@@ -138,8 +141,8 @@ def _os_message(exc: OSError) -> str | None:
     return f"{where}{_OS_REASONS[exc.errno]}; {advice}"
 
 
-def _damaged(exc: BaseException, what: str, suffixes: tuple[str, ...], detail: str) -> str:
-    path = _file_in_traceback(exc, suffixes)
+def _damaged(exc: BaseException, what: str, suffixes: tuple[str, ...], detail: str, inside: str | None = None) -> str:
+    path = _file_in_traceback(exc, suffixes, inside)
     where = f"{path}: " if path else ""
     return (f"{where}damaged {what} ({cut(one_line(detail))}); write it again with the command that made it, "
             "or copy or download it again")
@@ -173,6 +176,9 @@ def _hub_message(exc: BaseException) -> str | None:
         return f"{name}no such revision on the Hub; check --revision"
     if isinstance(exc, hub.EntryNotFoundError):
         return f"{name}a file is missing from the repository ({cut(one_line(exc), 150)})"
+    if isinstance(exc, hub.StrictDataclassError):
+        # transformers 5 validates config.json's fields with huggingface_hub's strict dataclasses
+        return _damaged(exc, "model config", ("config.json",), str(exc), inside="config.json")
     if exc.__class__.__name__ == "HFValidationError":
         return (f"not a folder here, nor a Hub repo id (namespace/name): {cut(one_line(exc), 150)}; check the "
                 "path or the id")

@@ -357,11 +357,12 @@ def special_file_problem(path: Path) -> str | None:
     return None
 
 
-def read_text_file(path: str | os.PathLike, what: str | None = None, *, max_bytes: int = MAX_JSON_BYTES) -> str:
+def read_text_file(path: str | os.PathLike, what: str | None = None, *, max_bytes: int | None = None) -> str:
     """A UTF-8 text file's text (a BOM dropped: Windows editors write one); every way it can
     be unreadable (missing, a folder, a FIFO, a symlink loop, not UTF-8, over ``max_bytes``)
     is a one-line UserError naming it (and ``what`` it was given as: a flag, say)."""
     path = Path(path)
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     label = f"{what} " if what else ""
     problem = special_file_problem(path)
     if problem:

@@ -22,6 +22,9 @@ from captioning.errors import UserError
 #: decode for days instead of failing)
 MAX_NEW_TOKENS = 4096
 MAX_BEAMS = 64
+#: a prompt is an instruction of a sentence or two; 100,000 characters ran the model over
+#: that many tokens for most of a minute per image instead of being refused
+MAX_PROMPT_CHARS = 2000
 
 
 @dataclass
@@ -115,6 +118,10 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
         per_image = [p if p is not None else captioner.prompt for p in prompts]
         if len(per_image) != n:
             raise ValueError(f"{len(per_image)} prompts for {n} images")
+    longest = max((len(p) for p in per_image if p), default=0)
+    if longest > MAX_PROMPT_CHARS:
+        raise UserError(f"--prompt is {longest:,} characters, over the limit of {MAX_PROMPT_CHARS:,}: a captioning "
+                        "instruction is a sentence or two")
     fam, proc = captioner.family, captioner.processor
     kwargs = settings.generate_kwargs()
     k = settings.num_captions

@@ -70,8 +70,12 @@ def adapter_base(folder: str | Path) -> str | None:
     """The base model a LoRA adapter folder names (adapter_config.json's
     ``base_model_name_or_path``), or None when it names none; a one-line UserError when the
     file is missing or unreadable. Every stage reads an adapter's base through this."""
-    doc = read_json_file(Path(folder) / "adapter_config.json")
-    base = doc.get("base_model_name_or_path") if isinstance(doc, dict) else None
+    path = Path(folder) / "adapter_config.json"
+    doc = read_json_file(path)
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} is a JSON {type(doc).__name__}, not an adapter config (an object with peft_type, "
+                        "base_model_name_or_path, ...); pass the folder written by training/train.py")
+    base = doc.get("base_model_name_or_path")
     return base if isinstance(base, str) and base else None
 
 

@@ -16,6 +16,7 @@ failing check writes nothing and stops the release.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import time
@@ -79,8 +80,8 @@ class MergeOptions:
             raise UserError("--probes must be at least 1")
         if self.max_new_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1")
-        if self.tolerance is not None and self.tolerance < 0:
-            raise UserError("--tolerance must be >= 0")
+        if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise UserError(f"--tolerance must be a number >= 0 (got {self.tolerance})")
 
 
 @dataclass
@@ -105,6 +106,7 @@ def check_adapter_folder(adapter: Path) -> None:
     if not adapter.is_dir():
         raise UserError(f"--adapter {adapter}: no such folder (pass the output folder of training/train.py)")
     if (adapter / "adapter_config.json").is_file():
+        adapter_base(adapter)  # readable, and an object
         return
     if has_full_weights(adapter):
         raise UserError(f"--adapter {adapter} holds full model weights and no adapter_config.json: it is already "

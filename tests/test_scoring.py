@@ -422,5 +422,6 @@ def test_oversized_json_files_are_refused_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "preds.json"
     path.write_text(json.dumps([{"image_id": 1, "caption": "a cat"}] * 100))
     monkeypatch.setattr(files, "MAX_JSON_BYTES", 1000)
-    with pytest.raises(UserError, match=r"predictions file .*preds\.json is 0\.0 GiB: files over 0 GiB are refused"):
+    with pytest.raises(UserError, match=r"predictions file .*preds\.json is [\d,]+ bytes: files over 1,000 bytes are "
+                                        r"refused"):
         scoring.load_json(path, "predictions")

@@ -54,7 +54,17 @@ def _load_yaml(text: str, argv: list[str]):
     flag = next((a.split("=", 1)[0] if "=" in a else argv[i - 1] for i, a in enumerate(argv)
                  if a.startswith("--") and a.endswith(f"={text}") or (i and a == text and argv[i - 1] != "--config")),
                 None)
-    return upgrade_train_config(parse_yaml(text, flag or f"--config {_recipe(argv)}"))
+    doc = parse_yaml(text, flag or f"--config {_recipe(argv)}")
+    if flag is None and isinstance(doc, dict):
+        # jsonargparse passes over a section it does not know when it is empty (foo: {})
+        known = {f.name for f in dataclasses.fields(TrainConfig)} | {"config"}
+        unknown = [str(k) for k in doc if k not in known]
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            sections = ", ".join(sorted(known - {"config"}))
+            raise UserError(f"--config {_recipe(argv)}: unknown section {unknown[0]!r}"
+                            + (f" (did you mean {hint[0]}?)" if hint else f"; sections: {sections}"))
+    return upgrade_train_config(doc)
 
 
 def parse(parser, argv: list[str]):
@@ -113,7 +123,8 @@ def _usage_error(err: Exception, argv: list[str], parser) -> UserError:
         return UserError(f"--config {source}: a recipe is a mapping of sections (model:, data:, ...)")
     if "File does not exist" in text:
         return UserError(f"--config {source}: no such file (recipes live in training/recipes/)")
-    unknown = (re.search(r"unrecognized arguments: --(\S+)", text) or re.search(r"Option '(\w+)' is not accepted", text)
+    unknown = (re.search(r"unrecognized arguments: --(\S+)", text)
+               or re.search(r"Option '([\w.]+)' is not accepted", text)
                or re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", text))
     if unknown:
         flag = text.startswith("unrecognized")

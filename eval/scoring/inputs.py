@@ -76,7 +76,7 @@ def resolve_metrics(metrics: Iterable[str] | None) -> set:
             raise UserError(f"unknown metric {m!r}: choose from {', '.join(METRICS)} "
                             "(or Bleu for all four)")
     if not want:
-        raise UserError("no metrics selected")
+        raise UserError(f"--metrics selects no metric: name one or more of {', '.join(METRICS)} (or Bleu for all four)")
     return want
 
 

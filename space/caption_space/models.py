@@ -149,10 +149,20 @@ def configured_models(cli: str | None = None, *, env: dict[str, str] | None = No
     """The models to serve: ``--models``, else ``$CAPTION_MODELS``, else models.yaml."""
     env = os.environ if env is None else env
     if cli:
-        return dedupe(parse_models(cli), "--models")
+        return _checked(parse_models(cli), "--models")
     if env.get(ENV_MODELS, "").strip():
-        return dedupe(parse_models(env[ENV_MODELS], where=ENV_MODELS), ENV_MODELS)
-    return dedupe(read_models_yaml(yaml_path), str(yaml_path))
+        return _checked(parse_models(env[ENV_MODELS], where=ENV_MODELS), ENV_MODELS)
+    return _checked(read_models_yaml(yaml_path), str(yaml_path))
+
+
+def _checked(entries: Sequence[ModelEntry], where: str) -> list[ModelEntry]:
+    """``entries`` once each (:func:`dedupe`), every local one an existing folder: a typo in
+    a path is said at start, not to the first visitor who picks that model."""
+    for e in entries:
+        if e.local and not Path(e.id).expanduser().is_dir():
+            raise UserError(f"{where} names {e.id!r}, which is not a folder here: pass a model or release folder, "
+                            "or a hub id (namespace/name)")
+    return dedupe(entries, where)
 
 
 def dedupe(entries: Sequence[ModelEntry], where: str = "the model list") -> list[ModelEntry]:
