@@ -131,6 +131,25 @@ def _raised_in(exc: BaseException, *packages: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
+def _loading_folder(exc: BaseException) -> str | None:
+    """The model folder or id a failure was loading, when it was raised inside a library's
+    ``from_pretrained`` (transformers, peft, tokenizers) and the frame names what it loaded."""
+    if not _raised_in(exc, "transformers", "peft", "tokenizers", "huggingface_hub"):
+        return None
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "from_pretrained":
+            for key in ("pretrained_model_name_or_path", "model_id", "path"):
+                value = frame.f_locals.get(key)
+                if isinstance(value, (str, os.PathLike)):
+                    found = os.fspath(value)
+                    break
+        tb = tb.tb_next
+    return found
+
+
 def _os_message(exc: OSError) -> str | None:
     if exc.errno not in _OS_REASONS:
         return None
@@ -243,6 +262,12 @@ def _classify_one(exc: BaseException) -> str | None:
                                             "transformers.tokenization_utils_fast"):
         # the Rust tokenizer raises a bare Exception for a tokenizer.json it cannot parse
         return _damaged(exc, "tokenizer file", (".json",), str(exc))
+    loading = _loading_folder(exc)
+    if loading is not None and isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
+        # a folder transformers or peft cannot make a model, tokenizer or processor of: its
+        # files are missing, from another version, or edited by hand
+        return (f"{loading}: cannot load it ({exc.__class__.__name__}: {cut(one_line(exc), 200)}); check that the "
+                "folder is complete (save or download it again)")
     if name in ("UnidentifiedImageError", "DecompressionBombError"):
         return f"not a readable image ({cut(one_line(exc), 200)}); pass a PNG, JPEG, WebP, BMP, GIF or TIFF file"
     return None
@@ -343,6 +368,11 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
 
+
+#: the longest prompt any command takes (captioning, eval, training's data.prompt): an
+#: instruction is a sentence or two; 100,000 characters ran the model over that many tokens for
+#: most of a minute per image instead of being refused
+MAX_PROMPT_CHARS = 2000
 
 #: --quantize values every loading command shares: "none" (the default) and "int8" (captioning.loading)
 QUANTIZE_CHOICES = ("none", "int8")

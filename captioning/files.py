@@ -417,6 +417,22 @@ def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
     return parse_json(text, f"{what} {path}" if what else str(path))
 
 
+def check_json_files(folder: str | os.PathLike) -> None:
+    """Every ``*.json`` at the top of ``folder`` (a saved model or adapter) is readable JSON,
+    or a one-line UserError naming the first that is not. transformers skips some damaged
+    files without a word (a broken generation_config.json: the defaults are used) and
+    reports others without the file's name; read once here, every one is named."""
+    for path in sorted(Path(folder).glob("*.json")):
+        text = read_text_file(path)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; the folder is "
+                            "damaged: save or download it again") from None
+        except RecursionError:
+            raise UserError(f"{path}: nested too deeply to be data; the folder is damaged") from None
+
+
 # ------------------------------------------------------------------ YAML
 #: YAML files this toolkit reads are recipes, configs and Space model lists: a few KiB and a
 #: few hundred values. A "billion laughs" document is small but its aliases expand to

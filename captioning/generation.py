@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from captioning.cli import option, positive_int
+from captioning.cli import MAX_PROMPT_CHARS, option, positive_int
 from captioning.errors import UserError
 
 #: upper bounds of the decoding flags: a caption of 4096 tokens is already a long document, and
@@ -22,9 +22,6 @@ from captioning.errors import UserError
 #: decode for days instead of failing)
 MAX_NEW_TOKENS = 4096
 MAX_BEAMS = 64
-#: a prompt is an instruction of a sentence or two; 100,000 characters ran the model over
-#: that many tokens for most of a minute per image instead of being refused
-MAX_PROMPT_CHARS = 2000
 
 
 @dataclass

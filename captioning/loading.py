@@ -19,6 +19,7 @@ import torch
 from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
+from captioning.files import check_json_files
 from captioning.records import TrainConfigRecord, adapter_base
 
 _DTYPES = {
@@ -182,6 +183,9 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     if base != model and looks_local(base) and not Path(base).is_dir():
         raise UserError(f"{adapter_dir}/adapter_config.json names the base {base}, which is not a folder here; pass "
                         f"--model BASE --adapter {adapter_dir} with the base's folder or hub id")
+    for folder in (base, adapter_dir):
+        if folder is not None and Path(folder).is_dir():
+            check_json_files(folder)
     if not Path(base).is_dir():
         ensure_hub_reachable(base, revision=revision)
     elif not (Path(base) / "config.json").is_file():

@@ -75,6 +75,9 @@ def adapter_base(folder: str | Path) -> str | None:
     if not isinstance(doc, dict):
         raise UserError(f"{path} is a JSON {type(doc).__name__}, not an adapter config (an object with peft_type, "
                         "base_model_name_or_path, ...); pass the folder written by training/train.py")
+    if not isinstance(doc.get("peft_type"), str):
+        raise UserError(f"{path} names no peft_type: not an adapter config peft wrote; pass the folder written by "
+                        "training/train.py")
     base = doc.get("base_model_name_or_path")
     return base if isinstance(base, str) and base else None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from captioning.cli import DEBUG_FLAG, guarded
+from captioning.cli import DEBUG_FLAG, guarded, one_line
 
 
 def _quiet_libraries() -> None:
@@ -234,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # standalone_mode=False: click returns ctx.exit()'s code instead of calling sys.exit
         rc = cli.main(args=sys.argv[1:] if argv is None else list(argv), prog_name="release", standalone_mode=False)
+    except click.UsageError as e:  # one line, like every other command's usage mistake
+        command = e.ctx.command_path if e.ctx is not None else "release"
+        click.echo(f"error: {command}: {one_line(e.format_message())} (see --help)", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from captioning.cli import MAX_PROMPT_CHARS
 from captioning.errors import UserError
 from captioning.images import MAX_PIXELS
 
@@ -172,6 +173,9 @@ class DataConfig:
     def __post_init__(self):
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UserError("data.max_pixels must be a positive number of pixels (or null)")
+        if self.prompt is not None and len(self.prompt) > MAX_PROMPT_CHARS:
+            # refused now, not at the first validation after the steps before it were trained
+            raise UserError(f"data.prompt is {len(self.prompt):,} characters, over the limit of {MAX_PROMPT_CHARS:,}")
         if self.references not in REFERENCE_MODES:
             raise UserError(f"data.references {self.references!r}: choose sample or all")
         if self.caption_transform not in CAPTION_TRANSFORMS:

@@ -64,6 +64,10 @@ def _load_yaml(text: str, argv: list[str]):
             sections = ", ".join(sorted(known - {"config"}))
             raise UserError(f"--config {_recipe(argv)}: unknown section {unknown[0]!r}"
                             + (f" (did you mean {hint[0]}?)" if hint else f"; sections: {sections}"))
+        for key, value in doc.items():
+            if key not in ("name", "config") and value is not None and not isinstance(value, dict):
+                raise UserError(f"--config {_recipe(argv)}: {key} must be a mapping of keys ({key}: {{...}}), got "
+                                f"{type(value).__name__} {str(value)[:40]!r}")
     return upgrade_train_config(doc)
 
 
