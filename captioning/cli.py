@@ -63,8 +63,23 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (``error: PROG: ...``) and exit code 2 like
     every other error, instead of the usage text plus a message."""
 
+    #: options whose value may be empty text (a prompt of "" means "no prompt"); every other
+    #: text value names a file, folder, model or choice, and "" would quietly mean "." (the
+    #: current folder: `--out ""` once wrote a dataset into it)
+    allow_empty = ("prompt",)
+
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {cut(one_line(message))} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            values = value if isinstance(value, list) else [value]
+            if action.dest not in self.allow_empty and any(isinstance(v, str) and not v.strip() for v in values):
+                name = action.option_strings[0] if action.option_strings else action.dest
+                self.error(f"argument {name}: empty value; pass a path, name or number")
+        return ns, rest
 
 
 def printable(text: str) -> str:

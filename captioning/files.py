@@ -347,7 +347,7 @@ def special_file_problem(path: Path) -> str | None:
         mode = path.stat().st_mode
     except OSError as e:
         if e.errno == 40:  # ELOOP
-            return "a loop of symbolic links, not a file; fix or remove the link"
+            return "a loop of symbolic links; fix or remove the link"
         return None  # missing: the read names it
     if stat.S_ISDIR(mode):
         return "a folder, not a file"

@@ -19,7 +19,7 @@ import torch
 from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
-from captioning.files import check_json_files
+from captioning.files import check_json_files, special_file_problem
 from captioning.records import TrainConfigRecord, adapter_base
 
 _DTYPES = {
@@ -162,7 +162,12 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
         raise UserError("--quantize int8 and --load-in-4bit are two different quantisations: pick one")
 
     model = str(model)
+    if not model.strip():
+        raise UserError("--model is empty: pass a model folder or a hub id like org/name")
     if looks_local(model):
+        problem = special_file_problem(Path(model))
+        if problem and "folder" not in problem:
+            raise UserError(f"--model {model} is {problem}")
         if not Path(model).is_dir():
             raise UserError(f"--model {model}: no such folder (pass a hub id like org/name, or a model folder)")
     adapter_dir = Path(adapter) if adapter else None

@@ -60,6 +60,21 @@ class ReleaseGroup(click.Group):
         return result[0] if result else None
 
 
+class _Path(click.Path):
+    """click.Path that refuses an empty value: "" would quietly mean the current folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("empty value; pass a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _Path(path_type=Path)
+#: an input that must be there (an option that only adds to the output, like --logs, would
+#: otherwise be skipped without a word when misspelled)
+EXISTING = _Path(path_type=Path, exists=True)
+
+
 def _log(msg: str) -> None:
     click.echo(msg)
 
@@ -77,8 +92,8 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="LoRA adapter folder (training output)")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="folder for the merged model")
+@click.option("--adapter", required=True, type=PATH, help="LoRA adapter folder (training output)")
+@click.option("--out", required=True, type=PATH, help="folder for the merged model")
 @click.option("--base", help="base model id or folder (default: from adapter_config.json / train_config.yaml)")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="storage dtype of the merged weights (auto: the base checkpoint's)")
@@ -114,17 +129,17 @@ def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, d
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_dir", required=True, type=PATH,
               help="release, merged-model or training output folder")
-@click.option("--metrics", type=click.Path(path_type=Path), help="metrics.json from eval/run.py generate "
+@click.option("--metrics", type=PATH, help="metrics.json from eval/run.py generate "
                                                                  "(default: the one in --model)")
-@click.option("--train-config", type=click.Path(path_type=Path), help="train_config.yaml (default: the one in --model)")
-@click.option("--logs", type=click.Path(path_type=Path), help="training output folder with logs/ for the loss curve "
+@click.option("--train-config", type=PATH, help="train_config.yaml (default: the one in --model)")
+@click.option("--logs", type=EXISTING, help="training output folder with logs/ for the loss curve "
                                                               "(default: --model)")
 @click.option("--template", default="model_card", show_default=True, help="template name in model_cards/ or a file")
 @click.option("--repo-id", help="repo id the card's snippets load (default: the --model folder)")
 @click.option("--license", "license_", help="licence id when the base model's cannot be read")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="README.md to write (badges and the "
+@click.option("--out", required=True, type=PATH, help="README.md to write (badges and the "
                                                                              "loss curve go beside it)")
 def card(model_dir, metrics, train_config, logs, template, repo_id, license_, out):
     """Render a model card (README.md) from a template and the release's records.
@@ -145,17 +160,17 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
 
 @cli.command()
 @click.option("--repo-id", required=True, help="NAMESPACE/NAME on the Hub (also named in the card)")
-@click.option("--adapter", type=click.Path(path_type=Path), help="LoRA adapter folder (training output)")
+@click.option("--adapter", type=PATH, help="LoRA adapter folder (training output)")
 @click.option("--merge", "merge_", is_flag=True, help="merge --adapter into its base and release the full model")
-@click.option("--model", type=click.Path(path_type=Path), help="full model folder (e.g. from release merge)")
-@click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
+@click.option("--model", type=PATH, help="full model folder (e.g. from release merge)")
+@click.option("--eval", "eval_dir", type=PATH,
               help="--out folder of eval/run.py generate (metrics.json, predictions.json)")
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--revision", help="branch to push to (created if missing; default main)")
 @click.option("--tag", help="tag the pushed commit")
 @click.option("--commit-message", help="commit message (default: 'Release: upload folder')")
 @click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
-@click.option("--to-dir", type=click.Path(path_type=Path), help="write the repo layout to this folder instead of "
+@click.option("--to-dir", type=PATH, help="write the repo layout to this folder instead of "
                                                                 "the Hub (offline)")
 @click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
 @click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`); prefer HF_TOKEN")
@@ -169,7 +184,7 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
 @click.option("--probes", type=int, default=4, show_default=True, help="probe images for the --merge check")
 @click.option("--template", default="model_card", show_default=True, help="model card template")
 @click.option("--license", "license_", help="licence id when the base model's cannot be read")
-@click.option("--logs", type=click.Path(path_type=Path), help="training output folder for the loss curve")
+@click.option("--logs", type=EXISTING, help="training output folder for the loss curve")
 def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, commit_message, dry_run, to_dir, force,
          token, base, allow_other_base, base_repo_id, dtype, probes, template, license_, logs):
     """Assemble a release (weights, processor, card, eval record) and publish it.
@@ -196,7 +211,7 @@ def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, comm
 @cli.command()
 @click.option("--repo-id", required=True, help="NAMESPACE/NAME of the Space")
 @click.option("--models", required=True, help="comma-separated hub ids (or folders with --to-dir) to serve")
-@click.option("--to-dir", type=click.Path(path_type=Path), help="write the Space folder here instead of the Hub")
+@click.option("--to-dir", type=PATH, help="write the Space folder here instead of the Hub")
 @click.option("--hardware", help="Space hardware (e.g. cpu-basic, t4-small, zero-a10g): requested on the Hub and "
               "written as the README's suggested_hardware (default there: cpu-basic)")
 @click.option("--private", is_flag=True, help="create the Space private")

@@ -366,11 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage mistake already printed as one line
         return int(exc.code or 0)
     built = []
-    rc = guarded(lambda: built.append(build_demo(
-        configured_models(args.models), max_loaded=args.max_loaded, device=args.device, dtype=args.dtype,
-        quantize=args.quantize,
-        limits=Limits(max_pixels=args.max_pixels), concurrency_limit=args.concurrency, max_queue=args.max_queue)),
-        debug=debug)
+
+    def build() -> None:
+        from captioning.loading import pick_device, pick_dtype
+
+        # said at start, not to the first visitor: models load lazily, on first use
+        pick_dtype(args.dtype, pick_device(args.device))
+        built.append(build_demo(
+            configured_models(args.models), max_loaded=args.max_loaded, device=args.device, dtype=args.dtype,
+            quantize=args.quantize, limits=Limits(max_pixels=args.max_pixels), concurrency_limit=args.concurrency,
+            max_queue=args.max_queue))
+
+    rc = guarded(build, debug=debug)
     if rc:
         return rc
     demo = built[0]

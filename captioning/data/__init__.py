@@ -94,7 +94,7 @@ def load_captions(
     if path.is_dir():
         if (path / "annotations").is_dir():
             json_path = path / "annotations" / f"captions_{split}.json"
-            if not json_path.is_file():
+            if not json_path.is_file() and not (json_path.exists() or json_path.is_symlink()):
                 found = sorted(
                     p.name[len("captions_") : -len(".json")]
                     for p in (path / "annotations").glob("captions_*.json")
