@@ -42,6 +42,7 @@ _OS_REASONS = {
     errno.EIO: "input/output error (a failing disk or a damaged file system)", errno.ENXIO: "not a regular file",
     errno.EMFILE: "too many open files", errno.ENFILE: "too many open files", errno.ETXTBSY: "file busy",
     errno.ENOTEMPTY: "folder not empty", errno.EXDEV: "on another file system", errno.ENOMEM: "out of memory",
+    errno.ENODEV: "not a regular file (a FIFO, device or folder)",
 }
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OS_ADVICE = {errno.ENOSPC: "free some space and run it again", errno.EDQUOT: "free some space and run it again",
@@ -146,6 +147,33 @@ def _raised_in(exc: BaseException, *packages: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
+#: packages that read a model folder's files, and what they raise on a value they cannot use
+_FILE_READERS = ("transformers", "peft", "tokenizers", "PIL")
+_REJECTIONS = (TypeError, ValueError, KeyError, AttributeError, NotImplementedError, IndexError, RuntimeError)
+
+
+def _model_in_traceback(exc: BaseException) -> str | None:
+    """The model folder or id a failure was using: the innermost frame's local that is a
+    folder holding config.json or adapter_config.json, or an object with such a ``source``."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            source = getattr(value, "source", None) if not isinstance(value, (str, os.PathLike)) else value
+            if isinstance(source, (str, os.PathLike)):
+                text = os.fspath(source)
+                try:
+                    if isinstance(text, str) and len(text) < 4096 and any(
+                            os.path.isfile(os.path.join(text, n)) for n in ("config.json", "adapter_config.json")):
+                        return text
+                except (OSError, ValueError):
+                    continue
+    return None
+
+
 def _loading_folder(exc: BaseException) -> str | None:
     """The model folder or id a failure was loading, when it was raised inside a library's
     ``from_pretrained`` (transformers, peft, tokenizers) and the frame names what it loaded."""
@@ -168,9 +196,10 @@ def _loading_folder(exc: BaseException) -> str | None:
 def _os_message(exc: OSError) -> str | None:
     if exc.errno not in _OS_REASONS:
         return None
-    if not (exc.filename or exc.errno in _FULL or exc.errno == errno.ENOMEM):
+    filename = exc.filename
+    if not (filename or exc.errno in _FULL or exc.errno in (errno.ENOMEM, errno.ENODEV)):
         return None
-    where = f"{exc.filename}: " if exc.filename else ""
+    where = f"{filename}: " if filename else ""
     advice = _OS_ADVICE.get(exc.errno, "pick another path")
     return f"{where}{_OS_REASONS[exc.errno]}; {advice}"
 
@@ -285,6 +314,15 @@ def _classify_one(exc: BaseException) -> str | None:
                 "folder is complete (save or download it again)")
     if name in ("UnidentifiedImageError", "DecompressionBombError"):
         return f"not a readable image ({cut(one_line(exc), 200)}); pass a PNG, JPEG, WebP, BMP, GIF or TIFF file"
+    if isinstance(exc, _REJECTIONS) and _raised_in(exc, *_FILE_READERS):
+        # the libraries that read a model folder's files raised on a value from them (a token id
+        # that is text, a size that is a string, a missing pad token, an option this version
+        # cannot merge): the input is at fault, and where it came from is the model folder
+        folder = _model_in_traceback(exc)
+        where = f"{folder}: " if folder else ""
+        return (f"{where}a value in the model's files cannot be used ({exc.__class__.__name__}: "
+                f"{cut(one_line(exc), 200)}); check its config, generation, processor and tokenizer files, or save or "
+                "download the folder again")
     return None
 
 

@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from captioning.families import family_for_config
 
+        if not 0 <= args.seed < 2**32:
+            raise UserError(f"--seed must be from 0 to 2**32 - 1 (got {args.seed})")
+
         if args.params_only:  # meta tensors: real-size counts in a second, no memory
             with torch.device("meta"):
                 model, processor = build_model(args.family, args.size, seed=args.seed)

@@ -172,6 +172,8 @@ def output_lock(target: str | os.PathLike, flag: str, *, file: bool = False, swe
     (:func:`check_writable`; its folder when ``file``): nothing is created where nothing could
     be written."""
     target = Path(target).expanduser()
+    if file and target.is_dir():
+        raise UserError(f"{flag} {target} is a folder: pass a file name")
     check_writable(target.parent if file else target, flag)
     made = _make_parents(target.parent)
     path = lock_path(target)
@@ -417,20 +419,20 @@ def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
     return parse_json(text, f"{what} {path}" if what else str(path))
 
 
-def check_json_files(folder: str | os.PathLike) -> None:
-    """Every ``*.json`` at the top of ``folder`` (a saved model or adapter) is readable JSON,
-    or a one-line UserError naming the first that is not. transformers skips some damaged
-    files without a word (a broken generation_config.json: the defaults are used) and
-    reports others without the file's name; read once here, every one is named."""
-    for path in sorted(Path(folder).glob("*.json")):
-        text = read_text_file(path)
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; the folder is "
-                            "damaged: save or download it again") from None
-        except RecursionError:
-            raise UserError(f"{path}: nested too deeply to be data; the folder is damaged") from None
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """A saved model or adapter folder is made of regular files (and folders): a FIFO, a device
+    or a link loop among them is a one-line UserError (reading one would block the command
+    for ever), and every ``*.json`` at its top is data (:func:`read_json_file`: no syntax
+    errors, duplicate keys or NaN), or a UserError naming the first that is not.
+    transformers skips some damaged files without a word (a broken generation_config.json:
+    the defaults are used) and reports others without the file's name; read once here,
+    every one is named."""
+    for path in sorted(Path(folder).iterdir()):
+        problem = special_file_problem(path)
+        if problem and "folder" not in problem:
+            raise UserError(f"{path} is {problem}; the folder is damaged: save or download it again")
+        if path.suffix == ".json" and path.is_file():
+            read_json_file(path)
 
 
 # ------------------------------------------------------------------ YAML

@@ -19,7 +19,7 @@ import torch
 from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
-from captioning.files import check_json_files, special_file_problem
+from captioning.files import check_model_folder, special_file_problem
 from captioning.records import TrainConfigRecord, adapter_base
 
 _DTYPES = {
@@ -190,7 +190,7 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
                         f"--model BASE --adapter {adapter_dir} with the base's folder or hub id")
     for folder in (base, adapter_dir):
         if folder is not None and Path(folder).is_dir():
-            check_json_files(folder)
+            check_model_folder(folder)
     if not Path(base).is_dir():
         ensure_hub_reachable(base, revision=revision)
     elif not (Path(base) / "config.json").is_file():

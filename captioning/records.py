@@ -229,6 +229,9 @@ class _JsonRecord:
         if not path.is_file():
             return None
         doc = read_json_file(path)
+        if not isinstance(doc, dict):
+            raise UserError(f"{path} is a JSON {type(doc).__name__}, not a record; write it again with the command "
+                            "that made it")
         return cls(path=path, doc=_checked(path, doc, cls.KIND)) if kind_of(doc) == cls.KIND else None
 
     @property
@@ -432,7 +435,8 @@ class TrainConfigRecord:
             raise UserError(f"{path}: no such file; pass a folder written by training/train.py")
         doc = read_yaml_file(path)
         if doc is None:
-            doc = {}
+            raise UserError(f"{path} is empty: a training config has sections (model, data, optim, ...); write it "
+                            "again with training/train.py")
         if not isinstance(doc, dict) or not all(isinstance(v, dict) or v is None or k == "name"
                                                 for k, v in doc.items()):
             raise UserError(f"{path}: expected the sections of a training config (model, data, optim, ...)")

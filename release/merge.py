@@ -28,6 +28,7 @@ from typing import Any
 from captioning.errors import UserError
 from captioning.files import output_lock, partial_folder, replace_folder
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
+from captioning.generation import MAX_NEW_TOKENS
 from captioning.records import (
     KIND_MERGE_CHECK,
     MERGE_CHECK,
@@ -39,6 +40,8 @@ from captioning.records import (
 )
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+#: more probe images only repeat the check (each is a forward pass with captioning)
+MAX_PROBES = 256
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 #: max |logit difference| the merged model may show against base + adapter, by
 #: storage dtype: fp32 storage only reorders float sums; half precision rounds
@@ -76,10 +79,10 @@ class MergeOptions:
         self.out = Path(self.out)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        if self.probes < 1:
-            raise UserError("--probes must be at least 1")
-        if self.max_new_tokens < 1:
-            raise UserError("--max-new-tokens must be at least 1")
+        if not 1 <= self.probes <= MAX_PROBES:
+            raise UserError(f"--probes must be from 1 to {MAX_PROBES} (got {self.probes})")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise UserError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS} (got {self.max_new_tokens})")
         if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise UserError(f"--tolerance must be a number >= 0 (got {self.tolerance})")
 

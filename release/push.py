@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.errors import UserError
-from captioning.files import output_lock, partial_folder, read_json_file, write_atomic, write_json
+from captioning.files import check_model_folder, output_lock, partial_folder, read_json_file, write_atomic, write_json
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.records import (
     KIND_MERGE_CHECK,
@@ -107,6 +107,7 @@ class PushOptions:
 # ---------------------------------------------------------------- assembling
 def release_files(folder: Path, patterns=MODEL_FILES) -> list[Path]:
     """The files of ``folder`` (top level) that belong in a release."""
+    check_model_folder(folder)
     out = [p for p in sorted(folder.iterdir()) if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
     if model_config(folder).get("auto_map"):
         # models with their own code need it beside the weights (trust_remote_code)

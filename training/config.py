@@ -13,12 +13,45 @@ Unknown keys, bad values and impossible combinations raise :class:`UserError` na
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from captioning.cli import MAX_PROMPT_CHARS
 from captioning.errors import UserError
 from captioning.images import MAX_PIXELS
+
+
+def _typed(section: str):
+    """Class decorator (under ``@dataclass``): before a section's own checks, every value is
+    of its field's kind: null only where the field allows it, numbers finite, seeds within
+    what torch takes. A recipe's ``key: null`` or ``.nan`` is then one line naming the key,
+    not a TypeError inside a comparison."""
+
+    def wrap(cls):
+        own = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self):
+            hints = typing.get_type_hints(type(self))
+            for f in dataclasses.fields(self):
+                value, hint = getattr(self, f.name), hints.get(f.name)
+                nullable = hint is Any or type(None) in typing.get_args(hint)
+                if value is None and not nullable:
+                    raise UserError(f"{section}.{f.name} cannot be null: give a value, or leave the key out for its "
+                                    "default")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise UserError(f"{section}.{f.name} must be a finite number (got {value})")
+                if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2**32:
+                    raise UserError(f"{section}.seed must be from 0 to 2**32 - 1 (got {value})")
+            if own is not None:
+                own(self)
+
+        cls.__post_init__ = __post_init__
+        return cls
+
+    return wrap
+
 
 # Named caption transforms live in training.data; listed here so validation needs no torch import.
 CAPTION_TRANSFORMS = ("none", "linguistic_errors")
@@ -31,6 +64,7 @@ BEST_METRICS = GENERATION_METRICS + ("loss", "perplexity")
 
 
 @dataclass
+@_typed("model.factory")
 class FactoryConfig:
     """A freshly built random model from captioning.factory (no download, no folder)."""
 
@@ -51,6 +85,7 @@ class FactoryConfig:
 
 
 @dataclass
+@_typed("model")
 class ModelConfig:
     """The base model and what of it trains."""
 
@@ -73,6 +108,7 @@ class ModelConfig:
 
 
 @dataclass
+@_typed("lora")
 class LoraSection:
     """LoRA / DoRA adapter (peft)."""
 
@@ -109,6 +145,7 @@ class LoraSection:
 
 
 @dataclass
+@_typed("quantization")
 class QuantizationConfig:
     """Load the base quantised through bitsandbytes (QLoRA)."""
 
@@ -133,6 +170,7 @@ class QuantizationConfig:
 
 
 @dataclass
+@_typed("data")
 class DataConfig:
     """The captions trained and validated on."""
 
@@ -190,6 +228,7 @@ class DataConfig:
 
 
 @dataclass
+@_typed("optim")
 class OptimConfig:
     """Optimisation. Every field but ``precision`` and ``num_threads`` is named as the
     TrainingArguments field it sets and is passed to it as is (:meth:`trainer_kwargs`), as
@@ -264,6 +303,7 @@ class OptimConfig:
 
 
 @dataclass
+@_typed("eval")
 class EvalConfig:
     """Validation during training: val loss, and caption metrics on a fixed val subset."""
 
@@ -325,6 +365,7 @@ class EvalConfig:
 
 
 @dataclass
+@_typed("output")
 class OutputConfig:
     """The output folder, checkpoints and logs."""
 
