@@ -112,27 +112,31 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".model", ".csv", ".jinja")
 
 
-def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...], inside: str | None = None) -> str | None:
-    """The file a failure was reading: the innermost frame's local variable that is a path
-    to an existing file ending in one of ``suffixes`` (or a folder holding ``inside``)."""
+def _traceback_locals(exc: BaseException):
+    """The local variables of every frame ``exc`` passed through, innermost frame first."""
     frames = []
     tb = exc.__traceback__
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        for value in list(frame.f_locals.values()):
-            if isinstance(value, (str, os.PathLike)):
-                text = os.fspath(value)
-                if not isinstance(text, str) or len(text) >= 4096:
-                    continue
-                try:
-                    if text.lower().endswith(suffixes) and os.path.isfile(text):
-                        return text
-                    if inside and os.path.isfile(os.path.join(text, inside)):
-                        return os.path.join(text, inside)
-                except (OSError, ValueError):
-                    continue
+        yield from list(frame.f_locals.values())
+
+
+def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...], inside: str | None = None) -> str | None:
+    """The file a failure was reading: the innermost frame's local variable that is a path
+    to an existing file ending in one of ``suffixes`` (or a folder holding ``inside``)."""
+    for value in _traceback_locals(exc):
+        text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+        if not isinstance(text, str) or len(text) >= 4096:
+            continue
+        try:
+            if text.lower().endswith(suffixes) and os.path.isfile(text):
+                return text
+            if inside and os.path.isfile(os.path.join(text, inside)):
+                return os.path.join(text, inside)
+        except (OSError, ValueError):
+            continue
     return None
 
 
@@ -155,22 +159,19 @@ _REJECTIONS = (TypeError, ValueError, KeyError, AttributeError, NotImplementedEr
 def _model_in_traceback(exc: BaseException) -> str | None:
     """The model folder or id a failure was using: the innermost frame's local that is a
     folder holding config.json or adapter_config.json, or an object with such a ``source``."""
-    frames = []
-    tb = exc.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    for frame in reversed(frames):
-        for value in list(frame.f_locals.values()):
-            source = getattr(value, "source", None) if not isinstance(value, (str, os.PathLike)) else value
-            if isinstance(source, (str, os.PathLike)):
-                text = os.fspath(source)
-                try:
-                    if isinstance(text, str) and len(text) < 4096 and any(
-                            os.path.isfile(os.path.join(text, n)) for n in ("config.json", "adapter_config.json")):
-                        return text
-                except (OSError, ValueError):
-                    continue
+    for value in _traceback_locals(exc):
+        try:  # getattr may run a property of a library object: anything may go wrong there
+            source = value if isinstance(value, (str, os.PathLike)) else getattr(value, "source", None)
+        except Exception:
+            continue
+        text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        if not isinstance(text, str) or len(text) >= 4096:
+            continue
+        try:
+            if any(os.path.isfile(os.path.join(text, n)) for n in ("config.json", "adapter_config.json")):
+                return text
+        except (OSError, ValueError):
+            continue
     return None
 
 
