@@ -429,7 +429,8 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     every one is named."""
     for path in sorted(Path(folder).iterdir()):
         problem = special_file_problem(path)
-        if problem and "folder" not in problem:
+        # a folder is fine in a model folder, except where a weights or JSON file is named
+        if problem and ("folder" not in problem or path.suffix in (".safetensors", ".json", ".bin", ".pt")):
             raise UserError(f"{path} is {problem}; the folder is damaged: save or download it again")
         if path.suffix == ".json" and path.is_file():
             read_json_file(path)

@@ -197,6 +197,10 @@ def _checked(path: Path, doc: Any, kind: str) -> dict[str, Any]:
         n = doc.get("n_images")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise UserError(f"{path}: n_images is {_shown(n)}, not a count of images; regenerate it")
+        for key in ("hash", "split", "source", "caption_transform"):  # what identity() and the card read
+            value = _section(doc, "dataset").get(key)
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"{path}: dataset.{key} is {_shown(value)}, not text; regenerate it")
     return doc
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -173,8 +174,8 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
     from eval import scoring
     from eval.generate import GenerateConfig, run_generate
 
-    if tolerance < 0:
-        raise UserError("--tolerance must be >= 0")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UserError(f"--tolerance must be a number >= 0 (got {tolerance})")
     recorded = fetch_recorded(source, revision=revision)
     rec = recorded.record
     rec_metrics = _need(rec, "metrics")

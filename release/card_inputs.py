@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.files import read_json_file
+from captioning.files import check_model_folder, read_json_file
 from captioning.records import (
     KIND_MERGE_CHECK,
     KIND_RELEASE,
@@ -75,7 +75,7 @@ class CardInputs:
 
 def looks_like_hub_id(name: str | None) -> bool:
     """``org/name`` that is not a local path."""
-    if not name:
+    if not name or not isinstance(name, str):
         return False
     from captioning.loading import looks_local
 
@@ -195,6 +195,7 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder (pass a release or training output folder)")
+    check_model_folder(model_dir)
     is_adapter = (model_dir / "adapter_config.json").is_file()
     if not is_adapter and not (model_dir / "config.json").is_file():
         raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a model folder")

@@ -18,16 +18,19 @@ hand-written part, and tests/test_release_compat.py loads the result under
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from captioning.errors import UserError
 from captioning.files import read_json_file, write_json
 
 #: 5.x tokenizer class names -> the 4.x class that reads the same tokenizer.json
 _TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 
 
-def _read(path: Path) -> Any:
-    return read_json_file(path)
+def _read(path: Path) -> dict:
+    doc = read_json_file(path)
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} is a JSON {type(doc).__name__}, not an object: the folder is damaged; save it again")
+    return doc
 
 
 def _fix_tokenizer_config(folder: Path) -> list[str]:

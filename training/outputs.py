@@ -171,10 +171,13 @@ def _looks_like_run(out: Path) -> bool:
 def check_output(out: Path, cfg: TrainConfig, resume: bool | str) -> bool:
     """Refuse to mix runs in one folder; True when an earlier run is to be cleared
     (--output.overwrite)."""
-    if resume:
-        return False
     if out.exists() and not out.is_dir():
         raise UserError(f"output.dir {out} is a file: pass a folder")
+    for name in (METRICS, TRAIN_CONFIG, PREDICTIONS):  # files a run ends by writing: found now, not after it
+        if (out / name).is_dir():
+            raise UserError(f"{out / name} is a folder where the run writes a file: move it away")
+    if resume:
+        return False
     if out.is_dir() and any(out.iterdir()):
         if failed_start(out):
             return True  # an earlier start that failed before its first checkpoint: start over

@@ -63,9 +63,17 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, scorer: Any = None, c
     # processes of the same run write beside it
     main_process = os.environ.get("RANK", "0") == "0"
     lock = output_lock(out, "--output-dir") if main_process else contextlib.nullcontext()
+    existed = out.exists()
     try:
         with lock:
-            return _train(cfg, resume=resume, scorer=scorer, command=command, log=log, extra_callbacks=callbacks)
+            try:
+                return _train(cfg, resume=resume, scorer=scorer, command=command, log=log, extra_callbacks=callbacks)
+            except BaseException:
+                # a run that stops before its first checkpoint leaves nothing to resume: a folder
+                # it created is removed, so a refused or interrupted start leaves no trace
+                if main_process and not existed and not list((out / CHECKPOINTS).glob("checkpoint-*")):
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
     finally:
         torch.set_num_threads(threads)
 
