@@ -433,6 +433,11 @@ def check_model_folder(folder: str | os.PathLike) -> None:
         if problem and ("folder" not in problem or path.suffix in (".safetensors", ".json", ".bin", ".pt")):
             raise UserError(f"{path} is {problem}; the folder is damaged: save or download it again")
         if path.suffix == ".json" and path.is_file():
+            with open(path, "rb") as f:
+                if f.read(3) == b"\xef\xbb\xbf":
+                    # our own readers take a BOM; transformers and peft read these files and do not
+                    raise UserError(f"{path} starts with a UTF-8 byte order mark, which transformers cannot read: "
+                                    "save it as UTF-8 without one")
             read_json_file(path)
 
 

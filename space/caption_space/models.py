@@ -157,11 +157,14 @@ def configured_models(cli: str | None = None, *, env: dict[str, str] | None = No
 
 def _checked(entries: Sequence[ModelEntry], where: str) -> list[ModelEntry]:
     """``entries`` once each (:func:`dedupe`), every local one an existing folder: a typo in
-    a path is said at start, not to the first visitor who picks that model."""
+    a path is said at start, not to the first visitor who picks that model. A folder that
+    exists but cannot load (damaged files) still serves the others: picking it shows why."""
     for e in entries:
-        if e.local and not Path(e.id).expanduser().is_dir():
+        folder = Path(e.id).expanduser()
+        if e.local and not folder.is_dir():
             raise UserError(f"{where} names {e.id!r}, which is not a folder here: pass a model or release folder, "
                             "or a hub id (namespace/name)")
+
     return dedupe(entries, where)
 
 
