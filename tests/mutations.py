@@ -737,10 +737,19 @@ def _forked(main, argv, capsys, seconds: float, cap_memory: bool, unreadable_pat
     # frozen, the parent's objects are never visited by the child's garbage collector, whose
     # every pass would otherwise copy the whole heap page by page (copy-on-write)
     gc.freeze()
+    # libgomp is not fork-safe: a child that enters a parallel region of the parent's OpenMP
+    # pool (2 threads) waits for threads it does not have, for ever. One thread while forking,
+    # so the child runs every region inline.
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
     pid = os.fork()
     if pid == 0:  # the case
         os.close(read_fd)
         _child(main, argv, capsys, write_fd, cap_memory, unreadable_path)
+    if torch is not None:
+        torch.set_num_threads(threads)
     gc.unfreeze()
     os.close(write_fd)
     chunks, hung = [], False
