@@ -419,6 +419,14 @@ def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
     return parse_json(text, f"{what} {path}" if what else str(path))
 
 
+def library_json(name: str) -> bool:
+    """Whether a model folder's JSON file ``name`` is read by transformers or peft (configs,
+    tokenizer files, a weights index) rather than by this toolkit's records, which take a BOM."""
+    return (name.endswith("config.json") or name.endswith(".index.json")
+            or name in ("tokenizer.json", "special_tokens_map.json", "added_tokens.json", "chat_template.json",
+                        "vocab.json"))
+
+
 def check_model_folder(folder: str | os.PathLike) -> None:
     """A saved model or adapter folder is made of regular files (and folders): a FIFO, a device
     or a link loop among them is a one-line UserError (reading one would block the command
@@ -434,7 +442,7 @@ def check_model_folder(folder: str | os.PathLike) -> None:
             raise UserError(f"{path} is {problem}; the folder is damaged: save or download it again")
         if path.suffix == ".json" and path.is_file():
             with open(path, "rb") as f:
-                if f.read(3) == b"\xef\xbb\xbf":
+                if library_json(path.name) and f.read(3) == b"\xef\xbb\xbf":
                     # our own readers take a BOM; transformers and peft read these files and do not
                     raise UserError(f"{path} starts with a UTF-8 byte order mark, which transformers cannot read: "
                                     "save it as UTF-8 without one")

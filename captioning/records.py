@@ -90,7 +90,10 @@ def model_config(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         return {}
     doc = read_json_file(path)
-    return doc if isinstance(doc, dict) else {}
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} is a JSON {type(doc).__name__}, not a model config: the folder is damaged; save or "
+                        "download it again")
+    return doc
 
 
 def card_front_matter(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,6 +191,15 @@ def _checked(path: Path, doc: Any, kind: str) -> dict[str, Any]:
                         "upgrade the toolkit")
     if kind in (KIND_EVAL, KIND_TRAINING) and not isinstance(doc.get("metrics"), dict):
         raise UserError(f"{path}: no 'metrics' object; regenerate it with {_KIND_SOURCES[kind].split(' of ')[-1]}")
+    if kind == KIND_RELEASE:
+        base = doc.get("base")
+        texts = {k: doc.get(k) for k in ("license", "license_source", "loss_source")}
+        texts["base.id"] = base.get("id") if isinstance(base, dict) else None
+        for key, value in texts.items():  # what the card shows: text, or not recorded
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"{path}: {key} is {_shown(value)}, not text; write it again with release push")
+        if base is not None and not isinstance(base, dict):
+            raise UserError(f"{path}: base is {_shown(base)}, not an object; write it again with release push")
     if kind in (KIND_EVAL, KIND_TRAINING):
         for key, value in doc["metrics"].items():
             # a number, or null for a metric that could not be computed (SPICE offline)
@@ -202,6 +214,10 @@ def _checked(path: Path, doc: Any, kind: str) -> dict[str, Any]:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"{path}: dataset.{key} is {_shown(value)}, not text; regenerate it")
     return doc
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _shown(value: Any) -> str:
@@ -236,6 +252,9 @@ class _JsonRecord:
         if not isinstance(doc, dict):
             raise UserError(f"{path} is a JSON {type(doc).__name__}, not a record; write it again with the command "
                             "that made it")
+        if isinstance(doc.get("kind"), str) and doc["kind"] not in _KIND_NAMES:
+            raise UserError(f"{path}: kind {doc['kind'][:40]!r} is not a record this toolkit writes; write it again "
+                            "with the command that made it")
         return cls(path=path, doc=_checked(path, doc, cls.KIND)) if kind_of(doc) == cls.KIND else None
 
     @property
@@ -444,6 +463,13 @@ class TrainConfigRecord:
         if not isinstance(doc, dict) or not all(isinstance(v, dict) or v is None or k == "name"
                                                 for k, v in doc.items()):
             raise UserError(f"{path}: expected the sections of a training config (model, data, optim, ...)")
+        for section, values in doc.items():
+            for key, value in (values or {}).items() if isinstance(values, dict) else ():
+                # settings are scalars or lists of them; model.factory is the one mapping
+                nested = isinstance(value, dict) and not (section == "model" and key == "factory")
+                if nested or (isinstance(value, list) and not all(_scalar(v) for v in value)):
+                    raise UserError(f"{path}: {section}.{key} is {_shown(value)}, not a setting; write it again with "
+                                    "training/train.py")
         return cls(path=path, doc=upgrade_train_config(doc))
 
     @classmethod
