@@ -70,6 +70,20 @@ class _Path(click.Path):
 
 
 PATH = _Path(path_type=Path)
+
+
+class _Text(click.ParamType):
+    """Text that is not empty."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("empty value", param, ctx)
+        return value
+
+
+TEXT = _Text()
 #: an input that must be there (an option that only adds to the output, like --logs, would
 #: otherwise be skipped without a word when misspelled)
 EXISTING = _Path(path_type=Path, exists=True)
@@ -151,7 +165,10 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
     "not measured" section, never invented numbers. Renders offline.
     """
     from release.card import collect_inputs, write_card
+    from release.hub import check_repo_id
 
+    if repo_id is not None:
+        check_repo_id(repo_id)  # the card's snippets load it: one the Hub would refuse helps nobody
     inputs = collect_inputs(model_dir, repo_id=repo_id, metrics=metrics, train_config=train_config, logs=logs,
                             license=license_)
     path = write_card(inputs, out, template=template)
@@ -261,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return rc if isinstance(rc, int) else 0
 
+
+# every text option of every command: "" is never a value (a license, a repo id, a revision)
+for _command in cli.commands.values():
+    for _param in _command.params:
+        if isinstance(_param, click.Option) and _param.type is click.STRING:
+            _param.type = TEXT
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -408,6 +408,8 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):
+        if self.name is not None and (not self.name.strip() or "/" in self.name or self.name in (".", "..")):
+            raise UserError(f"name {self.name!r}: a run name is one folder name (runs/NAME), not empty or a path")
         self.name = self.name or "run"
         self.validate()
 

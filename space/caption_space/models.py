@@ -116,6 +116,8 @@ def parse_models(spec: str, *, where: str = "--models") -> list[ModelEntry]:
                 raise UserError(f"{where}: option {opt!r} of {head!r} is not key=value "
                                 "(e.g. trust_remote_code=true)")
             k, v = (s.strip() for s in opt.split("=", 1))
+            if not v:
+                raise UserError(f"{where}: option {k}= of {head!r} is empty; give it a value or leave it out")
             data[k] = v
         entries.append(_entry_from_mapping(data, f"{where} entry {head!r}"))
     return entries
