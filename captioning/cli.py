@@ -123,21 +123,45 @@ def _traceback_locals(exc: BaseException):
         yield from list(frame.f_locals.values())
 
 
-def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...], inside: str | None = None) -> str | None:
+def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...], inside: str | None = None,
+                       confirm=None) -> str | None:
     """The file a failure was reading: the innermost frame's local variable that is a path
-    to an existing file ending in one of ``suffixes`` (or a folder holding ``inside``)."""
+    to an existing file ending in one of ``suffixes`` (or a folder holding ``inside``), and,
+    given ``confirm``, that really shows the failure (a frame can hold several paths)."""
     for value in _traceback_locals(exc):
         text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
         if not isinstance(text, str) or len(text) >= 4096:
             continue
         try:
-            if text.lower().endswith(suffixes) and os.path.isfile(text):
+            if text.lower().endswith(suffixes) and os.path.isfile(text) and (confirm is None or confirm(text)):
                 return text
             if inside and os.path.isfile(os.path.join(text, inside)):
                 return os.path.join(text, inside)
         except (OSError, ValueError):
             continue
     return None
+
+
+def _not_utf8(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.read(64 * 2**20).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _not_json(path: str) -> bool:
+    import json
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            json.loads(f.read(64 * 2**20))
+    except (ValueError, OSError):
+        return True
+    return False
 
 
 def _raised_in(exc: BaseException, *packages: str) -> bool:
@@ -205,8 +229,9 @@ def _os_message(exc: OSError) -> str | None:
     return f"{where}{_OS_REASONS[exc.errno]}; {advice}"
 
 
-def _damaged(exc: BaseException, what: str, suffixes: tuple[str, ...], detail: str, inside: str | None = None) -> str:
-    path = _file_in_traceback(exc, suffixes, inside)
+def _damaged(exc: BaseException, what: str, suffixes: tuple[str, ...], detail: str, inside: str | None = None,
+             confirm=None) -> str:
+    path = _file_in_traceback(exc, suffixes, inside, confirm)
     where = f"{path}: " if path else ""
     return (f"{where}damaged {what} ({cut(one_line(detail))}); write it again with the command that made it, "
             "or copy or download it again")
@@ -297,11 +322,17 @@ def _classify_one(exc: BaseException) -> str | None:
     if name in ("UnpicklingError", "BadZipFile"):
         return _damaged(exc, "file", _WEIGHT_SUFFIXES, str(exc))
     if isinstance(exc, json.JSONDecodeError):
-        return _damaged(exc, "JSON file", _TEXT_SUFFIXES, f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+        return _damaged(exc, "JSON file", (".json", ".jsonl"), f"{exc.msg} at line {exc.lineno} column {exc.colno}",
+                        confirm=_not_json)
+    if exc.__class__.__module__.startswith("jinja2") and name.startswith("Template"):
+        where = getattr(exc, "filename", None) or getattr(exc, "name", None)
+        line = getattr(exc, "lineno", None)
+        return (f"{where + ': ' if where else ''}template error{f' at line {line}' if line else ''} "
+                f"({cut(one_line(getattr(exc, 'message', None) or exc), 200)}); fix the template")
     if exc.__class__.__module__.startswith("yaml") and isinstance(exc, Exception) and name.endswith("Error"):
         return _damaged(exc, "YAML file", _TEXT_SUFFIXES, str(exc))
     if isinstance(exc, UnicodeDecodeError):
-        path = _file_in_traceback(exc, _TEXT_SUFFIXES)
+        path = _file_in_traceback(exc, _TEXT_SUFFIXES, confirm=_not_utf8)
         return f"{path + ': ' if path else ''}not UTF-8 text (byte {exc.start}); save it as UTF-8"
     if type(exc) is Exception and _raised_in(exc, "tokenizers", "transformers.tokenization_utils_tokenizers",
                                             "transformers.tokenization_utils_fast"):

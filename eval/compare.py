@@ -41,7 +41,7 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """A run folder (holding metrics.json) or a metrics.json file."""
     path = Path(path)
-    if path.is_dir() and not (path / METRICS).is_file():
+    if path.is_dir() and not ((path / METRICS).exists() or (path / METRICS).is_symlink()):
         raise UserError(f"{path}: no metrics.json in this folder; pass a folder written by "
                         "`eval/run.py generate` or a metrics.json file")
     record = EvalRecord.read(path)

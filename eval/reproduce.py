@@ -75,7 +75,7 @@ def fetch_recorded(source: str, *, revision: str | None = None) -> Recorded:
         path = path.parent
     if path.is_dir():
         metrics_file = path / METRICS
-        if not metrics_file.is_file():
+        if not (metrics_file.exists() or metrics_file.is_symlink()):  # a FIFO or link loop: the read names it
             raise CannotReproduce(f"{path}: no metrics.json in this folder; pass a release folder (what "
                                   "`release push --to-dir` writes) or a hub id")
         preds_file = path / "predictions.json"
@@ -203,7 +203,11 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
     tokenize = bool(scoring_rec.get("tokenize", True))
 
     names = {f.name for f in dataclasses.fields(GenerationSettings)}
-    settings = GenerationSettings(**{k: v for k, v in gen_rec.items() if k in names})
+    try:
+        settings = GenerationSettings(**{k: v for k, v in gen_rec.items() if k in names})
+    except TypeError as e:  # a value of the wrong type (a number written as text): the record is damaged
+        raise CannotReproduce(f"metrics.json: its generation settings are not usable ({e}); regenerate it with "
+                              "eval/run.py generate") from None
     model_rec = rec.get("model") or {}
     dev = pick_device(device)
     rec_device = str(rec.get("device") or "")

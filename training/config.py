@@ -416,6 +416,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Checks across sections (each section checks itself)."""
         m, q = self.model, self.quantization
+        if m.revision is not None and not m.revision.strip():
+            raise UserError("model.revision is empty: give a branch, tag or commit, or leave it out")
         if bool(m.name_or_path) == (m.factory is not None):
             raise UserError("model.name_or_path and model.factory: set exactly one (a hub id / folder, or "
                             "{family, size, seed} for a random model)")

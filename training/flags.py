@@ -126,10 +126,12 @@ def _usage_error(err: Exception, argv: list[str], parser) -> UserError:
     if text.startswith("Unexpected config"):
         return UserError(f"--config {source}: a recipe is a mapping of sections (model:, data:, ...)")
     if "File does not exist" in text:
-        return UserError(f"--config {source}: no such file (recipes live in training/recipes/)")
+        missing = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--config" and not Path(a).exists()]
+        return UserError(f"--config {missing[0] if missing else source}: no such file (recipes live in "
+                         "training/recipes/)")
     unknown = (re.search(r"unrecognized arguments: --(\S+)", text)
                or re.search(r"Option '([\w.]+)' is not accepted", text)
-               or re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", text))
+               or re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", text))
     if unknown:
         flag = text.startswith("unrecognized")
         key = ".".join(g for g in unknown.groups() if g).split("=")[0]
