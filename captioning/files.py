@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import math
 import os
-import re
 import shutil
 import stat
 import sys
@@ -122,7 +122,7 @@ def remove_partials(target: str | os.PathLike, log=None) -> list[Path]:
     target = Path(target)
     found: list[Path] = []
     if target.parent.is_dir():
-        found += sorted(target.parent.glob(f"{glob_escape(partial_name(target))}*"))
+        found += sorted(target.parent.glob(f"{glob.escape(partial_name(target))}*"))
     if target.is_dir() and not target.is_symlink():
         for root, dirs, files in os.walk(target):
             for name in [*dirs, *files]:
@@ -138,11 +138,6 @@ def remove_partials(target: str | os.PathLike, log=None) -> list[Path]:
                 p.unlink()
         say(f"removed {p} (left half-written by an interrupted run)")
     return found
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters taken literally."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 # ------------------------------------------------------------------ one writer per output
