@@ -54,6 +54,7 @@ from typing import Any
 import pytest
 
 from tests import mutations as mu
+from tests.test_bad_inputs import _main  # the one table of entry points the bad-input tests call
 
 LOG = os.environ.get("GENERATED_INPUTS_LOG")
 #: seconds a case may run (a model-loading case takes well under one)
@@ -62,28 +63,6 @@ NUMERIC_DEADLINE_S = 4.0
 
 
 # =========================================================================== entry points
-
-
-def _main(name: str) -> Callable[[list[str]], int]:
-    if name == "eval":
-        from eval.run import main
-    elif name == "train":
-        from training.train import main
-    elif name == "caption":
-        from captioning.caption import main
-    elif name == "release":
-        from release.cli import main
-    elif name == "shapes":
-        from captioning.shapes import main
-    elif name == "factory":
-        from captioning.factory import main
-    elif name == "space":
-        from tests.space.helpers import load_app_module
-
-        main = load_app_module().main
-    else:
-        raise AssertionError(name)
-    return main
 
 
 # =========================================================================== the world

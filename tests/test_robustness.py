@@ -23,14 +23,9 @@ import yaml
 from captioning.cli import guarded, user_message
 from captioning.errors import UserError
 from tests.release.conftest import make_adapter
+from tests.test_bad_inputs import _main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _main(name: str):
-    from tests.test_bad_inputs import _main as entry
-
-    return entry(name)
 
 
 def _one_error(capsys) -> str:
