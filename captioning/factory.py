@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder to save into (required unless --params-only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--params-only", action="store_true", help="build in memory and print parameter counts")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an --out folder that holds files this command did not write")
     argv, debug = pop_debug(argv)
     try:
         args = parser.parse_args(argv)
@@ -347,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.seed < 2**32:
             raise UserError(f"--seed must be from 0 to 2**32 - 1 (got {args.seed})")
 
+        out = Path(args.out).expanduser() if args.out else None
+        if (out is not None and not args.params_only and not args.force and out.is_dir() and any(out.iterdir())
+                and not (out / FACTORY).is_file()):  # a trained model or adapter would be replaced whole
+            raise UserError(f"--out {out} is not empty and holds no {FACTORY} (captioning.factory did not write it): "
+                            "pass --force to replace it, or choose a new folder")
         if args.params_only:  # meta tensors: real-size counts in a second, no memory
             with torch.device("meta"):
                 model, processor = build_model(args.family, args.size, seed=args.seed)

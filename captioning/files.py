@@ -155,7 +155,7 @@ def lock_path(target: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def output_lock(target: str | os.PathLike, flag: str, *, file: bool = False, sweep: bool = True,
-                log=None) -> Iterator[Path]:
+                log=None, inputs: dict[str, Any] | None = None, replaces: bool = False) -> Iterator[Path]:
     """Hold ``target`` (an output folder or file) as its one writer while the block runs.
 
     ``fcntl.flock`` (the standard library; no package needed on the Linux and macOS machines
@@ -165,10 +165,11 @@ def output_lock(target: str | os.PathLike, flag: str, *, file: bool = False, swe
     first writer's pid. Then what killed writers left half-written is removed (``sweep``).
     The lock file is removed on the way out. Checks first that ``target`` can be written
     (:func:`check_writable`; its folder when ``file``): nothing is created where nothing could
-    be written."""
+    be written, and that it is none of the command's ``inputs`` (:func:`check_not_input`)."""
     target = Path(target).expanduser()
     if file and target.is_dir():
         raise UserError(f"{flag} {target} is a folder: pass a file name")
+    check_not_input(target, flag, inputs or {}, replaces=replaces)
     check_writable(target.parent if file else target, flag)
     made = _make_parents(target.parent)
     path = lock_path(target)
@@ -193,6 +194,23 @@ def output_lock(target: str | os.PathLike, flag: str, *, file: bool = False, swe
         for folder in made:  # created for the lock only: leave no empty folder behind a refused run
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def check_not_input(target: str | os.PathLike, flag: str, inputs: dict[str, Any], *, replaces: bool = False) -> None:
+    """Refuse an output ``target`` that is one of the command's inputs (``{flag: path}``; None
+    values are skipped): writing it would destroy what the command reads. With ``replaces``
+    (the command replaces the target folder whole) an input inside it is refused too."""
+    target = Path(target).expanduser().resolve()
+    for in_flag, value in inputs.items():
+        if value is None or value == "":
+            continue
+        path = Path(value).expanduser().resolve()
+        if path == target:
+            raise UserError(f"{flag} {target} is the {in_flag} this command reads: writing it would destroy that "
+                            f"input; pick another {flag}")
+        if replaces and target in path.parents:
+            raise UserError(f"{flag} {target} holds the {in_flag} this command reads ({path}): replacing it would "
+                            f"delete that input; pick another {flag}")
 
 
 def _make_parents(folder: Path) -> list[Path]:

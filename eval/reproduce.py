@@ -78,8 +78,17 @@ def fetch_recorded(source: str, *, revision: str | None = None) -> Recorded:
         if not (metrics_file.exists() or metrics_file.is_symlink()):  # a FIFO or link loop: the read names it
             raise CannotReproduce(f"{path}: no metrics.json in this folder; pass a release folder (what "
                                   "`release push --to-dir` writes) or a hub id")
+        record = EvalRecord.read(metrics_file)
+        if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+            m = record.model
+            model = m.get("adapter") or m.get("id")
+            flag = "--adapter" if m.get("adapter") else "--model"
+            raise CannotReproduce(f"{path} holds an eval record but no model: reproduce re-runs the model that sits "
+                                  "beside metrics.json (a release folder, or a hub id)"
+                                  + (f"; bundle this eval with the model it records (`release push --repo-id NS/NAME "
+                                     f"{flag} {model} --eval {path} --to-dir DIR`) and pass DIR" if model else ""))
         preds_file = path / "predictions.json"
-        return Recorded(str(path), path, EvalRecord.read(metrics_file).doc,
+        return Recorded(str(path), path, record.doc,
                         load_json(preds_file, "predictions") if preds_file.is_file() else None)
     if looks_local(source):
         raise CannotReproduce(f"{source}: no such folder (pass a release folder or a hub id like org/name)")

@@ -25,7 +25,7 @@ from typing import Any
 
 from captioning.cli import ArgumentParser, add_options, guarded, option_values, pop_debug, positive_int
 from captioning.errors import UserError
-from captioning.files import check_writable, write_json
+from captioning.files import check_not_input, check_writable, write_json
 from captioning.records import KIND_EVAL, write_record
 
 PROG = "python eval/run.py"
@@ -138,6 +138,9 @@ def cmd_score(args: argparse.Namespace, *, scorer: Any = None, command: str | No
             raise UserError(f"{flag} {value} is a folder: pass a file name such as {Path(value) / 'metrics.json'}")
         if value:
             check_writable(Path(value).parent, flag)
+            check_not_input(value, flag, {"--references": args.references, "--predictions": args.predictions})
+    if args.out and args.per_image:
+        check_not_input(args.per_image, "--per-image", {"--out": args.out})
     refs = scoring.load_json(args.references, "references")
     preds = scoring.load_json(args.predictions, "predictions")
     result = scoring.score(refs, preds, tokenize=not args.no_tokenize, metrics=_metric_list(args.metrics),
@@ -210,6 +213,11 @@ def cmd_compare(args: argparse.Namespace, **_: Any) -> int:
     from eval.compare import format_compare, load_run
 
     runs = [load_run(p) for p in args.runs]
+    seen: dict[Path, str] = {}
+    for given, run in zip(args.runs, runs):
+        first = seen.setdefault(run.eval.path.resolve(), given)
+        if first != given or list(args.runs).count(given) > 1:
+            raise UserError(f"{given}: the same run as {first} (given twice): compare different runs")
     print(format_compare(runs, _metric_list(args.metrics), markdown=args.markdown))
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from captioning.cli import DEBUG_FLAG, guarded, one_line
+from captioning.files import check_not_input
 
 
 def _quiet_libraries() -> None:
@@ -169,6 +170,9 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
 
     if repo_id is not None:
         check_repo_id(repo_id)  # the card's snippets load it: one the Hub would refuse helps nobody
+    folder = Path(model_dir)
+    read = {f"--model's {p.name}": p for p in (folder.iterdir() if folder.is_dir() else ()) if p.name != "README.md"}
+    check_not_input(out, "--out", read | {"--metrics": metrics, "--train-config": train_config, "--template": template})
     inputs = collect_inputs(model_dir, repo_id=repo_id, metrics=metrics, train_config=train_config, logs=logs,
                             license=license_)
     path = write_card(inputs, out, template=template)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
-from captioning.files import output_lock, partial_folder, replace_folder
+from captioning.files import check_not_input, output_lock, partial_folder, replace_folder
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.generation import MAX_NEW_TOKENS
 from captioning.records import (
@@ -267,7 +267,7 @@ def merge_adapter(opts: MergeOptions, log: Callable[[str], None] = print) -> Mer
     Raises UserError (nothing written) when the check fails. ``opts.out``'s one writer
     (captioning.files.output_lock) while it runs.
     """
-    with output_lock(opts.out, "--out"):
+    with output_lock(opts.out, "--out", inputs={"--adapter": opts.adapter}, replaces=True):
         return _merge_adapter(opts, log)
 
 
@@ -278,6 +278,8 @@ def _merge_adapter(opts: MergeOptions, log: Callable[[str], None]) -> MergeResul
     check_adapter_folder(opts.adapter)
     _prepare_out(opts.out, opts.adapter, opts.force)
     base, revision, origin = resolve_base(opts.adapter, opts.base)
+    if Path(base).expanduser().is_dir():
+        check_not_input(opts.out, "--out", {f"base model (from {origin})": base}, replaces=True)
     identity = check_base(opts.adapter, base, revision, origin, allow_other=opts.allow_other_base)
     train_cfg = TrainConfigRecord.find(opts.adapter) or TrainConfigRecord(path=opts.adapter / TRAIN_CONFIG)
     data_cfg, quant = train_cfg.section("data"), train_cfg.section("quantization")

@@ -311,7 +311,9 @@ def push(opts: PushOptions, log: Callable[[str], None] = print) -> PushResult:
     """Assemble the release and publish it (Hub), write it (--to-dir, as its one writer:
     captioning.files.output_lock) or only describe it (--dry-run)."""
     if opts.to_dir is not None and not opts.dry_run:
-        with output_lock(opts.to_dir, "--to-dir"):
+        with output_lock(opts.to_dir, "--to-dir", replaces=True,
+                         inputs={"--adapter": opts.adapter, "--model": opts.model, "--eval": opts.eval_dir,
+                                 "--base": opts.base, "--logs": opts.logs, "--template": opts.template}):
             # fail before any merge work when the destination would be refused anyway
             if opts.to_dir.is_dir() and any(opts.to_dir.iterdir()) and not opts.force:
                 raise UserError(f"--to-dir {opts.to_dir} is not empty: pass --force to replace it, or choose a new "

@@ -261,7 +261,9 @@ def assemble_space(opts: SpaceOptions, dest: Path) -> Path:
 def deploy_space(opts: SpaceOptions, log: Callable[[str], None] = print) -> PublishResult | Path | None:
     """Assemble the Space and push it (Hub), write it (--to-dir) or describe it (--dry-run)."""
     if opts.to_dir is not None and not opts.dry_run:
-        with output_lock(opts.to_dir, "--to-dir"):  # its one writer
+        with output_lock(opts.to_dir, "--to-dir", replaces=True,  # its one writer
+                         inputs={f"--models entry {i + 1}": m.partition(";")[0].strip()
+                                 for i, m in enumerate(opts.models)}):
             return _deploy_space(opts, log)
     if not opts.dry_run:
         hub.get_api(opts.token)

@@ -399,3 +399,79 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk, tin
                            "--data.val_split", "val", "--optim.max_steps", "2", "--eval.on_start", "false",
                            "--output-dir", str(small_disk / "t")]) == 2
     assert "no space left on the device" in _one_error(capsys)  # torch.save's own words do not say so
+
+
+# ----------------------------------------------------------- an output that is one of the inputs
+def _snapshot(paths) -> dict:
+    return {str(f): f.read_bytes() for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")))
+            if f.is_file()}
+
+
+@pytest.fixture
+def owned(tmp_path, tiny_models, adapter, shapes_dir, eval_record) -> dict[str, Path]:
+    """Copies of every kind of input a command reads, inside tmp_path (so an output can hold them)."""
+    refs = tmp_path / "refs.json"
+    shutil.copy(shapes_dir / "annotations" / "captions_test.json", refs)
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps([{"image_id": im["id"], "caption": "a red circle"}
+                                 for im in json.loads(refs.read_text())["images"]]))
+    places = {"refs": refs, "preds": preds, "model": tmp_path / "in" / "model", "adapter": tmp_path / "in2" / "adapter",
+              "eval": eval_record, "in": tmp_path / "in", "in2": tmp_path / "in2"}
+    shutil.copytree(tiny_models["idefics3"], places["model"])
+    shutil.copytree(adapter, places["adapter"])
+    return places
+
+
+@pytest.mark.parametrize("entry, argv, fragment", [
+    ("eval", ["score", "--references", "{refs}", "--predictions", "{preds}", "--out", "{refs}"],
+     "--out {refs} is the --references this command reads"),
+    ("eval", ["score", "--references", "{refs}", "--predictions", "{preds}", "--out", "{preds}"],
+     "is the --predictions this command reads"),
+    ("eval", ["score", "--references", "{refs}", "--predictions", "{preds}", "--per-image", "{preds}"],
+     "--per-image {preds} is the --predictions"),
+    ("eval", ["score", "--references", "{refs}", "--predictions", "{preds}", "--out", "{in}/m.json", "--per-image",
+              "{in}/m.json"], "is the --out this command reads"),
+    ("release", ["card", "--model", "{model}", "--metrics", "{eval}/metrics.json", "--out", "{eval}/metrics.json"],
+     "is the --metrics this command reads"),
+    ("release", ["card", "--model", "{model}", "--out", "{model}/config.json"],
+     "is the --model's config.json this command reads"),
+    ("release", ["card", "--model", "{adapter}", "--out", "{adapter}/train_config.yaml"],
+     "is the --model's train_config.yaml"),
+    ("release", ["merge", "--adapter", "{adapter}", "--out", "{in2}", "--force"], "holds the --adapter this command"),
+    ("release", ["push", "--repo-id", "ns/x", "--model", "{model}", "--to-dir", "{in}", "--force"],
+     "--to-dir {in} holds the --model this command reads"),
+    ("release", ["push", "--repo-id", "ns/x", "--model", "{model}", "--eval", "{eval}", "--to-dir", "{eval}",
+                 "--force"], "is the --eval this command reads"),
+    ("release", ["space", "--repo-id", "ns/s", "--models", "{model}", "--to-dir", "{in}", "--force"],
+     "holds the --models entry 1"),
+    ("factory", ["--family", "idefics3", "--out", "{adapter}"], "captioning.factory did not write it): pass --force"),
+    ("eval", ["compare", "{eval}", "{eval}/metrics.json"], "the same run as {eval} (given twice)"),
+])
+def test_an_output_is_never_one_of_the_inputs(owned, capsys, entry, argv, fragment):
+    """One rule (captioning.files.check_not_input, through output_lock): writing or replacing
+    an output refuses a path that is, or holds, what the command reads. Found by a sample of
+    unlisted inputs: `score --out REFS` overwrote the references, `factory --out ADAPTER`
+    replaced a trained adapter."""
+    before = _snapshot([owned["refs"], owned["preds"], owned["in"], owned["in2"], owned["eval"]])
+    assert _main(entry)([a.format(**owned) for a in argv]) == 2
+    assert fragment.format(**owned) in _one_error(capsys)
+    assert _snapshot([owned["refs"], owned["preds"], owned["in"], owned["in2"], owned["eval"]]) == before
+
+
+def test_reproduce_of_an_eval_folder_says_it_needs_the_model_beside_it(owned, capsys):
+    assert _main("eval")(["reproduce", str(owned["eval"])]) == 2
+    message = _one_error(capsys)
+    assert "holds an eval record but no model" in message and "--model m --eval" in message
+
+
+def test_an_unreadable_image_found_mid_training_says_how_to_go_on(tmp_path, tiny_models, shapes_dir, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    for png in (data / "images" / "train").glob("*.png"):
+        png.write_text("not an image")
+    assert _main("train")(["--model.name_or_path", str(tiny_models["idefics3"]), "--data.source", str(data),
+                           "--data.val_split", "val", "--output-dir", str(tmp_path / "run"),
+                           "--optim.max_steps", "1", "--eval.enabled", "false"]) == 2
+    message = _one_error(capsys)
+    assert "not an image file" in message and "--data.skip_bad_images true" in message
+    assert not (tmp_path / "run").exists()

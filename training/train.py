@@ -27,6 +27,7 @@ from captioning.cli import guarded, pop_debug
 from captioning.errors import UserError
 from captioning.files import check_writable, output_lock, write_atomic, write_json
 from captioning.fingerprints import model_fingerprint
+from captioning.images import ImageError
 from captioning.records import TRAIN_CONFIG, TrainConfigRecord, TrainingRecord
 from training.config import TrainConfig
 from training.flags import build_parser, parse
@@ -253,6 +254,10 @@ def _train(cfg: TrainConfig, *, resume, scorer, command, log, extra_callbacks) -
     try:
         try:
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except ImageError as err:  # found mid-run: data.skip_bad_images checks every image up front
+            raise ImageError(f"{err}; replace the file and run again with --resume (it continues from the last "
+                             "checkpoint, if one was saved), or start again with --data.skip_bad_images true to "
+                             "leave unreadable images out") from None
         except (RuntimeError, OSError, ValueError, KeyError) as err:
             if resume_from is not None and _is_load_error(err):
                 raise UserError(f"--resume: checkpoint {resume_from} cannot be loaded ({type(err).__name__}: "
