@@ -234,6 +234,8 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
             bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
     net = fam.model_class().from_pretrained(base, **kwargs)
+    if load_in_4bit:
+        keep_4bit_cpu_kernel_to_shapes_it_packs(net)
     proc_src = adapter_dir if adapter_dir is not None and _has_processor(adapter_dir) else base
     processor = fam.load_processor(str(proc_src), revision=None if proc_src != base else revision,
                                    trust_remote_code=trust_remote_code)
@@ -262,6 +264,23 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     return Captioner(model=net, processor=processor, family=fam, source=base, revision=revision, device=dev,
                      dtype=torch_dtype, adapter=str(adapter_dir) if adapter_dir else None,
                      train_config=train_cfg, prompt=prompt or None, quantize=quantize)
+
+
+def keep_4bit_cpu_kernel_to_shapes_it_packs(net) -> int:
+    """bitsandbytes (0.50) serves a 4-bit Linear in inference on an AVX512-BF16 CPU by first
+    repacking its weight in blocks of 32 outputs by ``blocksize`` inputs; a layer whose shape
+    does not divide fails there with a reshape error (tiny models, odd widths), and only on
+    such CPUs. Those layers take bitsandbytes' portable path instead; the others keep the fast
+    one. Written here because bitsandbytes checks no shape before repacking. Returns how many
+    layers were switched."""
+    switched = 0
+    for module in net.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            block = getattr(module.weight, "blocksize", None) or 64
+            if module.out_features % 32 or module.in_features % block or module.in_features % 2:
+                module.support_avx512bf16_for_cpu = False
+                switched += 1
+    return switched
 
 
 def check_quantize(quantize: str | None) -> str | None:

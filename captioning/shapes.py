@@ -306,6 +306,9 @@ def _check_args(seed: int, counts: dict[str, int], size: int) -> None:
     for flag, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT:
             raise UserError(f"--{flag} must be an integer from 0 to {MAX_COUNT} (got {n!r})")
+    if not any(counts.values()):
+        raise UserError(f"{', '.join('--' + f for f in counts)} are all 0: nothing to write; ask for at least one "
+                        "image")
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise UserError(f"--size must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels (got {size!r})")
 

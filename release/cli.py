@@ -13,6 +13,7 @@ shows the full traceback instead.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -85,6 +86,23 @@ class _Text(click.ParamType):
 
 
 TEXT = _Text()
+
+
+class _LicenseId(_Text):
+    """A licence identifier as the Hub's card metadata takes it (apache-2.0, mit, other: lower
+    case, digits, ``.+-``); a name with spaces or capitals would be refused only at upload."""
+
+    name = "licence id"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if isinstance(value, str) and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value):
+            self.fail(f"{value!r} is not a licence identifier: pass one like apache-2.0, mit or other (the Hub's "
+                      "list: https://huggingface.co/docs/hub/repositories-licenses)", param, ctx)
+        return value
+
+
+LICENSE = _LicenseId()
 #: an input that must be there (an option that only adds to the output, like --logs, would
 #: otherwise be skipped without a word when misspelled)
 EXISTING = _Path(path_type=Path, exists=True)
@@ -153,7 +171,7 @@ def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, d
                                                               "(default: --model)")
 @click.option("--template", default="model_card", show_default=True, help="template name in model_cards/ or a file")
 @click.option("--repo-id", help="repo id the card's snippets load (default: the --model folder)")
-@click.option("--license", "license_", help="licence id when the base model's cannot be read")
+@click.option("--license", "license_", type=LICENSE, help="licence id when the base model's cannot be read")
 @click.option("--out", required=True, type=PATH, help="README.md to write (badges and the "
                                                                              "loss curve go beside it)")
 def card(model_dir, metrics, train_config, logs, template, repo_id, license_, out):
@@ -204,7 +222,7 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
               help="storage dtype for --merge")
 @click.option("--probes", type=int, default=4, show_default=True, help="probe images for the --merge check")
 @click.option("--template", default="model_card", show_default=True, help="model card template")
-@click.option("--license", "license_", help="licence id when the base model's cannot be read")
+@click.option("--license", "license_", type=LICENSE, help="licence id when the base model's cannot be read")
 @click.option("--logs", type=EXISTING, help="training output folder for the loss curve")
 def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, commit_message, dry_run, to_dir, force,
          token, base, allow_other_base, base_repo_id, dtype, probes, template, license_, logs):

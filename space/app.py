@@ -329,6 +329,30 @@ def port_number(text: str) -> int:
     return value
 
 
+def check_listen(host: str, port: int) -> None:
+    """A UserError naming --host/--port when the server could not listen there; Gradio says
+    only "Cannot find empty port" for a host that does not resolve, one that is not this
+    machine's, and a port in use alike, and says it after every model is set up."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host}: not an address this machine can resolve ({getattr(e, 'strerror', e)}); "
+                        "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: already in use on {host}; pass another --port, or stop what serves "
+                                "there") from None
+            raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); use 127.0.0.1 or "
+                            "0.0.0.0, and a port from 1024 up unless you run as root") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the Space (``python space/app.py --help``); returns the exit code."""
     quiet_telemetry()
@@ -372,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # said at start, not to the first visitor: models load lazily, on first use
         pick_dtype(args.dtype, pick_device(args.device))
+        check_listen(args.host, args.port)
         built.append(build_demo(
             configured_models(args.models), max_loaded=args.max_loaded, device=args.device, dtype=args.dtype,
             quantize=args.quantize, limits=Limits(max_pixels=args.max_pixels), concurrency_limit=args.concurrency,
@@ -383,13 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = built[0]
     print(f"serving {len(demo.caption_space.infos)} model(s) on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           flush=True)
-    try:
-        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(mcp_wanted(args.no_mcp)))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        demo.close()
-    return 0
+
+    def serve() -> None:
+        try:
+            demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(mcp_wanted(args.no_mcp)))
+        except KeyboardInterrupt:  # Ctrl-C is how a server stops: exit code 0
+            pass
+        finally:
+            demo.close()
+
+    return guarded(serve, debug=debug)  # a port taken since check_listen is one line too
 
 
 if __name__ == "__main__":

@@ -145,6 +145,9 @@ ROWS = [
     ("factory", ["--family", "nope", "--out", "{out}/f"], "--family: invalid choice"),
     ("factory", ["--family", "blip", "--out", "{a_file}/f"], "--out {a_file}/f: {a_file} is a file, not a folder"),
     ("space", ["--models", "{model}", "--max-pixels", "0"], "--max-pixels must be a positive number"),
+    ("shapes", ["--out", "{out}/s0", "--train", "0", "--val", "0", "--test", "0"], "are all 0: nothing to write"),
+    ("release", ["card", "--model", "{model}", "--license", "Not A Licence", "--out", "{out}/card.md"],
+     "'Not A Licence' is not a licence identifier"),
 ]
 
 

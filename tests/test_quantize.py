@@ -179,3 +179,22 @@ def test_space_entries_take_quantize(tiny_models):
     registry = ModelRegistry([], device="cpu", quantize="none")
     assert registry._load(entries[0]).quantize == "int8"  # the entry's own setting wins
     assert registry._load(ModelEntry(id=str(tiny_models["blip"]))).quantize is None  # the Space's default
+
+
+@pytest.mark.parametrize("arch", ["idefics3", "blip"])
+def test_4bit_captions_on_every_cpu_whatever_the_layer_shapes(arch, tiny_models, shapes_images):
+    """bitsandbytes' AVX512-BF16 kernel repacks 4-bit weights in blocks and failed with a
+    reshape error on the tiny models' narrow layers (only on such CPUs): those layers are
+    switched to its portable path, so 4-bit captions on every CPU."""
+    pytest.importorskip("bitsandbytes")
+    from captioning.generation import GenerationSettings, caption_images
+    from captioning.loading import load_captioner
+
+    captioner = load_captioner(tiny_models[arch], device="cpu", load_in_4bit=True)
+    fours = [m for m in captioner.model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert fours, "no 4-bit layer was loaded"
+    for m in fours:
+        packs = m.out_features % 32 == 0 and m.in_features % m.weight.blocksize == 0
+        assert packs or not m.support_avx512bf16_for_cpu, m
+    captions = caption_images(captioner, shapes_images[:2], None, GenerationSettings(max_new_tokens=4))
+    assert len(captions) == 2 and all(isinstance(c[0], str) for c in captions)

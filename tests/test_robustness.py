@@ -142,6 +142,17 @@ def test_a_duplicate_yaml_key_is_refused_not_silently_won(tmp_path, shapes_dir, 
     assert "dup.yaml: key 'optim' appears twice in one mapping (line 3)" in _one_error(capsys)
 
 
+def test_an_empty_recipe_section_means_its_defaults(tmp_path, tiny_models, shapes_dir, capsys):
+    """`data:` with nothing under it is null in YAML: like {} (it was an internal error)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model:\n  name_or_path: {tiny_models['idefics3']}\ndata:\n")
+    assert _main("train")(["--config", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    assert "data.source is required" in _one_error(capsys)
+    recipe.write_text(f"model:\n  name_or_path: {tiny_models['idefics3']}\ndata: {{source: {shapes_dir}}}\noptim:\n")
+    assert _main("train")(["--config", str(recipe), "--print-config"]) == 0
+    assert "learning_rate" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_a_recipe_number_that_is_not_a_number_is_refused(tmp_path, shapes_dir, capsys, value):
     recipe = tmp_path / "nan.yaml"

@@ -64,6 +64,8 @@ def _load_yaml(text: str, argv: list[str]):
             sections = ", ".join(sorted(known - {"config"}))
             raise UserError(f"--config {_recipe(argv)}: unknown section {unknown[0]!r}"
                             + (f" (did you mean {hint[0]}?)" if hint else f"; sections: {sections}"))
+        # an empty section (`data:` with nothing under it) is null in YAML: its defaults, as for {}
+        doc = {k: v for k, v in doc.items() if v is not None or k not in known - {"name", "config"}}
         for key, value in doc.items():
             if key not in ("name", "config") and value is not None and not isinstance(value, dict):
                 raise UserError(f"--config {_recipe(argv)}: {key} must be a mapping of keys ({key}: {{...}}), got "

@@ -98,7 +98,7 @@ def _load_quantized(cfg: TrainConfig) -> LoadedBase:
     from transformers import AutoConfig, BitsAndBytesConfig
 
     from captioning.families import family_for_config, get_family
-    from captioning.loading import ensure_hub_reachable
+    from captioning.loading import ensure_hub_reachable, keep_4bit_cpu_kernel_to_shapes_it_packs
     from captioning.records import TrainConfigRecord
 
     m, q, d = cfg.model, cfg.quantization, cfg.data
@@ -133,6 +133,8 @@ def _load_quantized(cfg: TrainConfig) -> LoadedBase:
                                                      trust_remote_code=m.trust_remote_code)
     except ImportError as e:
         raise UserError(f"quantization: {e} (pip install bitsandbytes)") from e
+    if q.load_in_4bit:
+        keep_4bit_cpu_kernel_to_shapes_it_packs(model)
     processor = family.load_processor(name, revision=m.revision, trust_remote_code=m.trust_remote_code)
     family.configure_processor(processor, image_longest_edge=d.image_longest_edge, image_splitting=d.image_splitting)
     family.prepare_model(model, processor)

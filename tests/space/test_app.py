@@ -187,6 +187,22 @@ def test_port_from_the_environment_is_checked_like_the_flag(space_app, capsys, m
     assert seen == [8123, 65535]
 
 
+def test_a_host_or_port_it_cannot_listen_on_is_one_line_before_launch(space_app, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(space_app.gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for argv, says in ((["--host", "999.1.1.1"], "--host 999.1.1.1: not an address this machine can resolve"),
+                           (["--port", port], f"--port {port}: already in use on 127.0.0.1")):
+            assert space_app.main(["--models", "org/a", *argv]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {says}") and err.count("\n") == 1, err
+
+
 def test_a_model_listed_twice_is_one_line_naming_where(space_app, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("CAPTION_MODELS", raising=False)
     folder = tmp_path / "m"
