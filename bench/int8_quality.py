@@ -8,8 +8,8 @@ the check that prepacked fp32 (what eval generate serves) says exactly what plai
 Each model (a trained folder or adapter; ``:TRANSFORM`` scores against references in that
 caption style) is evaluated three times by eval.generate.run_generate on the same images,
 greedy: fp32-plain (nn.Linear layers: the toolkit before issue 20), fp32 (prepacked Linear
-layers, captioning.loading.prepack_linear: what every entry point serves) and int8
-(captioning.loading.quantize_int8: int8 weights + dynamic int8 activations). Reported side by
+layers, captioning.kernels.prepack_linear: what every entry point serves) and int8
+(captioning.kernels.quantize_int8: int8 weights + dynamic int8 activations). Reported side by
 side: CIDEr, scene accuracy on the synthetic shapes set (exact object sets, object
 precision/recall), and the share of images whose caption is identical to fp32-plain's.
 

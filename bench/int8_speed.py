@@ -67,16 +67,17 @@ VARIANTS |= {f"{v}-unfused": VARIANTS[v] for v in ("fp32", "int8")} | {"int8-bat
 
 
 def load(model_dir: Path, model: str, variant: str):
-    import captioning.loading as loading
+    import captioning.kernels as kernels
+    from captioning.loading import load_captioner
 
     extra = {"image_splitting": False, "image_longest_edge": 512} if model == "smolvlm" else {}
-    groups = loading.SIBLING_GROUPS
+    groups = kernels.SIBLING_GROUPS
     if variant.endswith("-unfused"):  # every layer its own product: no SiblingProduct
-        loading.SIBLING_GROUPS = ()
+        kernels.SIBLING_GROUPS = ()
     try:
-        return loading.load_captioner(str(model_dir), device="cpu", **VARIANTS[variant], **extra)
+        return load_captioner(str(model_dir), device="cpu", **VARIANTS[variant], **extra)
     finally:
-        loading.SIBLING_GROUPS = groups
+        kernels.SIBLING_GROUPS = groups
 
 
 def images(n: int):

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.files import write_json
     from captioning.shapes import generate
     from training import data as tdata
-    from training.config import build_config
     from training.engine import CaptionTrainer, caption_loss
+    from training.flags import build_config
     from training.modeling import parameter_report, setup_trainable
 
     if args.threads:

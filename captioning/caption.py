@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from captioning.cli import QUANTIZE_CHOICES, ArgumentParser, guarded, pop_debug, printable
+from captioning.cli import ArgumentParser, printable, run_command
 from captioning.errors import UserError
+from captioning.generation import GenerationSettings
 from captioning.images import MAX_PIXELS
+from captioning.options import add_options, option_values, positive_int
+from captioning.vocabulary import QUANTIZE_CHOICES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,13 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", help="LoRA adapter folder written by training/train.py")
     parser.add_argument("--revision")
     parser.add_argument("--prompt", help="instruction (instruct models) or text prefix (BLIP)")
-    parser.add_argument("--max-new-tokens", type=int, default=30)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--num-captions", type=int, default=1)
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_options(parser, GenerationSettings)  # every decoding flag, declared once on the settings class
+    parser.add_argument("--num-captions", type=positive_int, default=1,
+                        help="captions per image: samples with --sample, else the best beams (default 1)")
+    parser.add_argument("--seed", type=int, help="seeds --sample, so sampled captions are reproducible")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help=f"refuse images over this many pixels (default {MAX_PIXELS:,})")
     parser.add_argument("--dtype", default="auto")
@@ -37,20 +38,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8: int8 weights and activations in every Linear layer (CPU; about 2x faster)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow models that ship their own code (never on by default)")
-    argv, debug = pop_debug(argv)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
-        return int(exc.code or 0)
-
-    def run() -> None:
-        from captioning.generation import GenerationSettings, caption_images
+    def run(args: argparse.Namespace) -> None:
+        from captioning.generation import caption_images
         from captioning.images import load_image
         from captioning.loading import load_captioner
 
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                                      num_captions=args.num_captions, do_sample=args.sample,
-                                      temperature=args.temperature, top_p=args.top_p)
+        settings = GenerationSettings(**option_values(GenerationSettings, args), num_captions=args.num_captions,
+                                      seed=args.seed)
         if args.max_pixels < 1:
             raise UserError("--max-pixels must be a positive number of pixels")
         images = [load_image(p, max_pixels=args.max_pixels) for p in args.images]
@@ -62,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in caps:
                 print(f"{path}\t{printable(c)}")
 
-    return guarded(run, debug=debug)
+    return run_command(parser, argv, run)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
 import sys
-import types
-import typing
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from captioning.errors import UserError
 
@@ -443,76 +439,14 @@ def _end_progress_bars() -> None:
         sys.stderr.flush()
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type``: a whole number, at least 1."""
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                body: Callable[[argparse.Namespace], int | None]) -> int:
+    """A command's whole life: ``--debug`` taken off, the flags parsed (``--help`` and a usage
+    mistake, already printed as one line, end here with their exit code), then ``body(args)``
+    inside the error boundary (:func:`guarded`). Returns the exit code."""
+    argv, debug = pop_debug(argv)
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-#: the longest prompt any command takes (captioning, eval, training's data.prompt): an
-#: instruction is a sentence or two; 100,000 characters ran the model over that many tokens for
-#: most of a minute per image instead of being refused
-MAX_PROMPT_CHARS = 2000
-
-#: --quantize values every loading command shares: "none" (the default) and "int8" (captioning.loading)
-QUANTIZE_CHOICES = ("none", "int8")
-
-
-def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, group: str | None = None,
-           **argparse_kw: Any) -> Any:
-    """A dataclass field that is also a command-line flag, its help written here once.
-
-    :func:`add_options` turns it into ``--the-name`` (``flag`` overrides the spelling); a bool
-    is a switch (``--no-the-name`` when it defaults to True), ``bool | None`` gets both
-    ``--x``/``--no-x``. ``group`` names the argument group; other keywords (``type``,
-    ``choices``, ``nargs``, ``metavar``) go to ``add_argument``. No default: a required flag.
-    """
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "group": group,
-                                                        "argparse": argparse_kw})
-
-
-def add_options(parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any] | None = None) -> None:
-    """Add one argument per :func:`option` field of dataclass ``cls``, in field order, to
-    ``groups[its group]`` (else ``parser``); the parsed value lands under the field's name.
-
-    Written here rather than taken from jsonargparse (which parses training's nested config):
-    these commands' flags are flat kebab-case (``--batch-size``, ``--no-tokenize``), a
-    spelling jsonargparse does not produce, and their users' scripts use them."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if "help" not in meta:
-            continue
-        kw: dict[str, Any] = {"dest": f.name, "help": meta["help"], **meta["argparse"]}
-        name = "--" + f.name.replace("_", "-")
-        base, optional = _plain_type(hints[f.name])
-        if base is bool and optional:
-            kw.update(action=argparse.BooleanOptionalAction, default=f.default)
-        elif base is bool:
-            kw.update(action="store_false" if f.default else "store_true")
-            name = "--no-" + name[2:] if f.default else name
-        else:
-            kw.setdefault("type", base if base in (int, float) else str)
-            if f.default is dataclasses.MISSING:
-                kw["required"] = True
-            else:
-                kw["default"] = f.default
-        (groups or {}).get(meta["group"], parser).add_argument(meta["flag"] or name, **kw)
-
-
-def option_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed values of ``cls``'s :func:`option` fields by field name, ready for ``cls(**...)``."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
-
-
-def _plain_type(hint: Any) -> tuple[Any, bool]:
-    """(the type without ``None``, whether None was allowed): ``int | None`` -> (int, True)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        rest = [a for a in typing.get_args(hint) if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else str), len(rest) < len(typing.get_args(hint))
-    return hint, False
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return guarded(lambda: body(args), debug=debug)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from captioning.cli import ArgumentParser, guarded, pop_debug
+from captioning.cli import ArgumentParser, run_command
 from captioning.errors import UserError
 from captioning.files import output_lock, partial_folder, replace_folder
 from captioning.records import FACTORY, KIND_FACTORY, write_record
@@ -335,13 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-only", action="store_true", help="build in memory and print parameter counts")
     parser.add_argument("--force", action="store_true",
                         help="replace an --out folder that holds files this command did not write")
-    argv, debug = pop_debug(argv)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
-        return int(exc.code or 0)
-
-    def run() -> None:
+    def run(args: argparse.Namespace) -> None:
         import torch
 
         from captioning.families import family_for_config
@@ -368,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_random_model(model, processor, out, arch=args.family, size=args.size, seed=args.seed)
             print(f"saved {args.size} {args.family} to {out}")
 
-    return guarded(run, debug=debug)
+    return run_command(parser, argv, run)
 
 
 if __name__ == "__main__":

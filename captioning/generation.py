@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from captioning.cli import MAX_PROMPT_CHARS, option, positive_int
 from captioning.errors import UserError
+from captioning.options import MAX_PROMPT_CHARS, option, positive_int
 
 #: upper bounds of the decoding flags: a caption of 4096 tokens is already a long document, and
 #: beams and captions cost memory linearly; a larger value is a typo (one with ten zeros would
@@ -63,6 +63,8 @@ class GenerationSettings:
             raise UserError("--num-beams must be at least 1")
         if self.num_captions < 1:
             raise UserError("--num-captions must be at least 1")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be from 0 to 2**32 - 1 (got {self.seed})")
         if self.do_sample and self.temperature <= 0:
             raise UserError("--temperature must be > 0 when sampling")
         if not 0 < self.top_p <= 1:

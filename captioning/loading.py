@@ -16,11 +16,12 @@ from urllib.parse import urlparse
 
 import torch
 
-from captioning.cli import QUANTIZE_CHOICES
 from captioning.errors import UserError
 from captioning.families import Family, family_for_config, get_family
 from captioning.files import check_model_folder, special_file_problem
+from captioning.kernels import fuse_siblings, keep_4bit_cpu_kernel_to_shapes_it_packs, prepack_linear, quantize_int8
 from captioning.records import TrainConfigRecord, adapter_base
+from captioning.vocabulary import DTYPE_CHOICES, QUANTIZE_CHOICES
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -70,7 +71,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
             return torch.float16
         return torch.float32
     if dtype not in _DTYPES:
-        raise UserError(f"--dtype {dtype!r} is not supported: use auto, fp32, bf16 or fp16")
+        raise UserError(f"--dtype {dtype!r} is not supported: use {', '.join(DTYPE_CHOICES)}")
     return _DTYPES[dtype]
 
 
@@ -146,22 +147,61 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     ``train_config.yaml`` beside the weights supplies the family and prompt
     unless ``family``/``prompt`` are given. ``quantize="int8"`` (CPU): every Linear layer
     (vision tower, connector, language model, head) runs int8 weights with int8 activations
-    quantised at run time (:func:`quantize_int8`); an adapter is merged into the
+    quantised at run time (captioning.kernels.quantize_int8); an adapter is merged into the
     full-precision weights first.
 
     ``prepack=True`` (inference only; acts for fp32 on CPU): every Linear layer's weight is
-    laid out once for oneDNN's matmul (:func:`prepack_linear`): faster captions with the same
-    greedy tokens, but a model that can no longer be trained or saved. Every captioning entry
-    point (captioning.caption, eval generate, the Space) passes it. Prepacked and int8 models
-    alike run sibling layers that read the same input as one product (:func:`fuse_siblings`).
+    laid out once for oneDNN's matmul (captioning.kernels.prepack_linear): faster captions
+    with the same greedy tokens, but a model that can no longer be trained or saved. Every
+    captioning entry point (captioning.caption, eval generate, the Space) passes it.
     """
-    from transformers import AutoConfig
-
     quantize = check_quantize(quantize)
     if quantize == "int8" and load_in_4bit:
         raise UserError("--quantize int8 and --load-in-4bit are two different quantisations: pick one")
+    base, adapter_dir, record = _sources(str(model), adapter, revision)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    config = _read_config(base, revision, trust_remote_code)
+    if family is None and record:
+        family = record.family
+    fam = get_family(family) if family and family != "auto" else family_for_config(config)
+    if quantize == "auto":  # the Space's default: int8 on CPU where the family's int8 captions passed the gate
+        quantize = "int8" if dev.type == "cpu" and fam.int8_on_cpu and not load_in_4bit else None
+    if quantize == "int8" and dev.type != "cpu":
+        raise UserError(f"--quantize int8 is for CPU serving, not {dev.type}: on a GPU use --dtype bf16 "
+                        "(or --load-in-4bit for memory)")
+    prepack = (prepack and not quantize and not load_in_4bit and dev.type == "cpu"
+               and torch_dtype == torch.float32 and torch.backends.mkldnn.is_available())
+    net = _load_weights(fam, base, revision, dev, torch_dtype, trust_remote_code, load_in_4bit,
+                        in_memory=bool(quantize or prepack))
+    proc_src = adapter_dir if adapter_dir is not None and _has_processor(adapter_dir) else base
+    processor = fam.load_processor(str(proc_src), revision=None if proc_src != base else revision,
+                                   trust_remote_code=trust_remote_code)
+    fam.configure_processor(processor, image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+    if adapter_dir is not None:
+        net = _apply_adapter(net, adapter_dir, base)
+    if not load_in_4bit:
+        net = net.to(dev)
+    if quantize or prepack:
+        if adapter_dir is not None:
+            net = net.merge_and_unload()  # LoRA merged into the full-precision weights, then quantised/packed
+        fuse_siblings(net)
+        net = quantize_int8(net) if quantize else prepack_linear(net)
+    net.eval()
+    fam.prepare_model(net, processor)
 
-    model = str(model)
+    if prompt is None:
+        prompt = record.prompt if record and record.has_prompt else fam.default_prompt
+    return Captioner(model=net, processor=processor, family=fam, source=base, revision=revision, device=dev,
+                     dtype=torch_dtype, adapter=str(adapter_dir) if adapter_dir else None,
+                     train_config=record.doc if record else None, prompt=prompt or None, quantize=quantize)
+
+
+def _sources(model: str, adapter: str | Path | None,
+             revision: str | None) -> tuple[str, Path | None, TrainConfigRecord | None]:
+    """(base model id or folder, adapter folder or None, the training record that goes with
+    them) for ``--model``/``--adapter``; every way they can be wrong is one UserError here,
+    before anything loads."""
     if not model.strip():
         raise UserError("--model is empty: pass a model folder or a hub id like org/name")
     if looks_local(model):
@@ -174,7 +214,6 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     if adapter_dir is None and Path(model).is_dir() and (Path(model) / "adapter_config.json").is_file():
         adapter_dir = Path(model)
     record = TrainConfigRecord.find(adapter_dir) or (TrainConfigRecord.find(model) if Path(model).is_dir() else None)
-    train_cfg = record.doc if record else None
     base = model
     if adapter_dir is not None:
         if not (adapter_dir / "adapter_config.json").is_file():
@@ -197,11 +236,15 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
         what = "" if base == model else f"the base named in {adapter_dir}/adapter_config.json, "
         raise UserError(f"{what}{base}: no config.json there, so it is not a saved model; pass the folder that "
                         "save_pretrained() or training/train.py wrote (or a hub id)")
+    return base, adapter_dir, record
 
-    dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, dev)
+
+def _read_config(base: str, revision: str | None, trust_remote_code: bool):
+    """``base``'s transformers config; a one-line UserError when it cannot be read."""
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise UserError(f"{base} ships its own model code: pass --trust-remote-code if you trust it") from e
@@ -210,21 +253,15 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
         raise UserError(f"{base}: no loadable config.json ({e.__class__.__name__}); "
                         "pass a model folder or hub id") from e
 
-    if family is None and record:
-        family = record.family
-    fam = get_family(family) if family and family != "auto" else family_for_config(config)
-    if quantize == "auto":  # the Space's default: int8 on CPU where the family's int8 captions passed the gate
-        quantize = "int8" if dev.type == "cpu" and fam.int8_on_cpu and not load_in_4bit else None
-    if quantize == "int8" and dev.type != "cpu":
-        raise UserError(f"--quantize int8 is for CPU serving, not {dev.type}: on a GPU use --dtype bf16 "
-                        "(or --load-in-4bit for memory)")
 
+def _load_weights(fam: Family, base: str, revision: str | None, dev: torch.device, torch_dtype: torch.dtype,
+                  trust_remote_code: bool, load_in_4bit: bool, *, in_memory: bool):
+    """The family's model class loaded from ``base`` (4-bit through bitsandbytes if asked).
+    ``in_memory``: read the weights instead of mapping the file, for a model whose Linear
+    weights are about to be replaced (a mapped file stays resident, and counted, as long as any
+    tensor views it)."""
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-    prepack = (prepack and not quantize and not load_in_4bit and dev.type == "cpu"
-               and torch_dtype == torch.float32 and torch.backends.mkldnn.is_available())
-    if quantize or prepack:
-        # read the weights into memory instead of mapping the file: a mapped file stays resident
-        # (and counted) as long as any tensor views it, long after its Linear weights are replaced
+    if in_memory:
         kwargs["disable_mmap"] = True
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -236,51 +273,19 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     net = fam.model_class().from_pretrained(base, **kwargs)
     if load_in_4bit:
         keep_4bit_cpu_kernel_to_shapes_it_packs(net)
-    proc_src = adapter_dir if adapter_dir is not None and _has_processor(adapter_dir) else base
-    processor = fam.load_processor(str(proc_src), revision=None if proc_src != base else revision,
-                                   trust_remote_code=trust_remote_code)
-    fam.configure_processor(processor, image_longest_edge=image_longest_edge, image_splitting=image_splitting)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        try:
-            net = PeftModel.from_pretrained(net, str(adapter_dir))
-        except (ValueError, KeyError, RuntimeError, TypeError) as e:  # peft's "modules not found", size mismatch
-            first = " ".join(str(e).split())[:200]
-            raise UserError(f"the adapter {adapter_dir} does not fit the base {base} ({type(e).__name__}: {first}); "
-                            "pass the base it was trained on (its adapter_config.json names it)") from e
-    if not load_in_4bit:
-        net = net.to(dev)
-    if quantize or prepack:
-        if adapter_dir is not None:
-            net = net.merge_and_unload()  # LoRA merged into the full-precision weights, then quantised/packed
-        fuse_siblings(net)
-        net = quantize_int8(net) if quantize else prepack_linear(net)
-    net.eval()
-    fam.prepare_model(net, processor)
-
-    if prompt is None:
-        prompt = record.prompt if record and record.has_prompt else fam.default_prompt
-    return Captioner(model=net, processor=processor, family=fam, source=base, revision=revision, device=dev,
-                     dtype=torch_dtype, adapter=str(adapter_dir) if adapter_dir else None,
-                     train_config=train_cfg, prompt=prompt or None, quantize=quantize)
+    return net
 
 
-def keep_4bit_cpu_kernel_to_shapes_it_packs(net) -> int:
-    """bitsandbytes (0.50) serves a 4-bit Linear in inference on an AVX512-BF16 CPU by first
-    repacking its weight in blocks of 32 outputs by ``blocksize`` inputs; a layer whose shape
-    does not divide fails there with a reshape error (tiny models, odd widths), and only on
-    such CPUs. Those layers take bitsandbytes' portable path instead; the others keep the fast
-    one. Written here because bitsandbytes checks no shape before repacking. Returns how many
-    layers were switched."""
-    switched = 0
-    for module in net.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            block = getattr(module.weight, "blocksize", None) or 64
-            if module.out_features % 32 or module.in_features % block or module.in_features % 2:
-                module.support_avx512bf16_for_cpu = False
-                switched += 1
-    return switched
+def _apply_adapter(net, adapter_dir: Path, base: str):
+    """``net`` with the LoRA adapter of ``adapter_dir``; a UserError when it does not fit."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(net, str(adapter_dir))
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:  # peft's "modules not found", size mismatch
+        first = " ".join(str(e).split())[:200]
+        raise UserError(f"the adapter {adapter_dir} does not fit the base {base} ({type(e).__name__}: {first}); "
+                        "pass the base it was trained on (its adapter_config.json names it)") from e
 
 
 def check_quantize(quantize: str | None) -> str | None:
@@ -290,175 +295,6 @@ def check_quantize(quantize: str | None) -> str | None:
     if quantize not in QUANTIZE_CHOICES and quantize != "auto":
         raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
     return quantize
-
-
-def quantize_int8(model):
-    """``model`` with every Linear layer replaced by PyTorch's dynamically quantised one: int8
-    weights (per output channel), activations quantised to int8 per call, int8 GEMMs through
-    the CPU's quantised engine (fbgemm/oneDNN: VNNI where the CPU has it). The fp32 weights are
-    dropped as each layer is replaced.
-
-    PyTorch's own dynamic quantisation, not torchao's: measured on a 2-core CPU, torchao's int8
-    (Int8DynamicActivationInt8WeightConfig through TorchAoConfig) runs each layer through
-    tensor-subclass dispatch in eager mode and captioned SmolVLM-256M 3x SLOWER than fp32,
-    while this was 2.5x faster (BENCHMARKS.md, "int8 serving"). torch.ao.quantization is
-    deprecated in favour of torchao, so its warnings are silenced here; it still ships in
-    torch 2.13.
-    """
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                                 inplace=True)
-    return model
-
-
-class SiblingProduct(torch.nn.Module):
-    """One product for sibling Linear layers that a model calls one after another on the same
-    input (an attention's q, k and v projections; an MLP's gate and up projections): their
-    weights stacked in one ``nn.Linear`` (``self.linear``), which prepack_linear or quantize_int8
-    then replace like any other. The first sibling called computes all their outputs in one call
-    and each sibling (:class:`SiblingLinear`) returns its own columns, a view: fewer, larger
-    products stream the weights faster (SmolVLM-256M's decode step: 4 products per layer
-    instead of 7; BENCHMARKS.md). Each output column is the same dot product as before, and int8
-    quantises the shared input once, as each sibling did.
-
-    Keyed on the input's identity: a sibling called on another input (an attention used for
-    cross-attention reads k and v from the encoder's states) computes the product of that input
-    afresh, so a result is never stale, at worst partly unused. The output is released once
-    every sibling has taken its columns. Written here: transformers and torch fuse projections
-    only inside compiled graphs.
-    """
-
-    def __init__(self, linears: list[torch.nn.Linear]):
-        super().__init__()
-        first = linears[0]
-        self.ends = [0]
-        for lin in linears:
-            self.ends.append(self.ends[-1] + lin.out_features)
-        # built on the meta device (no throwaway initialisation), then given the stacked weights
-        self.linear = torch.nn.Linear(first.in_features, self.ends[-1], bias=first.bias is not None, device="meta")
-        with torch.no_grad():
-            self.linear.weight = torch.nn.Parameter(torch.cat([lin.weight for lin in linears]), requires_grad=False)
-            if first.bias is not None:
-                self.linear.bias = torch.nn.Parameter(torch.cat([lin.bias for lin in linears]), requires_grad=False)
-        #: (input, output, indices of the siblings that took their columns), or None: one tuple,
-        #: read once and replaced whole, so threads sharing a model never read another call's output
-        self._state: tuple[torch.Tensor, torch.Tensor, frozenset[int]] | None = None
-
-    def columns(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        state = self._state
-        if state is None or state[0] is not x or index in state[2]:
-            state = (x, self.linear(x), frozenset())
-        taken = state[2] | {index}
-        self._state = None if len(taken) == len(self.ends) - 1 else (x, state[1], taken)
-        return state[1][..., self.ends[index]:self.ends[index + 1]]
-
-
-class SiblingLinear(torch.nn.Module):
-    """A Linear layer served by its columns of a :class:`SiblingProduct`. The first sibling holds
-    the product as a submodule; the others refer to it without registering it again."""
-
-    def __init__(self, product: SiblingProduct, index: int):
-        super().__init__()
-        if index == 0:
-            self.product = product
-        else:
-            object.__setattr__(self, "product", product)
-        self.index = index
-        self.in_features = product.linear.in_features
-        self.out_features = product.ends[index + 1] - product.ends[index]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.product.columns(self.index, x)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, sibling {self.index}"
-
-
-#: sibling Linear layers that the supported families' self-attention and MLP code calls one after
-#: another on the same input: each group becomes one SiblingProduct
-SIBLING_GROUPS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("gate_proj", "up_proj"))
-#: parts of a module's name that mark a cross-attention (its q reads the decoder, k and v the
-#: encoder): left alone, as one product there would compute unused columns at every step
-CROSS_ATTENTION = ("crossattention", "cross_attn", "encoder_attn")
-
-
-def fuse_siblings(model):
-    """``model`` (for inference) with each group of sibling Linear layers (SIBLING_GROUPS, same
-    input size, all with or all without bias) replaced in place by :class:`SiblingLinear` layers
-    sharing one :class:`SiblingProduct`; the separate weights are dropped."""
-    for path, module in list(model.named_modules()):
-        if any(part in path for part in CROSS_ATTENTION):
-            continue
-        for names in SIBLING_GROUPS:
-            linears = [module._modules.get(n) for n in names]
-            if (all(type(lin) is torch.nn.Linear for lin in linears)
-                    and len({lin.in_features for lin in linears}) == 1
-                    and len({lin.bias is None for lin in linears}) == 1):
-                product = SiblingProduct(linears)
-                for i, name in enumerate(names):
-                    setattr(module, name, SiblingLinear(product, i))
-    return model
-
-
-class PrepackedLinear(torch.nn.Module):
-    """An fp32 ``nn.Linear`` for CPU inference whose weight oneDNN has reordered once into the
-    blocked layout its matmul kernels read (``torch.ops.mkldnn._reorder_linear_weight`` and
-    ``_linear_pointwise``: the same ops torch.compile's CPU weight-prepacking pass emits).
-
-    Why: for one token at a time (every decode step) ``nn.Linear`` goes through MKL's sgemm,
-    which on a 2-core CPU streamed the weights at about 11 GB/s on one thread; the prepacked
-    layer streams them at 17-25 GB/s on both (BENCHMARKS.md, "the fp32 text side"). Same
-    arithmetic, another summation order: outputs agree to float32 rounding, and trained
-    models give the same greedy captions (tests/test_prepack.py, bench/int8_quality.py).
-
-    Only this wrapper is ours (no module in torch or transformers swaps it in for eager
-    inference). No parameters: the packed weight is an opaque oneDNN tensor, so the layer
-    refuses training and saving instead of silently doing neither.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), PACK_HINT)
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError("this model's Linear layers are prepacked for CPU inference; load it without "
-                               "prepack=True to train it")
-        return super().train(False)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        raise RuntimeError("this model's Linear layers are prepacked for CPU inference and hold no saveable "
-                           "weights; load it without prepack=True to save it")
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-#: the batch-size hint oneDNN lays the weights out for (any batch runs; this is the layout's
-#: sweet spot). SmolVLM-256M's text side, hints 1 / 16 / 64: 1.105 / 1.052 / 1.112 s (BENCHMARKS.md).
-PACK_HINT = 16
-
-
-def prepack_linear(model):
-    """``model`` (fp32, on CPU, in eval mode) with every ``nn.Linear`` replaced in place by a
-    :class:`PrepackedLinear`; each fp32 weight is dropped as its layer is replaced (a weight
-    tied to an embedding stays with the embedding)."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear:  # exactly Linear: not peft's or bitsandbytes' subclasses
-                setattr(module, name, PrepackedLinear(child))
-    return model
 
 
 def _has_processor(folder: Path) -> bool:

@@ -17,21 +17,21 @@ recipe: ``--config runs/x/train_config.yaml`` trains again), read into :class:`T
 
 Records identify models by content (:mod:`captioning.fingerprints`) and are written and
 read through :mod:`captioning.files` (atomic writes, one-line JSON errors). Published files
-hold no path of the machine they were made on: :func:`scrub_paths` rewrites them when a
+hold no path of the machine they were made on: :func:`captioning.portability.scrub_paths` rewrites them when a
 release is assembled.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from captioning.errors import UserError
-from captioning.files import parse_yaml, read_json_file, read_text_file, read_yaml_file, write_json
+from captioning.files import read_json_file, read_text_file, write_json
+from captioning.safe_yaml import parse_yaml, read_yaml_file
 
 SCHEMA = 1
 TRAIN_CONFIG = "train_config.yaml"
@@ -133,40 +133,7 @@ def kind_of(doc: Any) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------- portability
-#: an absolute path (or ~/...) of two or more components inside a string: not after a word
-#: character, a URL's "://", a dot or "<" (so "</s>", "[/INST]", "a/b", "1/2" and URLs are
-#: left alone)
-_PART = r"[^\s/'\"`,;()\[\]{}<>|]+"
-_LOCAL_PATH = re.compile(rf"(?<![\w:/.~<>-])(?:~/{_PART}|/{_PART}/{_PART})(?:/{_PART})*/?")
-LOCAL = "<local>"
-
-
-def scrub_paths(value: Any, replace: Mapping[str, str] | None = None) -> Any:
-    """A copy of ``value`` (JSON-like) fit to publish: strings equal to a key of ``replace``
-    become its value (a local base folder -> its Hub id), and every other absolute local
-    path inside a string becomes ``<local>/NAME`` (its last component): a published file
-    never tells where it was made."""
-    replace = dict(replace or {})
-    if isinstance(value, dict):
-        return {k: scrub_paths(v, replace) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_paths(v, replace) for v in value]
-    if not isinstance(value, str):
-        return value
-    if value in replace:
-        return replace[value]
-    for old, new in replace.items():
-        value = value.replace(old, new)
-    return _LOCAL_PATH.sub(lambda m: f"{LOCAL}/{Path(m.group(0).rstrip('/')).name}", value)
-
-
-def local_paths_in(text: str) -> list[str]:
-    """The absolute local paths a text still holds (what :func:`scrub_paths` would replace)."""
-    return _LOCAL_PATH.findall(text)
-
-
-def _resolve(path: str | os.PathLike, name: str) -> Path:
+def record_path(path: str | os.PathLike, name: str) -> Path:
     path = Path(path)
     return path / name if path.is_dir() else path
 
@@ -175,11 +142,11 @@ def read_record(path: str | os.PathLike, kind: str, *, what: str | None = None) 
     """The JSON record of ``kind`` at ``path`` (a file, or a folder holding the kind's
     usual file name) as a dict; a UserError naming the file otherwise."""
     default = {KIND_MERGE_CHECK: MERGE_CHECK, KIND_RELEASE: RELEASE}.get(kind, METRICS)
-    path = _resolve(path, default)
-    return _checked(path, read_json_file(path, what), kind)
+    path = record_path(path, default)
+    return checked_record(path, read_json_file(path, what), kind)
 
 
-def _checked(path: Path, doc: Any, kind: str) -> dict[str, Any]:
+def checked_record(path: Path, doc: Any, kind: str) -> dict[str, Any]:
     got = kind_of(doc)
     if got != kind:
         found = _KIND_NAMES.get(got, "not a record this toolkit writes")
@@ -237,7 +204,7 @@ class _JsonRecord:
 
     @classmethod
     def read(cls, path: str | os.PathLike, *, what: str | None = None):
-        path = _resolve(path, METRICS)
+        path = record_path(path, METRICS)
         return cls(path=path, doc=read_record(path, cls.KIND, what=what))
 
     @classmethod
@@ -255,7 +222,7 @@ class _JsonRecord:
         if isinstance(doc.get("kind"), str) and doc["kind"] not in _KIND_NAMES:
             raise UserError(f"{path}: kind {doc['kind'][:40]!r} is not a record this toolkit writes; write it again "
                             "with the command that made it")
-        return cls(path=path, doc=_checked(path, doc, cls.KIND)) if kind_of(doc) == cls.KIND else None
+        return cls(path=path, doc=checked_record(path, doc, cls.KIND)) if kind_of(doc) == cls.KIND else None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -343,74 +310,6 @@ class TrainingRecord(_JsonRecord):
         return _section(self.doc, "train")
 
 
-# --------------------------------------------------------------------- comparability in words
-# not_comparable above is the compact form eval/compare.py prints; the Space says the same
-# in plain words and also tells a training-time validation number from an evaluation's.
-
-def read_scores(path: str | os.PathLike) -> EvalRecord | TrainingRecord:
-    """The metrics.json at ``path`` (a file, or a folder holding one) of either kind: an eval
-    record, or a training record (validation during training); a UserError otherwise."""
-    path = _resolve(path, METRICS)
-    doc = read_json_file(path)
-    cls = TrainingRecord if kind_of(doc) == KIND_TRAINING else EvalRecord
-    return cls(path=path, doc=_checked(path, doc, cls.KIND))
-
-
-def scores_record(doc: Mapping[str, Any]) -> EvalRecord | TrainingRecord:
-    """A parsed metrics.json as the typed view of its kind (a training record when its keys
-    say so, else an eval record), for numbers already read."""
-    cls = TrainingRecord if kind_of(doc) == KIND_TRAINING else EvalRecord
-    return cls(path=Path(METRICS), doc=dict(doc))
-
-
-def score_basis(record: EvalRecord | TrainingRecord) -> dict[str, Any]:
-    """What must agree for two records' numbers to stand side by side: how they were measured
-    (``eval``, or ``training`` for validation during training, which runs with the training
-    run's own settings and picks its best checkpoint on that very set) and
-    :meth:`EvalRecord.identity` (split, caption transform, image count, references hash,
-    tokenization)."""
-    measured = KIND_TRAINING if isinstance(record, TrainingRecord) else KIND_EVAL
-    return {"measured": measured, **EvalRecord(path=record.path, doc=record.doc).identity()}
-
-
-def references_words(transform: str | None) -> str:
-    """``plain references`` or ``style references (NAME)``: the captions a score was measured
-    against, in words."""
-    return "plain references" if transform in (None, "", "none") else f"style references ({transform})"
-
-
-def measured_words(basis: Mapping[str, Any]) -> str:
-    """``measured during training on val`` or ``eval on test``: how a record's numbers came about."""
-    split = basis.get("split") or "an unrecorded split"
-    return f"measured during training on {split}" if basis.get("measured") == KIND_TRAINING else f"eval on {split}"
-
-
-def why_not_comparable(a: EvalRecord | TrainingRecord, b: EvalRecord | TrainingRecord) -> list[str]:
-    """Why ``b``'s numbers cannot stand beside ``a``'s, in plain words, ``b``'s side first
-    ("different split: val vs test"); empty when they can. The references hash differs
-    whenever the split, caption style or image count does, so it is named only when nothing
-    else explains it; a missing hash is a reason, since then the records cannot say the
-    images and references agree."""
-    ia, ib = score_basis(a), score_basis(b)
-    why = []
-    if ia["measured"] != ib["measured"]:
-        why.append(f"{measured_words(ib)} vs {measured_words(ia)}")
-    elif ia["split"] != ib["split"]:
-        why.append(f"different split: {ib['split'] or 'unrecorded'} vs {ia['split'] or 'unrecorded'}")
-    if ia["caption transform"] != ib["caption transform"]:
-        why.append(f"scored against {references_words(ib['caption transform'])} "
-                   f"vs {references_words(ia['caption transform'])}")
-    if ia["n_images"] != ib["n_images"]:
-        why.append(f"different image count: {ib['n_images'] or 'unrecorded'} vs {ia['n_images'] or 'unrecorded'}")
-    if ia["tokenized"] != ib["tokenized"]:
-        why.append("scored " + ("with vs without" if ib["tokenized"] else "without vs with") + " tokenization")
-    if not why and not (ia["references"] and ib["references"]):
-        why.append("dataset content not recorded (no references hash)")
-    elif not why and ia["references"] != ib["references"]:
-        why.append("different images or reference captions (dataset content differs)")
-    return why
-
-
 def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
     v = doc.get(name)
     return v if isinstance(v, dict) else {}
@@ -453,7 +352,7 @@ class TrainConfigRecord:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> TrainConfigRecord:
-        path = _resolve(path, TRAIN_CONFIG)
+        path = record_path(path, TRAIN_CONFIG)
         if not path.exists() and not path.is_symlink():
             raise UserError(f"{path}: no such file; pass a folder written by training/train.py")
         doc = read_yaml_file(path)

@@ -17,6 +17,7 @@ A split whose annotation file already matches the requested settings is skipped.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import pathlib
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioning.cli import ArgumentParser, guarded, pop_debug
+from captioning.cli import ArgumentParser, run_command
 from captioning.errors import UserError
 from captioning.files import output_lock, read_json_file, write_atomic
 
@@ -354,13 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=100, help="number of val images")
     parser.add_argument("--test", type=int, default=100, help="number of test images")
     parser.add_argument("--size", type=int, default=64, help=f"image side in pixels ({MIN_SIZE} to {MAX_SIZE})")
-    argv, debug = pop_debug(argv)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage mistake already printed as one line
-        return int(exc.code or 0)
-
-    def run() -> None:
+    def run(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         out, skipped = _generate(args.out, args.seed,
                                  {"train": args.train, "val": args.val, "test": args.test}, args.size)
@@ -369,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"in {time.perf_counter() - start:.1f}s"
               + (f" (already up to date: {', '.join(skipped)})" if skipped else ""))
 
-    return guarded(run, debug=debug)
+    return run_command(parser, argv, run)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ from pathlib import Path
 
 from captioning.errors import UserError
 from captioning.records import METRICS, EvalRecord, not_comparable
-
-#: column order; metrics beyond these (other records' names) follow in first-seen order
-METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+from captioning.vocabulary import COCO_METRICS
 
 
 @dataclass
@@ -68,7 +66,8 @@ def metric_names(runs: Sequence[Run], only: Sequence[str] | None = None) -> list
         if missing:
             raise UserError(f"--metrics {' '.join(missing)}: not in any of these runs (they have {', '.join(seen)})")
         return list(only)
-    return [m for m in METRIC_ORDER if m in seen] + [m for m in seen if m not in METRIC_ORDER]
+    # COCO_METRICS' order first; other records' names follow in first-seen order
+    return [m for m in COCO_METRICS if m in seen] + [m for m in seen if m not in COCO_METRICS]
 
 
 def _model(record: dict) -> str:

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captioning.cli import QUANTIZE_CHOICES, option, positive_int
-from captioning.data import CAPTION_TRANSFORMS
 from captioning.errors import UserError
 from captioning.files import output_lock, write_json
 from captioning.generation import GenerationSettings, images_per_forward
 from captioning.images import MAX_PIXELS
+from captioning.options import option, positive_int
 from captioning.records import KIND_EVAL, METRICS, write_record
+from captioning.vocabulary import CAPTION_TRANSFORM_NAMES, QUANTIZE_CHOICES
 from eval.journal import (
     PREDICTIONS,
     append,
@@ -88,7 +88,7 @@ class GenerateConfig:
     caption_transform: str = option(
         "none", help="score against references rewritten by this transform (a style fine-tune against references "
                      "in its style: the training's data.caption_transform); recorded in metrics.json",
-        group=DATA, choices=list(CAPTION_TRANSFORMS))
+        group=DATA, choices=list(CAPTION_TRANSFORM_NAMES))
     shuffle: bool = option(False, help="a seeded random selection instead of the first N", group=DATA)
     seed: int = option(0, help="seeds --shuffle and --sample (default 0)", group=DATA)
     skip_bad_images: bool = option(
@@ -116,6 +116,8 @@ class GenerateConfig:
             raise UserError("--batch-size must be at least 1")
         if self.max_images is not None and self.max_images < 1:
             raise UserError("--max-images must be at least 1")
+        if not 0 <= self.seed < 2**32:  # the range GenerationSettings takes for --sample's seed
+            raise UserError(f"--seed must be from 0 to 2**32 - 1 (got {self.seed})")
         if self.generation.num_captions != 1:
             raise UserError("generate writes one caption per image: --num-captions must be 1")
         if self.image_longest_edge is not None and self.image_longest_edge < 1:
@@ -409,7 +411,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
                       command: str | None, t_start: float, log: Callable[[str], None]) -> GenerateResult:
     """Score the predictions; write report.html and metrics.json; remove the journals."""
     from eval import scoring
-    from eval.provenance import library_versions, utc_now
+    from eval.provenance import eval_record
 
     out = cfg.out
     if skipped:
@@ -427,12 +429,7 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
     scene, scene_per_image = _scene_accuracy(dataset, predictions, log)
     scoring_s = time.perf_counter() - t_score
     n_new, generation_s = timing["images_captioned"], timing["generation_s"]
-    record = {
-        "metrics": result["metrics"],
-        "unavailable": result.get("unavailable", {}),
-        "extras": result.get("extras", {}),
-        "n_images": result.get("n_images", len(predictions)),
-        "empty_captions": result["empty_captions"],
+    described = {
         "skipped_images": skipped,
         **({"scene_accuracy": scene} if scene else {}),
         "dataset": _dataset_block(cfg, dataset),
@@ -448,19 +445,16 @@ def _score_and_record(cfg: GenerateConfig, dataset, captioner, predictions: list
         "quantize": captioner.quantize,
         "device": str(captioner.device),
         "device_requested": cfg.device,
-        "scoring": {"tokenize": cfg.tokenize, "metrics": cfg.metrics},
-        "versions": library_versions(),
-        "command": command,
-        "created": utc_now(),
-        "seconds": None,
-        "timing": {"generation_s": round(generation_s, 3), "scoring_s": round(scoring_s, 3),
-                   "images_captioned": n_new, "images_resumed": timing["images_resumed"],
-                   "processes": timing["processes"],
-                   "images_per_s": round(n_new / generation_s, 4) if n_new and generation_s > 0 else None},
+    }
+    record = eval_record(
+        result, described, {"tokenize": cfg.tokenize, "metrics": cfg.metrics}, command=command,
+        timing={"generation_s": round(generation_s, 3), "scoring_s": round(scoring_s, 3),
+                "images_captioned": n_new, "images_resumed": timing["images_resumed"],
+                "processes": timing["processes"],
+                "images_per_s": round(n_new / generation_s, 4) if n_new and generation_s > 0 else None},
         # the settings that decide the captions, and their hash: a later run into the same
         # --out compares against them, and so can anyone comparing two metrics.json files
-        "fingerprint": {"sha256": fp, "settings": settings},
-    }
+        fingerprint={"sha256": fp, "settings": settings})
     if cfg.report:
         from eval.report import write_report
 

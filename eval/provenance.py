@@ -10,6 +10,7 @@ import importlib.metadata
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,24 @@ def library_versions() -> dict[str, str | None]:
             versions[name] = None
     versions["java"] = java_version()
     return versions
+
+
+def eval_record(result: dict, described: dict, scoring: dict, *, command: str | None,
+                t_start: float | None = None, **tail: Any) -> dict:
+    """The eval record (metrics.json) that ``eval/run.py score`` and ``generate`` write, in
+    its field order: the scores of ``result`` (eval.scoring's), ``described`` (what was
+    scored: dataset, model, decoding ...), ``scoring`` (its settings), the versions, command
+    and time, then ``tail``. ``seconds`` counts from ``t_start`` (None: the caller sets it)."""
+    return {
+        "metrics": result["metrics"], "unavailable": result.get("unavailable", {}),
+        "extras": result.get("extras", {}), "n_images": result["n_images"],
+        "empty_captions": result["empty_captions"],
+        **described,
+        "scoring": scoring,
+        "versions": library_versions(), "command": command, "created": utc_now(),
+        "seconds": None if t_start is None else round(time.perf_counter() - t_start, 3),
+        **tail,
+    }
 
 
 def folder_content_hash(folder: str | Path) -> str | None:

@@ -73,17 +73,12 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = None) -> str:
-    """The HTML text. ``rows``: dicts with image_id, file_name, prediction, references,
-    scores ({metric: value}), thumb (data URI or None) and, for a dataset with scenes, scene
-    (eval.scene's per-image scores), already ordered worst-first.
-    When ``shown`` is given and there are more than ``2 * shown`` rows, only the ``shown``
-    worst and ``shown`` best are rendered."""
-    esc = html.escape
+def _header_items(record: dict) -> list[tuple[str, Any]]:
+    """The key/value table at the top: model, dataset, decoding, provenance."""
     model = record.get("model") or {}
     dataset = record.get("dataset") or {}
     gen = record.get("generation") or {}
-    kv = [
+    return [
         ("model", model.get("id")),
         ("revision", model.get("resolved_revision") or model.get("revision")),
         ("adapter", model.get("adapter")),
@@ -102,12 +97,13 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
         ("created", record.get("created")),
         ("command", record.get("command")),
     ]
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>Caption eval: {esc(str(model.get('id')))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Caption eval: {esc(str(model.get('id')))}</h1>", '<table class="kv">']
-    parts += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in kv if v not in (None, "")]
-    parts.append("</table><h2>Metrics (0-1 scale, as pycocoevalcap reports them)</h2>")
-    parts.append('<table class="metrics"><tr><th>metric</th><th>value</th></tr>')
+
+
+def _metric_tables(record: dict) -> list[str]:
+    """The corpus metric table and, for a dataset with scenes, the scene accuracy table."""
+    esc = html.escape
+    parts = ["</table><h2>Metrics (0-1 scale, as pycocoevalcap reports them)</h2>",
+             '<table class="metrics"><tr><th>metric</th><th>value</th></tr>']
     unavailable = record.get("unavailable") or {}
     for name, value in (record.get("metrics") or {}).items():
         note = f' <span class="muted">({esc(unavailable.get(name, ""))})</span>' if value is None else ""
@@ -125,6 +121,48 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
                 note = ' <span class="muted">(no caption states one)</span>' if scene[key] is None else ""
                 parts.append(f'<tr><td>{esc(label)}</td><td class="v">{_fmt(scene[key])}{note}</td></tr>')
         parts.append("</table>")
+    return parts
+
+
+def _image_row(row: dict) -> str:
+    """One image's row: thumbnail, file name, prediction, references and its scores."""
+    esc = html.escape
+    thumb = f'<img alt="" src="{row["thumb"]}">' if row.get("thumb") else '<span class="muted">no image</span>'
+    refs = "".join(f"<li>{esc(r)}</li>" for r in row["references"])
+    scores = "".join(f"<div>{esc(m)} {_fmt(row['scores'].get(m))}</div>" for m in ROW_METRICS
+                     if m in row["scores"])
+    data = " ".join(f'data-{m.lower()}="{row["scores"][m]!r}"' for m in ROW_METRICS if m in row["scores"])
+    wrong = ""
+    if row.get("scene"):
+        sc = row["scene"]
+        data += f' data-scene-exact="{int(sc["exact"])}"'
+        scores += (f'<div class="scene">scene exact {"yes" if sc["exact"] else "no"}</div>'
+                   f"<div>objects P {_fmt(sc['object_precision'])}</div>"
+                   f"<div>objects R {_fmt(sc['object_recall'])}</div>")
+        wrong = "; ".join(f"{what}: {esc(', '.join(sc[key]))}" for key, what in
+                          (("missing", "missing"), ("extra", "not in the image")) if sc.get(key))
+        wrong = f'<div class="muted scene-wrong">{wrong}</div>' if wrong else ""
+    return (f'<div class="row" data-image-id="{esc(str(row["image_id"]))}" {data}>'
+            f"<div>{thumb}</div>"
+            f'<div><div class="muted">{esc(str(row.get("file_name") or row["image_id"]))}</div>'
+            f'<div class="pred">{esc(row["prediction"])}</div>{wrong}<ul class="refs">{refs}</ul></div>'
+            f'<div class="scores">{scores}</div></div>')
+
+
+def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = None) -> str:
+    """The HTML text. ``rows``: dicts with image_id, file_name, prediction, references,
+    scores ({metric: value}), thumb (data URI or None) and, for a dataset with scenes, scene
+    (eval.scene's per-image scores), already ordered worst-first.
+    When ``shown`` is given and there are more than ``2 * shown`` rows, only the ``shown``
+    worst and ``shown`` best are rendered."""
+    esc = html.escape
+    model = record.get("model") or {}
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>Caption eval: {esc(str(model.get('id')))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Caption eval: {esc(str(model.get('id')))}</h1>", '<table class="kv">']
+    parts += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in _header_items(record)
+              if v not in (None, "")]
+    parts += _metric_tables(record)
 
     rows = list(rows)
     metric = rows and next((m for m in ROW_METRICS if m in rows[0]["scores"]), None)
@@ -138,31 +176,8 @@ def render_report(record: dict, rows: Sequence[dict], *, shown: int | None = Non
                  '<input type="radio" name="order" id="order-best">'
                  '<label for="order-best">best first</label>')
     parts.append('<div class="rows" id="rows">')
-    for row in rows:
-        if row is None:
-            parts.append(f'<div class="gap">... {hidden} images in between not shown ...</div>')
-            continue
-        thumb = f'<img alt="" src="{row["thumb"]}">' if row.get("thumb") else '<span class="muted">no image</span>'
-        refs = "".join(f"<li>{esc(r)}</li>" for r in row["references"])
-        scores = "".join(f"<div>{esc(m)} {_fmt(row['scores'].get(m))}</div>" for m in ROW_METRICS
-                         if m in row["scores"])
-        data = " ".join(f'data-{m.lower()}="{row["scores"][m]!r}"' for m in ROW_METRICS if m in row["scores"])
-        wrong = ""
-        if row.get("scene"):
-            sc = row["scene"]
-            data += f' data-scene-exact="{int(sc["exact"])}"'
-            scores += (f'<div class="scene">scene exact {"yes" if sc["exact"] else "no"}</div>'
-                       f"<div>objects P {_fmt(sc['object_precision'])}</div>"
-                       f"<div>objects R {_fmt(sc['object_recall'])}</div>")
-            wrong = "; ".join(f"{what}: {esc(', '.join(sc[key]))}" for key, what in
-                              (("missing", "missing"), ("extra", "not in the image")) if sc.get(key))
-            wrong = f'<div class="muted scene-wrong">{wrong}</div>' if wrong else ""
-        parts.append(
-            f'<div class="row" data-image-id="{esc(str(row["image_id"]))}" {data}>'
-            f"<div>{thumb}</div>"
-            f'<div><div class="muted">{esc(str(row.get("file_name") or row["image_id"]))}</div>'
-            f'<div class="pred">{esc(row["prediction"])}</div>{wrong}<ul class="refs">{refs}</ul></div>'
-            f'<div class="scores">{scores}</div></div>')
+    parts += [f'<div class="gap">... {hidden} images in between not shown ...</div>' if row is None
+              else _image_row(row) for row in rows]
     parts.append("</div></body></html>")
     return "\n".join(parts) + "\n"
 

@@ -29,6 +29,7 @@ from typing import Any
 from captioning.errors import UserError
 from captioning.generation import GenerationSettings
 from captioning.records import METRICS, EvalRecord, record_precision
+from captioning.vocabulary import BLEU_NAMES
 
 DEFAULT_TOLERANCE = 0.005
 
@@ -199,31 +200,15 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
     gen_rec = dict(_need(rec, "generation"))  # a `score` record has none: nothing to re-run
     ds_source, ds_kw, full = load_recorded_dataset(rec, dataset=dataset, images_dir=images_dir)
 
-    if metrics:
-        wanted = [x for m in metrics for x in ([f"Bleu_{i}" for i in range(1, 5)] if m in ("Bleu", "BLEU") else [m])]
-    else:
-        wanted = [m for m, v in rec_metrics.items() if v is not None]
-    unknown = [m for m in wanted if m not in rec_metrics or rec_metrics[m] is None]
-    if unknown:
-        raise CannotReproduce(f"metrics.json records no value for {', '.join(unknown)}")
-    if not wanted:
-        raise CannotReproduce("metrics.json records no metric values")
+    wanted = _wanted_metrics(rec_metrics, metrics)
     scoring_rec = rec.get("scoring") or {}
     tokenize = bool(scoring_rec.get("tokenize", True))
 
-    names = {f.name for f in dataclasses.fields(GenerationSettings)}
-    try:
-        settings = GenerationSettings(**{k: v for k, v in gen_rec.items() if k in names})
-    except TypeError as e:  # a value of the wrong type (a number written as text): the record is damaged
-        raise CannotReproduce(f"metrics.json: its generation settings are not usable ({e}); regenerate it with "
-                              "eval/run.py generate") from None
+    settings = _recorded_settings(gen_rec)
     model_rec = rec.get("model") or {}
     dev = pick_device(device)
-    rec_device = str(rec.get("device") or "")
     if dtype is None:
-        # the recorded dtype on the same kind of device; elsewhere the device's own default
-        # (bf16 recorded on a GPU would crawl on a CPU)
-        dtype = rec.get("dtype") if rec_device.split(":")[0] == dev.type and rec.get("dtype") else "auto"
+        dtype = _recorded_dtype(rec, dev.type)
     hub_revision = revision
     if hub_revision is None and recorded.local_dir is None and model_rec.get("id") == source:
         hub_revision = model_rec.get("resolved_revision") or model_rec.get("revision")
@@ -259,8 +244,48 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
             recorded_values = scoring.score(full[:max_images].references_coco(), sub_preds, tokenize=tokenize,
                                             metrics=wanted, scorer=scorer)["metrics"]
 
-    comparison = Comparison(tolerance=tolerance, n_recorded=len(sub_preds) if subset else n_recorded,
-                            n_reproduced=new["n_images"])
+    comparison = _compare(recorded, result, recorded_values, wanted, tolerance=tolerance,
+                          n_recorded=len(sub_preds) if subset else n_recorded)
+    return recorded, new, comparison
+
+
+def _wanted_metrics(rec_metrics: dict, metrics: Sequence[str] | None) -> list[str]:
+    """The metrics to compare: ``metrics`` ("Bleu" or "BLEU" = Bleu_1..4), else every one the
+    record holds a value for; each must have a recorded value."""
+    if metrics:
+        wanted = [x for m in metrics for x in (list(BLEU_NAMES) if m in ("Bleu", "BLEU") else [m])]
+    else:
+        wanted = [m for m, v in rec_metrics.items() if v is not None]
+    unknown = [m for m in wanted if m not in rec_metrics or rec_metrics[m] is None]
+    if unknown:
+        raise CannotReproduce(f"metrics.json records no value for {', '.join(unknown)}")
+    if not wanted:
+        raise CannotReproduce("metrics.json records no metric values")
+    return wanted
+
+
+def _recorded_settings(gen_rec: dict) -> GenerationSettings:
+    """The recorded decoding settings (keys GenerationSettings does not know are ignored)."""
+    names = {f.name for f in dataclasses.fields(GenerationSettings)}
+    try:
+        return GenerationSettings(**{k: v for k, v in gen_rec.items() if k in names})
+    except TypeError as e:  # a value of the wrong type (a number written as text): the record is damaged
+        raise CannotReproduce(f"metrics.json: its generation settings are not usable ({e}); regenerate it with "
+                              "eval/run.py generate") from None
+
+
+def _recorded_dtype(rec: dict, device_type: str) -> str:
+    """The recorded dtype on the same kind of device (``device_type``: "cpu", "cuda", ...);
+    elsewhere the device's own default (bf16 recorded on a GPU would crawl on a CPU)."""
+    rec_device = str(rec.get("device") or "")
+    return rec.get("dtype") if rec_device.split(":")[0] == device_type and rec.get("dtype") else "auto"
+
+
+def _compare(recorded: Recorded, result: Any, recorded_values: dict, wanted: Sequence[str], *,
+             tolerance: float, n_recorded: int) -> Comparison:
+    """Recorded vs reproduced values (and captions, when the release has predictions.json)."""
+    new = result.record
+    comparison = Comparison(tolerance=tolerance, n_recorded=n_recorded, n_reproduced=new["n_images"])
     if recorded.predictions is not None:
         old = {json.dumps(p.get("image_id")): p.get("caption") for p in recorded.predictions
                if isinstance(p, dict)}
@@ -277,7 +302,7 @@ def reproduce(source: str, *, tolerance: float = DEFAULT_TOLERANCE, max_images: 
                                 "ok": abs(diff) <= tolerance})
     if comparison.n_reproduced != comparison.n_recorded:
         comparison.unverifiable.append(f"n_images {comparison.n_reproduced} vs recorded {comparison.n_recorded}")
-    return recorded, new, comparison
+    return comparison
 
 
 def format_comparison(recorded: Recorded, new: dict, comparison: Comparison) -> str:

@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captioning.cli import ArgumentParser, add_options, guarded, option_values, pop_debug, positive_int
+from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
 from captioning.files import check_not_input, check_writable, write_json
+from captioning.options import add_options, option_values, positive_int
 from captioning.records import KIND_EVAL, write_record
+from captioning.vocabulary import BLEU_NAMES, COCO_METRICS
 
 PROG = "python eval/run.py"
 
@@ -55,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", help="also write the per-image scores to this JSON file")
     p.add_argument("--no-tokenize", action="store_true",
                    help="score the strings as given instead of PTB-tokenizing them first")
-    p.add_argument("--metrics", nargs="+", help="only these (Bleu_1..Bleu_4 or Bleu, METEOR, ROUGE_L, CIDEr, "
-                                                 "SPICE); default all")
+    p.add_argument("--metrics", nargs="+", help=f"only these ({BLEU_NAMES[0]}..{BLEU_NAMES[-1]} or Bleu, "
+                                                 f"{', '.join(COCO_METRICS[len(BLEU_NAMES):])}); default all")
     p.add_argument("--allow-empty", action="store_true",
                    help="score an empty caption as one that matches nothing (all its scores 0) instead of refusing")
     p.add_argument("--allow-missing", action="store_true",
@@ -130,7 +132,7 @@ def generate_config(args: argparse.Namespace):
 
 def cmd_score(args: argparse.Namespace, *, scorer: Any = None, command: str | None = None) -> int:
     from eval import scoring
-    from eval.provenance import library_versions, utc_now
+    from eval.provenance import eval_record
 
     t0 = time.perf_counter()
     for flag, value in (("--out", args.out), ("--per-image", args.per_image)):
@@ -151,18 +153,12 @@ def cmd_score(args: argparse.Namespace, *, scorer: Any = None, command: str | No
     if result["empty_captions"]:
         print(f"note: --allow-empty: {len(result['empty_captions'])} empty caption(s) scored as matching nothing")
     if args.out:
-        record = {
-            "metrics": result["metrics"], "unavailable": result.get("unavailable", {}),
-            "extras": result.get("extras", {}), "n_images": result["n_images"],
-            "empty_captions": result["empty_captions"],
-            "dataset": {"source": str(Path(args.references).resolve()), "split": None,
-                        "hash": references_hash(refs)},
-            "predictions": str(Path(args.predictions).resolve()),
-            "scoring": {"tokenize": not args.no_tokenize, "metrics": _metric_list(args.metrics),
-                        "allow_missing": args.allow_missing, "scored_subset": result.get("scored_subset", False)},
-            "versions": library_versions(), "command": command, "created": utc_now(),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
+        described = {"dataset": {"source": str(Path(args.references).resolve()), "split": None,
+                                 "hash": references_hash(refs)},
+                     "predictions": str(Path(args.predictions).resolve())}
+        settings = {"tokenize": not args.no_tokenize, "metrics": _metric_list(args.metrics),
+                    "allow_missing": args.allow_missing, "scored_subset": result.get("scored_subset", False)}
+        record = eval_record(result, described, settings, command=command, t_start=t0)
         write_record(args.out, KIND_EVAL, record)
         print(f"wrote {args.out}")
     if args.per_image:

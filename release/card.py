@@ -14,21 +14,38 @@ the same rounded numbers. What is missing is shown as "not measured", never gues
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.options import option
 from captioning.records import record_precision
 
 # the card's inputs and images live beside this module; their names stay importable from here
 from release.card_images import DIGITS, LOSS_CURVE, fmt, loss_curve_png, make_badges, metric_items
 from release.card_inputs import FACTORY, CardInputs, collect_inputs, looks_like_hub_id
 
-__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES_DIR", "CardInputs", "card_data", "collect_inputs", "looks_like_hub_id",
+__all__ = ["DEFAULT_TEMPLATE", "CardOptions", "TEMPLATES_DIR", "CardInputs", "card_data", "collect_inputs",
+           "looks_like_hub_id",
            "render_card", "usage_snippet", "write_card"]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 DEFAULT_TEMPLATE = "model_card"
+
+
+@dataclass
+class CardOptions:
+    """What ``release card`` renders; its flags are these fields (captioning.options.click_options)."""
+
+    model_dir: Path = option(flag="--model", help="release, merged-model or training output folder")
+    out: Path = option(help="README.md to write (badges and the loss curve go beside it)")
+    metrics: Path | None = option(None, help="metrics.json from eval/run.py generate (default: the one in --model)")
+    train_config: Path | None = option(None, help="train_config.yaml (default: the one in --model)")
+    logs: Path | None = option(None, help="training output folder with logs/ for the loss curve (default: --model)")
+    template: str = option(DEFAULT_TEMPLATE, help="template name in model_cards/ or a file")
+    repo_id: str | None = option(None, help="repo id the card's snippets load (default: the --model folder)")
+    license: str | None = option(None, help="licence id when the base model's cannot be read")
 
 
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",

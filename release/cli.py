@@ -21,6 +21,11 @@ import click
 
 from captioning.cli import DEBUG_FLAG, guarded, one_line
 from captioning.files import check_not_input
+from captioning.options import click_options
+from release.card import CardOptions
+from release.merge import MergeOptions
+from release.push import PushOptions
+from release.space import SpaceOptions
 
 
 def _quiet_libraries() -> None:
@@ -106,6 +111,9 @@ LICENSE = _LicenseId()
 #: an input that must be there (an option that only adds to the output, like --logs, would
 #: otherwise be skipped without a word when misspelled)
 EXISTING = _Path(path_type=Path, exists=True)
+#: click types of the settings classes' fields (captioning.options.click_options): paths and text
+#: never empty, --logs must exist, --license is a licence id
+TYPES = {"Path": PATH, "str": TEXT, "logs": EXISTING, "license": LICENSE}
 
 
 def _log(msg: str) -> None:
@@ -125,24 +133,8 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--adapter", required=True, type=PATH, help="LoRA adapter folder (training output)")
-@click.option("--out", required=True, type=PATH, help="folder for the merged model")
-@click.option("--base", help="base model id or folder (default: from adapter_config.json / train_config.yaml)")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="storage dtype of the merged weights (auto: the base checkpoint's)")
-@click.option("--force", is_flag=True, help="replace a non-empty --out folder")
-@click.option("--probes", type=int, default=4, show_default=True, help="probe images for the equivalence check")
-@click.option("--max-new-tokens", type=int, default=20, show_default=True, help="caption length in the check")
-@click.option("--tolerance", type=float, help="max |logit difference| allowed (default by dtype: fp32 1e-3, "
-                                              "fp16 5e-2, bf16 0.25)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
-@click.option("--trust-remote-code", is_flag=True, help="allow a base that ships its own model code (bridge); "
-              "never on by default, and only this flag turns it on (an adapter whose train_config.yaml asks for "
-              "it is refused without it)")
-@click.option("--allow-other-base", is_flag=True, help="with --base: merge into a base other than the one the "
-              "adapter was trained on, on purpose (recorded in merge_check.json and said on the card)")
-def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, device, trust_remote_code,
-          allow_other_base):
+@click_options(MergeOptions, TYPES)
+def merge(**flags):
     """Merge a LoRA adapter into its full-precision base and check the result.
 
     \b
@@ -152,29 +144,15 @@ def merge(adapter, out, base, dtype, force, probes, max_new_tokens, tolerance, d
     The merged model is reloaded and compared with base + adapter on probe images
     (max |logit difference|, identical greedy captions); a failing check writes nothing.
     """
-    from release.merge import MergeOptions, merge_adapter
+    from release.merge import merge_adapter
 
-    result = merge_adapter(MergeOptions(adapter=adapter, out=out, base=base, dtype=dtype, force=force, probes=probes,
-                                        max_new_tokens=max_new_tokens, tolerance=tolerance, device=device,
-                                        trust_remote_code=trust_remote_code, allow_other_base=allow_other_base),
-                           log=_log)
+    result = merge_adapter(MergeOptions(**flags), log=_log)
     _log(f"merged model: {result.out}")
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=PATH,
-              help="release, merged-model or training output folder")
-@click.option("--metrics", type=PATH, help="metrics.json from eval/run.py generate "
-                                                                 "(default: the one in --model)")
-@click.option("--train-config", type=PATH, help="train_config.yaml (default: the one in --model)")
-@click.option("--logs", type=EXISTING, help="training output folder with logs/ for the loss curve "
-                                                              "(default: --model)")
-@click.option("--template", default="model_card", show_default=True, help="template name in model_cards/ or a file")
-@click.option("--repo-id", help="repo id the card's snippets load (default: the --model folder)")
-@click.option("--license", "license_", type=LICENSE, help="licence id when the base model's cannot be read")
-@click.option("--out", required=True, type=PATH, help="README.md to write (badges and the "
-                                                                             "loss curve go beside it)")
-def card(model_dir, metrics, train_config, logs, template, repo_id, license_, out):
+@click_options(CardOptions, TYPES)
+def card(**flags):
     """Render a model card (README.md) from a template and the release's records.
 
     \b
@@ -186,46 +164,22 @@ def card(model_dir, metrics, train_config, logs, template, repo_id, license_, ou
     from release.card import collect_inputs, write_card
     from release.hub import check_repo_id
 
-    if repo_id is not None:
-        check_repo_id(repo_id)  # the card's snippets load it: one the Hub would refuse helps nobody
-    folder = Path(model_dir)
+    o = CardOptions(**flags)
+    if o.repo_id is not None:
+        check_repo_id(o.repo_id)  # the card's snippets load it: one the Hub would refuse helps nobody
+    folder = Path(o.model_dir)
     read = {f"--model's {p.name}": p for p in (folder.iterdir() if folder.is_dir() else ()) if p.name != "README.md"}
-    check_not_input(out, "--out", read | {"--metrics": metrics, "--train-config": train_config, "--template": template})
-    inputs = collect_inputs(model_dir, repo_id=repo_id, metrics=metrics, train_config=train_config, logs=logs,
-                            license=license_)
-    path = write_card(inputs, out, template=template)
+    check_not_input(o.out, "--out", read | {"--metrics": o.metrics, "--train-config": o.train_config,
+                                            "--template": o.template})
+    inputs = collect_inputs(o.model_dir, repo_id=o.repo_id, metrics=o.metrics, train_config=o.train_config,
+                            logs=o.logs, license=o.license)
+    path = write_card(inputs, o.out, template=o.template)
     _log(f"model card: {path}")
 
 
 @cli.command()
-@click.option("--repo-id", required=True, help="NAMESPACE/NAME on the Hub (also named in the card)")
-@click.option("--adapter", type=PATH, help="LoRA adapter folder (training output)")
-@click.option("--merge", "merge_", is_flag=True, help="merge --adapter into its base and release the full model")
-@click.option("--model", type=PATH, help="full model folder (e.g. from release merge)")
-@click.option("--eval", "eval_dir", type=PATH,
-              help="--out folder of eval/run.py generate (metrics.json, predictions.json)")
-@click.option("--private", is_flag=True, help="create the repo private")
-@click.option("--revision", help="branch to push to (created if missing; default main)")
-@click.option("--tag", help="tag the pushed commit")
-@click.option("--commit-message", help="commit message (default: 'Release: upload folder')")
-@click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
-@click.option("--to-dir", type=PATH, help="write the repo layout to this folder instead of "
-                                                                "the Hub (offline)")
-@click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
-@click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`); prefer HF_TOKEN")
-@click.option("--base", help="base model for --merge (default: from the adapter's config)")
-@click.option("--allow-other-base", is_flag=True, help="with --merge --base: merge into a base other than the one "
-              "the adapter was trained on, on purpose (the card says so)")
-@click.option("--base-repo-id", help="Hub id of a local base model (named in the card and configs instead of "
-              "a local path; required for an adapter release of a local base)")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="storage dtype for --merge")
-@click.option("--probes", type=int, default=4, show_default=True, help="probe images for the --merge check")
-@click.option("--template", default="model_card", show_default=True, help="model card template")
-@click.option("--license", "license_", type=LICENSE, help="licence id when the base model's cannot be read")
-@click.option("--logs", type=EXISTING, help="training output folder for the loss curve")
-def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, commit_message, dry_run, to_dir, force,
-         token, base, allow_other_base, base_repo_id, dtype, probes, template, license_, logs):
+@click_options(PushOptions, TYPES)
+def push(**flags):
     """Assemble a release (weights, processor, card, eval record) and publish it.
 
     \b
@@ -236,35 +190,14 @@ def push(repo_id, adapter, merge_, model, eval_dir, private, revision, tag, comm
     Pushing an unchanged release again makes no new commit; an interrupted push
     finishes when the same command is run again.
     """
-    from release.push import PushOptions
     from release.push import push as do_push
 
-    do_push(PushOptions(repo_id=repo_id, adapter=adapter, model=model, merge=merge_, eval_dir=eval_dir,
-                        private=private, revision=revision, tag=tag, commit_message=commit_message, dry_run=dry_run,
-                        to_dir=to_dir, token=token, force=force, base=base, allow_other_base=allow_other_base,
-                        base_repo_id=base_repo_id,
-                        dtype=dtype, probes=probes,
-                        template=template, license=license_, logs=logs), log=_log)
+    do_push(PushOptions(**flags), log=_log)
 
 
 @cli.command()
-@click.option("--repo-id", required=True, help="NAMESPACE/NAME of the Space")
-@click.option("--models", required=True, help="comma-separated hub ids (or folders with --to-dir) to serve")
-@click.option("--to-dir", type=PATH, help="write the Space folder here instead of the Hub")
-@click.option("--hardware", help="Space hardware (e.g. cpu-basic, t4-small, zero-a10g): requested on the Hub and "
-              "written as the README's suggested_hardware (default there: cpu-basic)")
-@click.option("--private", is_flag=True, help="create the Space private")
-@click.option("--dry-run", is_flag=True, help="print what would be uploaded where; write nothing")
-@click.option("--force", is_flag=True, help="replace a non-empty --to-dir")
-@click.option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`)")
-@click.option("--title", help="Space title (default: space/README.md's)")
-@click.option("--short-description", help="one line on the Space's thumbnail, at most 60 characters (default: "
-                                          "space/README.md's)")
-@click.option("--tags", help="comma-separated Space tags (default: space/README.md's, else image-captioning, "
-                             "image-to-text, vision-language-model; \"\" for none)")
-@click.option("--python-version", help="Python the Space runs, 3.x or 3.x.x (default: this interpreter's major.minor)")
-def space(repo_id, models, to_dir, hardware, private, dry_run, force, token, title, short_description, tags,
-          python_version):
+@click_options(SpaceOptions, TYPES)
+def space(**flags):
     """Deploy space/ as a Gradio Space serving the given models.
 
     \b
@@ -274,13 +207,9 @@ def space(repo_id, models, to_dir, hardware, private, dry_run, force, token, tit
     The README's front matter lists the Hub ids in models: (the Space shows on each model's
     page) and preload_from_hub (fetched at build), with this gradio as sdk_version.
     """
-    from release.space import SpaceOptions, deploy_space
+    from release.space import deploy_space
 
-    deploy_space(SpaceOptions(repo_id=repo_id, models=models.split(","), to_dir=to_dir, hardware=hardware,
-                              private=private, dry_run=dry_run, token=token, force=force, title=title,
-                              short_description=short_description,
-                              tags=None if tags is None else tags.split(","), python_version=python_version),
-                 log=_log)
+    deploy_space(SpaceOptions(**flags), log=_log)
 
 
 def main(argv: list[str] | None = None) -> int:

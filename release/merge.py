@@ -29,6 +29,7 @@ from captioning.errors import UserError
 from captioning.files import check_not_input, output_lock, partial_folder, replace_folder
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
 from captioning.generation import MAX_NEW_TOKENS
+from captioning.options import option
 from captioning.records import (
     KIND_MERGE_CHECK,
     MERGE_CHECK,
@@ -38,8 +39,8 @@ from captioning.records import (
     adapter_base,
     write_record,
 )
+from captioning.vocabulary import DTYPE_CHOICES
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 #: more probe images only repeat the check (each is a forward pass with captioning)
 MAX_PROBES = 256
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -52,33 +53,31 @@ DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 2.5e-1}
 
 @dataclass
 class MergeOptions:
-    """What ``release merge`` does; the CLI fills it from flags."""
+    """What ``release merge`` does; its flags are these fields (captioning.options.click_options)."""
 
-    adapter: Path
-    out: Path
-    #: base model id or folder; None: adapter_config.json, then train_config.yaml
-    base: str | None = None
-    #: storage dtype of the merged weights; auto: the base checkpoint's dtype
-    dtype: str = "auto"
-    force: bool = False
-    #: probe images for the equivalence check (synthetic shapes scenes)
-    probes: int = 4
-    max_new_tokens: int = 20
-    #: None: DEFAULT_TOLERANCE for the storage dtype
-    tolerance: float | None = None
-    device: str = "auto"
-    #: load model code shipped with the base (bridge). Only this flag turns it on: an adapter
-    #: whose train_config.yaml asks for it is refused without it
-    trust_remote_code: bool = False
-    #: merge into a --base other than the one the adapter was trained on, on purpose
-    #: (recorded in merge_check.json; the card says so)
-    allow_other_base: bool = False
+    adapter: Path = option(help="LoRA adapter folder (training output)")
+    out: Path = option(help="folder for the merged model")
+    base: str | None = option(None, help="base model id or folder (default: from adapter_config.json / "
+                                         "train_config.yaml)")
+    dtype: str = option("auto", help="storage dtype of the merged weights (auto: the base checkpoint's)",
+                        choices=DTYPE_CHOICES)
+    force: bool = option(False, help="replace a non-empty --out folder")
+    probes: int = option(4, help="probe images (synthetic shapes scenes) for the equivalence check")
+    max_new_tokens: int = option(20, help="caption length in the check")
+    tolerance: float | None = option(None, help="max |logit difference| allowed (default by dtype: "
+                                     + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ")")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps")
+    trust_remote_code: bool = option(False, help="allow a base that ships its own model code (bridge); never on by "
+                                     "default, and only this flag turns it on (an adapter whose train_config.yaml "
+                                     "asks for it is refused without it)")
+    allow_other_base: bool = option(False, help="with --base: merge into a base other than the one the adapter was "
+                                    "trained on, on purpose (recorded in merge_check.json and said on the card)")
 
     def __post_init__(self):
         self.adapter = Path(self.adapter)
         self.out = Path(self.out)
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise UserError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
         if not 1 <= self.probes <= MAX_PROBES:
             raise UserError(f"--probes must be from 1 to {MAX_PROBES} (got {self.probes})")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
@@ -295,8 +294,10 @@ def _merge_adapter(opts: MergeOptions, log: Callable[[str], None]) -> MergeResul
         f"{short(identity['base_fingerprint'])})")
     if not identity["same_base"]:
         log(f"note: --allow-other-base: {opts.adapter} was trained on {identity['trained_on']}, merging into {base}")
-    if quant.get("load_in_4bit") or quant.get("enabled"):
-        log("training used a 4-bit base: merging into the full-precision base instead (never into 4-bit)")
+    bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
+    if bits:  # the keys training.config.QuantizationConfig writes
+        log(f"training used a {bits}-bit base: merging into the full-precision base instead (never into "
+            f"{bits}-bit)")
 
     # Merge and check in fp32 on every device: half-precision merges round twice,
     # and the check must measure the stored weights, not the compute dtype.

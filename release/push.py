@@ -26,6 +26,8 @@ from pathlib import Path
 from captioning.errors import UserError
 from captioning.files import check_model_folder, output_lock, partial_folder, read_json_file, write_atomic, write_json
 from captioning.fingerprints import model_fingerprint, short, weights_fingerprint
+from captioning.options import option, same_as
+from captioning.portability import local_paths_in, scrub_paths
 from captioning.records import (
     KIND_MERGE_CHECK,
     KIND_RELEASE,
@@ -35,10 +37,8 @@ from captioning.records import (
     TRAIN_CONFIG,
     EvalRecord,
     TrainConfigRecord,
-    local_paths_in,
     model_config,
     read_record,
-    scrub_paths,
     write_record,
 )
 from release import card as card_mod
@@ -60,31 +60,34 @@ EVAL_FILES = ("metrics.json", "predictions.json")
 
 @dataclass
 class PushOptions:
-    """What ``release push`` does; the CLI fills it from flags."""
+    """What ``release push`` does; its flags are these fields (captioning.options.click_options)."""
 
-    repo_id: str
-    adapter: Path | None = None
-    model: Path | None = None
-    merge: bool = False
-    eval_dir: Path | None = None
-    private: bool = False
-    revision: str | None = None
-    tag: str | None = None
-    commit_message: str | None = None
-    dry_run: bool = False
-    to_dir: Path | None = None
-    token: str | None = None
-    force: bool = False
-    # merge / card options
-    base: str | None = None
+    repo_id: str = option(help="NAMESPACE/NAME on the Hub (also named in the card)")
+    adapter: Path | None = same_as(MergeOptions, "adapter", default=None)
+    merge: bool = option(False, help="merge --adapter into its base and release the full model")
+    model: Path | None = option(None, help="full model folder (e.g. from release merge)")
+    eval_dir: Path | None = option(None, flag="--eval",
+                                   help="--out folder of eval/run.py generate (metrics.json, predictions.json)")
+    private: bool = option(False, help="create the repo private")
+    revision: str | None = option(None, help="branch to push to (created if missing; default main)")
+    tag: str | None = option(None, help="tag the pushed commit")
+    commit_message: str | None = option(None, help="commit message (default: 'Release: upload folder')")
+    dry_run: bool = option(False, help="print what would be uploaded where; write nothing")
+    to_dir: Path | None = option(None, help="write the repo layout to this folder instead of the Hub (offline)")
+    force: bool = option(False, help="replace a non-empty --to-dir")
+    token: str | None = option(None, help="Hub token (default: HF_TOKEN, then `hf auth login`); prefer HF_TOKEN")
+    # what --merge does, as release merge does it
+    base: str | None = same_as(MergeOptions, "base")
+    allow_other_base: bool = same_as(MergeOptions, "allow_other_base")
     #: the Hub id of a local base (what the card, adapter_config.json and train_config.yaml name)
-    base_repo_id: str | None = None
-    allow_other_base: bool = False
-    dtype: str = "auto"
-    probes: int = 4
-    template: str = card_mod.DEFAULT_TEMPLATE
-    license: str | None = None
-    logs: Path | None = None
+    base_repo_id: str | None = option(None, help="Hub id of a local base model (named in the card and configs "
+                                      "instead of a local path; required for an adapter release of a local base)")
+    dtype: str = same_as(MergeOptions, "dtype")
+    probes: int = same_as(MergeOptions, "probes")
+    # the card, as release card renders it
+    template: str = same_as(card_mod.CardOptions, "template")
+    license: str | None = same_as(card_mod.CardOptions, "license")
+    logs: Path | None = same_as(card_mod.CardOptions, "logs")
 
     def __post_init__(self):
         hub.check_repo_id(self.repo_id)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from captioning.errors import UserError
 from captioning.files import output_lock, partial_folder
+from captioning.options import option
 from release import hub
 from release.card import TEMPLATES_DIR, looks_like_hub_id
 from release.publish import PublishResult, describe_folder, publish_folder, write_to_dir
@@ -47,24 +48,25 @@ _SKIP_SUFFIXES = (".pyc", ".pyi")
 
 @dataclass
 class SpaceOptions:
-    """What ``release space`` does; the CLI fills it from flags."""
+    """What ``release space`` does; its flags are these fields (captioning.options.click_options)."""
 
-    repo_id: str
-    models: list[str]
-    to_dir: Path | None = None
-    hardware: str | None = None
-    private: bool = False
-    dry_run: bool = False
-    token: str | None = None
-    force: bool = False
+    repo_id: str = option(help="NAMESPACE/NAME of the Space")
+    models: list[str] = option(help="comma-separated hub ids (or folders with --to-dir) to serve")
+    to_dir: Path | None = option(None, help="write the Space folder here instead of the Hub")
+    hardware: str | None = option(None, help="Space hardware (e.g. cpu-basic, t4-small, zero-a10g): requested on the "
+                                  "Hub and written as the README's suggested_hardware (default there: cpu-basic)")
+    private: bool = option(False, help="create the Space private")
+    dry_run: bool = option(False, help="print what would be uploaded where; write nothing")
+    force: bool = option(False, help="replace a non-empty --to-dir")
+    token: str | None = option(None, help="Hub token (default: HF_TOKEN, then `hf auth login`)")
     space_dir: Path = field(default_factory=lambda: SPACE_DIR)
-    title: str | None = None
-    #: None: space/README.md's, checked against the Hub's limit when the README is rendered
-    short_description: str | None = None
-    #: None: space/README.md's, else DEFAULT_TAGS; an empty list writes none
-    tags: list[str] | None = None
-    #: None: the running interpreter's major.minor
-    python_version: str | None = None
+    title: str | None = option(None, help="Space title (default: space/README.md's)")
+    short_description: str | None = option(None, help="one line on the Space's thumbnail, at most 60 characters "
+                                           "(default: space/README.md's)")
+    tags: list[str] | None = option(None, help="comma-separated Space tags (default: space/README.md's, else "
+                                    + ", ".join(DEFAULT_TAGS) + '; "" for none)')
+    python_version: str | None = option(None, help="Python the Space runs, 3.x or 3.x.x (default: this "
+                                        "interpreter's major.minor)")
 
     def __post_init__(self):
         hub.check_repo_id(self.repo_id)

@@ -31,22 +31,12 @@ if __name__ == "__main__" and not (Path(__file__).resolve().parent / "captioning
 
 import gradio as gr
 
+from caption_space.batch_files import IMAGE_SUFFIXES, MAX_BATCH_IMAGES
 from caption_space.components import FilesInput, image_input
+from caption_space.decoding import DEFAULTS, MAX_BEAMS, MAX_NEW_TOKENS, MAX_VARIATIONS, decoding_note
 from caption_space.failures import handled
-from caption_space.handlers import (
-    BATCH_COLUMNS,
-    IMAGE_SUFFIXES,
-    MAX_BATCH_IMAGES,
-    MAX_BEAMS,
-    MAX_COMPARE,
-    MAX_NEW_TOKENS,
-    MAX_VARIATIONS,
-    MODELS_COLUMNS,
-    SPACE_MAX_PIXELS,
-    CaptionSpace,
-    Limits,
-    decoding_note,
-)
+from caption_space.handlers import BATCH_COLUMNS, MAX_COMPARE, MODELS_COLUMNS, SPACE_MAX_PIXELS, CaptionSpace, Limits
+from caption_space.lineup import unique_labels
 from caption_space.models import (
     MODELS_YAML,
     ModelEntry,
@@ -56,12 +46,13 @@ from caption_space.models import (
     parse_models,
     read_model_info,
     same_model,
-    unique_labels,
 )
 from caption_space.registry import DEFAULT_MAX_LOADED, ModelLoadError, ModelRegistry
 from caption_space.views import about_markdown, card_line, card_not_comparable, compare_html, esc, metrics_line
-from captioning.cli import QUANTIZE_CHOICES, ArgumentParser, guarded, pop_debug, positive_int
+from captioning.cli import ArgumentParser, guarded, pop_debug
 from captioning.errors import UserError
+from captioning.options import positive_int
+from captioning.vocabulary import QUANTIZE_CHOICES
 
 #: what tests, the load benchmark and scripts use of the Space
 __all__ = ["MODELS_YAML", "CaptionSpace", "Limits", "ModelEntry", "ModelInfo", "ModelLoadError", "ModelRegistry",
@@ -86,6 +77,13 @@ footer { opacity: .7; }
 .decoding-note p { margin: 0; font-size: .9em; opacity: .85; }
 """
 BEAMS_INFO = "for temperature 0; raised to Variations when lower; 1 while sampling"
+#: events only the page uses: off the API page and the MCP tools
+PRIVATE = dict(api_visibility="private")
+#: a page-only event that answers at once (a placeholder while the real request runs): no
+#: queue, no progress shown
+INSTANT = dict(PRIVATE, queue=False, show_progress="hidden")
+#: the handlers check model values themselves: Gradio's own check logs a traceback per bad value
+PICK = dict(allow_custom_value=True)
 
 
 def launch_kwargs(mcp: bool = True) -> dict[str, Any]:
@@ -147,29 +145,139 @@ def settings_panel(tab: str, *, variations: bool = False) -> tuple[list, gr.Slid
     temperature, top-p], variations or None, seed)``, in the order the handlers take them.
     A line under them says how the request will decode, so Variations never changes Beams
     unseen."""
-    private = dict(api_visibility="private", queue=False, show_progress="hidden")
     with gr.Accordion("Settings", open=False, elem_id=f"{tab}_settings"):
         with gr.Row():
-            max_new = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, precision=0, label="Max new tokens",
-                                elem_id=f"{tab}_max_new_tokens", min_width=160)
+            max_new = gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULTS.max_new_tokens, step=1, precision=0,
+                                label="Max new tokens", elem_id=f"{tab}_max_new_tokens", min_width=160)
             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", min_width=160,
                                     info="0 = deterministic (greedy / beam search)", elem_id=f"{tab}_temperature")
-            beams = gr.Slider(1, MAX_BEAMS, value=1, step=1, precision=0, label="Beams", min_width=160,
-                              info=BEAMS_INFO if variations else "for temperature 0; 1 while sampling",
+            beams = gr.Slider(1, MAX_BEAMS, value=DEFAULTS.num_beams, step=1, precision=0, label="Beams",
+                              min_width=160, info=BEAMS_INFO if variations else "for temperature 0; 1 while sampling",
                               elem_id=f"{tab}_num_beams")
-            var = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, precision=0, label="Variations", min_width=160,
-                            info="captions to return: samples when temperature > 0, else the best beams",
+            var = gr.Slider(1, MAX_VARIATIONS, value=DEFAULTS.num_captions, step=1, precision=0, label="Variations",
+                            min_width=160, info="captions to return: samples when temperature > 0, else the best beams",
                             elem_id=f"{tab}_variations") if variations else None
-            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", info="used when sampling", min_width=160,
-                              elem_id=f"{tab}_top_p")
+            top_p = gr.Slider(0.05, 1, value=as_listed(DEFAULTS.top_p), step=0.05, label="Top-p",
+                              info="used when sampling", min_width=160, elem_id=f"{tab}_top_p")
             seed = gr.Number(value=-1, precision=0, label="Seed", min_width=160,
                              info="-1 = random; the seed used is shown with each result", elem_id=f"{tab}_seed")
-        note = gr.Markdown(f"Decoding: {decoding_note(1, 0, 1)}", elem_id=f"{tab}_decoding",
-                           elem_classes="decoding-note")
-    temperature.change(beams_for, inputs=temperature, outputs=beams, **private)
+        note = gr.Markdown(f"Decoding: {decoding_note(DEFAULTS.num_beams, 0, DEFAULTS.num_captions)}",
+                           elem_id=f"{tab}_decoding", elem_classes="decoding-note")
+    temperature.change(beams_for, inputs=temperature, outputs=beams, **INSTANT)
     gr.on([c.change for c in (beams, temperature, var) if c is not None], decoding_line,
-          inputs=[c for c in (beams, temperature, var) if c is not None], outputs=note, **private)
+          inputs=[c for c in (beams, temperature, var) if c is not None], outputs=note, **INSTANT)
     return [max_new, beams, temperature, top_p], var, seed
+
+
+def as_listed(value: float) -> float:
+    """A default as a slider takes it: a whole number as an int, so the page, the API page and
+    the MCP schema list top-p's 1 as ``1`` (not ``1.0``)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def example_images(examples_dir: str | Path | None) -> list[Path]:
+    """The images of ``examples_dir``, sorted (none when it is None or not a folder)."""
+    if not examples_dir or not Path(examples_dir).is_dir():
+        return []
+    return sorted(p for p in Path(examples_dir).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def caption_tab(app: CaptionSpace, examples: list[Path], root: Callable[[], str | None]) -> None:
+    """The Caption tab: one image, one model, its captions and a timing line (``/caption``)."""
+    first_id, first = app.choices[0][1], app.infos[0]
+    with gr.Tab("Caption", id="caption"):
+        with gr.Row():
+            with gr.Column():
+                image = image_input(label="Image", elem_id="caption_image", height=320, examples=examples, root=root)
+                shown_examples = gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples",
+                                             examples_per_page=12, elem_id="caption_examples") if examples else None
+            with gr.Column():
+                model = gr.Dropdown(app.choices, value=first_id, label="Model", elem_id="caption_model", **PICK)
+                card = gr.Markdown(card_line(first), label="card", elem_id="caption_card")
+                prompt = gr.Textbox(value="", label="Prompt (instruct models)", lines=1, max_lines=3,
+                                    interactive=first.takes_prompt, elem_id="prompt",
+                                    placeholder=(f"default: {first.prompt or '(none)'}" if first.takes_prompt
+                                                 else f"{first.family} captions without a prompt"))
+                settings, variations, seed = settings_panel("caption", variations=True)
+                go = gr.Button("Caption", variant="primary", elem_id="caption_btn")
+                captions = gr.Textbox(label="Captions (one per line)", lines=2, max_lines=6,
+                                      interactive=False, buttons=["copy"], elem_id="captions")
+                timing = gr.Markdown(label="timing", elem_id="caption_time")
+        model.change(app.model_info, inputs=model, outputs=[prompt, card], **PRIVATE)
+        image.upload(lambda img: refuse_or_clear(app, img, [captions, timing]), inputs=image,
+                     outputs=[image, captions, timing], **PRIVATE)
+        if shown_examples is not None:
+            # an example replaces the image as an upload does, so the old result goes too
+            shown_examples.dataset.click(lambda: ("", None), outputs=[captions, timing], **INSTANT)
+        go.click(lambda: ("", "*Captioning…*"), outputs=[captions, timing], **INSTANT) \
+            .then(app.caption, inputs=[image, model, prompt, *settings, variations, seed],
+                  outputs=[captions, timing], api_name="caption")
+
+
+def compare_tab(app: CaptionSpace, examples: list[Path], root: Callable[[], str | None]) -> None:
+    """The Compare tab: one image, 2-4 models side by side, one button per base and fine-tune
+    pair (``/compare``)."""
+    choices = app.choices
+    with gr.Tab("Compare", id="compare"):
+        with gr.Row():
+            image = image_input(label="Image", elem_id="compare_image", height=260, examples=examples, root=root)
+            with gr.Column():
+                models = gr.Dropdown(choices, value=[c[1] for c in choices[:2]], multiselect=True,
+                                     max_choices=MAX_COMPARE, label=f"Models (2-{MAX_COMPARE})",
+                                     elem_id="compare_models", **PICK)
+                for n, (base, ft) in enumerate(app.pairs):
+                    btn = gr.Button(f"Base vs fine-tuned: {base.label} vs {ft.label}", size="sm",
+                                    elem_id=f"preset_{n}")
+                    btn.click(lambda n=n: app.preset(n), outputs=models, **PRIVATE)
+                settings, _, seed = settings_panel("compare")
+                go = gr.Button("Compare", variant="primary", elem_id="compare_btn")
+                gr.Markdown("Same settings for every model; each uses its own prompt.")
+        cards = gr.HTML(label="cards", elem_id="compare_cards")
+        with gr.Accordion("Raw results (JSON)", open=False):
+            raw = gr.JSON(label="results", elem_id="compare_json")
+        image.upload(lambda img: refuse_or_clear(app, img, [cards, raw]), inputs=image,
+                     outputs=[image, cards, raw], **PRIVATE)
+        go.click(lambda: ("<p><em>Comparing…</em></p>", None), outputs=[cards, raw], **INSTANT) \
+            .then(app.compare, inputs=[image, models, *settings, seed], outputs=[cards, raw], api_name="compare")
+
+
+def batch_tab(app: CaptionSpace) -> None:
+    """The Batch tab: many images or zips, one model, a table with CSV and JSON downloads
+    (``/batch``)."""
+    with gr.Tab("Batch", id="batch"):
+        with gr.Row():
+            files = FilesInput(file_count="multiple", file_types=["image", ".zip"],
+                               label=f"Images or a .zip (up to {MAX_BATCH_IMAGES} images)", elem_id="batch_files")
+            with gr.Column():
+                model = gr.Dropdown(app.choices, value=app.choices[0][1], label="Model", elem_id="batch_model",
+                                    **PICK)
+                settings, _, seed = settings_panel("batch")
+                go = gr.Button("Caption all", variant="primary", elem_id="batch_btn")
+                summary = gr.Markdown(label="summary", elem_id="batch_summary")
+                with gr.Row():
+                    csv_file = gr.DownloadButton("Download CSV", elem_id="batch_csv")
+                    json_file = gr.DownloadButton("Download JSON", elem_id="batch_json")
+        table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True, label="captions",
+                             elem_id="batch_table")
+        outputs = [table, csv_file, json_file, summary]
+        go.click(lambda: (None, None, None, "*Captioning…*"), outputs=outputs, **INSTANT) \
+            .then(app.batch, inputs=[files, model, *settings, seed], outputs=outputs, api_name="batch")
+
+
+def about_tab(app: CaptionSpace) -> gr.Dataframe:
+    """The About tab: the models' live status (``/models``) and what the Space is; returns
+    the status table, which the page fills when it loads."""
+    choices = app.choices
+    with gr.Tab("About", id="about"):
+        status = gr.Dataframe(headers=MODELS_COLUMNS, interactive=False, label="Models (live status)",
+                              elem_id="models_table")
+        refresh = gr.Button("Refresh", size="sm", elem_id="models_refresh")
+        with gr.Accordion("Models as the API returns them (/models)", open=False):
+            models_json = gr.JSON(label="models", elem_id="models_json")
+        gr.Markdown(about_markdown(app.infos, choices[0][1], [c[1] for c in choices[:2]]), elem_id="about_md")
+        refresh.click(app.models, outputs=models_json, api_name="models")
+        refresh.click(app.models_table, outputs=status, **PRIVATE)
+    return status
 
 
 def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_MAX_LOADED, device: str = "auto",
@@ -192,14 +300,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
     registry = ModelRegistry(infos, max_loaded=max_loaded, device=device, dtype=dtype, loader=loader,
                              quantize=quantize)
     app = CaptionSpace(infos, registry, limits or Limits())
-    choices = app.choices
-    first_id = choices[0][1]
-    first = infos[0]
-    examples = sorted(p for p in Path(examples_dir).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if examples_dir and Path(examples_dir).is_dir() else []
-    private = dict(api_visibility="private")
-    # the handlers check model values themselves: Gradio's own check logs a traceback per bad value
-    pick = dict(allow_custom_value=True)
+    examples = example_images(examples_dir)
 
     with gr.Blocks(title="Image captioning", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         def root() -> str | None:
@@ -209,95 +310,12 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
 
         gr.Markdown("# Image captioning\nCaption images with small vision-language models, and compare "
                     "base and fine-tuned models side by side.")
-
         with gr.Tabs():
-            with gr.Tab("Caption", id="caption"):
-                with gr.Row():
-                    with gr.Column():
-                        image = image_input(label="Image", elem_id="caption_image", height=320, examples=examples,
-                                            root=root)
-                        shown_examples = gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples",
-                                                     examples_per_page=12, elem_id="caption_examples") \
-                            if examples else None
-                    with gr.Column():
-                        model = gr.Dropdown(choices, value=first_id, label="Model", elem_id="caption_model", **pick)
-                        card = gr.Markdown(card_line(first), label="card", elem_id="caption_card")
-                        prompt = gr.Textbox(value="", label="Prompt (instruct models)", lines=1, max_lines=3,
-                                            interactive=first.takes_prompt, elem_id="prompt",
-                                            placeholder=(f"default: {first.prompt or '(none)'}" if first.takes_prompt
-                                                         else f"{first.family} captions without a prompt"))
-                        settings, variations, seed = settings_panel("caption", variations=True)
-                        go = gr.Button("Caption", variant="primary", elem_id="caption_btn")
-                        captions = gr.Textbox(label="Captions (one per line)", lines=2, max_lines=6,
-                                              interactive=False, buttons=["copy"], elem_id="captions")
-                        timing = gr.Markdown(label="timing", elem_id="caption_time")
-                model.change(app.model_info, inputs=model, outputs=[prompt, card], **private)
-                image.upload(lambda img: refuse_or_clear(app, img, [captions, timing]), inputs=image,
-                             outputs=[image, captions, timing], **private)
-                if shown_examples is not None:
-                    # an example replaces the image as an upload does, so the old result goes too
-                    shown_examples.dataset.click(lambda: ("", None), outputs=[captions, timing], queue=False,
-                                                 show_progress="hidden", **private)
-                go.click(lambda: ("", "*Captioning…*"), outputs=[captions, timing], queue=False,
-                         show_progress="hidden", **private) \
-                    .then(app.caption, inputs=[image, model, prompt, *settings, variations, seed],
-                          outputs=[captions, timing], api_name="caption")
-
-            with gr.Tab("Compare", id="compare"):
-                with gr.Row():
-                    cmp_image = image_input(label="Image", elem_id="compare_image", height=260, examples=examples,
-                                            root=root)
-                    with gr.Column():
-                        cmp_models = gr.Dropdown(choices, value=[c[1] for c in choices[:2]], multiselect=True,
-                                                 max_choices=MAX_COMPARE, label=f"Models (2-{MAX_COMPARE})",
-                                                 elem_id="compare_models", **pick)
-                        for n, (base, ft) in enumerate(app.pairs):
-                            btn = gr.Button(f"Base vs fine-tuned: {base.label} vs {ft.label}", size="sm",
-                                            elem_id=f"preset_{n}")
-                            btn.click(lambda n=n: app.preset(n), outputs=cmp_models, **private)
-                        cmp_settings, _, cmp_seed = settings_panel("compare")
-                        cmp_go = gr.Button("Compare", variant="primary", elem_id="compare_btn")
-                        gr.Markdown("Same settings for every model; each uses its own prompt.")
-                cmp_out = gr.HTML(label="cards", elem_id="compare_cards")
-                with gr.Accordion("Raw results (JSON)", open=False):
-                    cmp_json = gr.JSON(label="results", elem_id="compare_json")
-                cmp_image.upload(lambda img: refuse_or_clear(app, img, [cmp_out, cmp_json]), inputs=cmp_image,
-                                 outputs=[cmp_image, cmp_out, cmp_json], **private)
-                cmp_go.click(lambda: ("<p><em>Comparing…</em></p>", None), outputs=[cmp_out, cmp_json], queue=False,
-                             show_progress="hidden", **private) \
-                    .then(app.compare, inputs=[cmp_image, cmp_models, *cmp_settings, cmp_seed],
-                          outputs=[cmp_out, cmp_json], api_name="compare")
-
-            with gr.Tab("Batch", id="batch"):
-                with gr.Row():
-                    files = FilesInput(file_count="multiple", file_types=["image", ".zip"],
-                                       label=f"Images or a .zip (up to {MAX_BATCH_IMAGES} images)",
-                                       elem_id="batch_files")
-                    with gr.Column():
-                        b_model = gr.Dropdown(choices, value=first_id, label="Model", elem_id="batch_model", **pick)
-                        b_settings, _, b_seed = settings_panel("batch")
-                        b_go = gr.Button("Caption all", variant="primary", elem_id="batch_btn")
-                        b_summary = gr.Markdown(label="summary", elem_id="batch_summary")
-                        with gr.Row():
-                            b_csv = gr.DownloadButton("Download CSV", elem_id="batch_csv")
-                            b_json = gr.DownloadButton("Download JSON", elem_id="batch_json")
-                b_table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True, label="captions",
-                                       elem_id="batch_table")
-                b_go.click(lambda: (None, None, None, "*Captioning…*"), outputs=[b_table, b_csv, b_json, b_summary],
-                           queue=False, show_progress="hidden", **private) \
-                    .then(app.batch, inputs=[files, b_model, *b_settings, b_seed],
-                          outputs=[b_table, b_csv, b_json, b_summary], api_name="batch")
-
-            with gr.Tab("About", id="about"):
-                status = gr.Dataframe(headers=MODELS_COLUMNS, interactive=False, label="Models (live status)",
-                                      elem_id="models_table")
-                refresh = gr.Button("Refresh", size="sm", elem_id="models_refresh")
-                with gr.Accordion("Models as the API returns them (/models)", open=False):
-                    models_json = gr.JSON(label="models", elem_id="models_json")
-                gr.Markdown(about_markdown(infos, first_id, [c[1] for c in choices[:2]]), elem_id="about_md")
-                refresh.click(app.models, outputs=models_json, api_name="models")
-                refresh.click(app.models_table, outputs=status, **private)
-        demo.load(app.models_table, outputs=status, **private)
+            caption_tab(app, examples, root)
+            compare_tab(app, examples, root)
+            batch_tab(app)
+            status = about_tab(app)
+        demo.load(app.models_table, outputs=status, **PRIVATE)
 
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     demo.caption_space = app

@@ -13,7 +13,7 @@ def linears(model) -> int:
 def not_served_by(plain, served, kind: type) -> list[str]:
     """The ``nn.Linear`` layers of ``plain`` that ``served`` (the same model loaded for serving)
     does not run as ``kind``, directly or as a sibling of a shared product of that kind."""
-    from captioning.loading import SiblingLinear
+    from captioning.kernels import SiblingLinear
 
     layers = dict(served.named_modules())
     missing = []

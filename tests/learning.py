@@ -36,7 +36,7 @@ def shapes_data(folder: Path, seed: int, n_train: int, n_val: int, n_test: int =
 
 
 def _train(argv: list[str], scorer) -> Path:
-    from training.config import load_config
+    from training.flags import load_config
     from training.train import train
 
     return train(load_config(argv), scorer=scorer, log=lambda *_: None)

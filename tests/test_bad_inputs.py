@@ -86,7 +86,7 @@ ROWS = [
     ("train", ["--config", "{recipe}"], "typo.yaml: optim.learning_rate: expected a number, got 'fast'"),
     ("train", ["--model.name_or_path", "{model}", "--data.source", "{data}", "--output-dir", "{a_file}/run"],
      "a-file is a file, not a folder"),
-    ("caption", ["{png}", "--model", "{model}", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    ("caption", ["{png}", "--model", "{model}", "--max-new-tokens", "0"], "--max-new-tokens: 0 must be at least 1"),
     ("shapes", ["--out", "{a_file}/shapes"], "--out {a_file}/shapes: {a_file} is a file, not a folder"),
     ("caption", ["{png}", "--model", "{model}", "--max-pixels", "100"], "over the limit of 100;"),
     ("caption", ["{png}", "--model", "{model}", "--max-pixels", "0"], "--max-pixels must be a positive number"),

@@ -1,8 +1,8 @@
-"""Prepacked fp32 Linear layers (captioning.loading.prepack_linear, the lean CPU text side):
+"""Prepacked fp32 Linear layers (captioning.kernels.prepack_linear, the lean CPU text side):
 every entry point serves with them, they compute the same function as nn.Linear, a trained
 model's greedy captions are unchanged, and a prepacked model refuses training and saving
 instead of silently doing neither. Sibling layers that read one input (q/k/v, gate/up) share one
-product (captioning.loading.fuse_siblings), prepacked or int8, without changing the function."""
+product (captioning.kernels.fuse_siblings), prepacked or int8, without changing the function."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import copy
 import pytest
 import torch
 
-from captioning.loading import PrepackedLinear, SiblingLinear, fuse_siblings, load_captioner, prepack_linear
+from captioning.kernels import PrepackedLinear, SiblingLinear, fuse_siblings, prepack_linear
+from captioning.loading import load_captioner
 from tests.layers import linears, not_served_by
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
@@ -94,11 +95,11 @@ def test_a_shared_product_is_never_stale(bias):
 def test_shared_products_do_not_change_the_function(arch_models, shapes_images, monkeypatch):
     """Prepacked and int8 alike: a model served with shared sibling products gives the logits
     of the same model served with every layer on its own."""
-    import captioning.loading as loading
+    import captioning.kernels as kernels
 
     folder = arch_models("idefics3")
     fused = {q: _load(folder, prepack=True, quantize=q) for q in (None, "int8")}
-    monkeypatch.setattr(loading, "SIBLING_GROUPS", ())
+    monkeypatch.setattr(kernels, "SIBLING_GROUPS", ())
     apart = {q: _load(folder, prepack=True, quantize=q) for q in (None, "int8")}
     assert not _shared(apart[None].model) and _shared(fused["int8"].model)
     fam = fused[None].family

@@ -128,7 +128,7 @@ def test_not_comparable_names_every_difference(tmp_path):
 
 
 def test_scrub_paths_removes_local_paths_and_nothing_else():
-    from captioning.records import local_paths_in, scrub_paths
+    from captioning.portability import local_paths_in, scrub_paths
 
     doc = {"model": "/home/me/runs/base", "cmd": "eval/run.py generate --model /tmp/a/runs/style --out runs/e",
            "spice": "needs CoreNLP in /srv/venv/lib/spice/lib; not attempted", "home": "~/data/coco",

@@ -1,10 +1,12 @@
 """Training configuration: typed dataclasses filled by defaults < YAML recipe < flags.
 
+    from training.flags import load_config
     cfg = load_config(["--config", "training/recipes/shapes-tiny.yaml", "--optim.learning_rate", "1e-3"])
 
 Sections: ``model``, ``lora``, ``quantization``, ``data``, ``optim``, ``eval``, ``output``.
-jsonargparse does the parsing (training.flags, as in litgpt): a flag is ``--section.key
-value``, a recipe is ``--config FILE``, each key's help is the docstring under its field.
+jsonargparse does the parsing (training.flags, as in litgpt; this module does not import it):
+a flag is ``--section.key value``, a recipe is ``--config FILE``, each key's help is the
+docstring under its field.
 Switches: ``--lora.use_dora``, ``--lora.use_dora false`` or ``--no-lora.use_dora``; ``null``
 sets an optional value to None; lists are ``[a, b]`` (or ``--key+ item`` to append).
 Unknown keys, bad values and impossible combinations raise :class:`UserError` naming the key.
@@ -18,9 +20,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from captioning.cli import MAX_PROMPT_CHARS
 from captioning.errors import UserError
 from captioning.images import MAX_PIXELS
+from captioning.options import MAX_PROMPT_CHARS
+from captioning.vocabulary import CAPTION_TRANSFORM_NAMES, DTYPE_CHOICES, VALIDATION_METRICS
 
 
 def _typed(section: str):
@@ -53,14 +56,12 @@ def _typed(section: str):
     return wrap
 
 
-# Named caption transforms live in training.data; listed here so validation needs no torch import.
-CAPTION_TRANSFORMS = ("none", "linguistic_errors")
+# The caption transforms, precisions and validation metrics are named in captioning.vocabulary
+# (no imports: validation needs no torch); the transforms themselves are in captioning.data.examples.
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REFERENCE_MODES = ("sample", "all")
 #: metrics the validation can compute (pycocoevalcap names) plus the loss-based ones
-GENERATION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
-BEST_METRICS = GENERATION_METRICS + ("loss", "perplexity")
+BEST_METRICS = VALIDATION_METRICS + ("loss", "perplexity")
 
 
 @dataclass
@@ -216,9 +217,9 @@ class DataConfig:
             raise UserError(f"data.prompt is {len(self.prompt):,} characters, over the limit of {MAX_PROMPT_CHARS:,}")
         if self.references not in REFERENCE_MODES:
             raise UserError(f"data.references {self.references!r}: choose sample or all")
-        if self.caption_transform not in CAPTION_TRANSFORMS:
+        if self.caption_transform not in CAPTION_TRANSFORM_NAMES:
             raise UserError(f"data.caption_transform {self.caption_transform!r}: choose one of "
-                            f"{', '.join(CAPTION_TRANSFORMS)}")
+                            f"{', '.join(CAPTION_TRANSFORM_NAMES)}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise UserError("data.max_train_samples must be at least 1 (or null for all)")
         if self.image_longest_edge is not None and self.image_longest_edge < 8:
@@ -294,8 +295,8 @@ class OptimConfig:
             raise UserError("optim.label_smoothing_factor must be in [0, 1)")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError("optim.num_threads must be at least 1 (or null)")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"optim.precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.precision not in DTYPE_CHOICES:
+            raise UserError(f"optim.precision {self.precision!r}: choose one of {', '.join(DTYPE_CHOICES)}")
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The TrainingArguments keyword arguments this section sets, under their own names."""
@@ -333,13 +334,13 @@ class EvalConfig:
     """beams during validation captioning"""
 
     def __post_init__(self):
-        bad = [m for m in self.metrics if m not in GENERATION_METRICS]
+        bad = [m for m in self.metrics if m not in VALIDATION_METRICS]
         if bad:
             raise UserError(f"eval.metrics: unknown {', '.join(map(str, bad))}; choose from "
-                            f"{', '.join(GENERATION_METRICS)}")
+                            f"{', '.join(VALIDATION_METRICS)}")
         if self.metric_for_best not in BEST_METRICS:
             raise UserError(f"eval.metric_for_best {self.metric_for_best!r}: choose one of {', '.join(BEST_METRICS)}")
-        if self.metric_for_best in GENERATION_METRICS:
+        if self.metric_for_best in VALIDATION_METRICS:
             if not self.generate_samples:
                 raise UserError(f"eval.metric_for_best {self.metric_for_best} needs eval.generate_samples > 0 "
                                 "(or pick loss)")
@@ -458,22 +459,3 @@ class TrainConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-
-# =================================================================== loading
-#: optim keys of recipes and train_config.yaml written before the section took
-#: TrainingArguments' names -> those names. Read from YAML only (old recipes, saved configs
-#: of runs being resumed or released); a flag with an old name is answered with the new one.
-def load_config(argv: list[str] | None = None) -> TrainConfig:
-    """The config from ``--config FILE`` plus ``--section.key value`` flags (training.flags)."""
-    from training.flags import build_parser, parse
-
-    return parse(build_parser(), list(argv or []))[0]
-
-
-def build_config(recipe: dict | None = None, argv: list[str] | None = None) -> TrainConfig:
-    """defaults < ``recipe`` (a nested dict, as from YAML) < flags ``argv``."""
-    import json
-
-    return load_config((["--config", json.dumps(recipe)] if recipe else []) + list(argv or []))

@@ -1,5 +1,5 @@
-"""Training data: caption transforms, the torch Dataset the Trainer reads, the collator,
-and the frozen-tower feature cache.
+"""Training data: the torch Dataset the Trainer reads (its targets rewritten by a caption
+transform of captioning.data.examples), the collator, and the frozen-tower feature cache.
 
 Everything model-specific (prompt + image tokens, label masking, padding) comes from the
 family's ``encode_example`` / ``collate``; this module only decides WHICH caption of which

@@ -1,8 +1,9 @@
 """The command line of training: jsonargparse builds every ``--section.key`` flag from the
 config dataclasses (their field docstrings are the help) and reads ``--config`` recipes;
 here only what jsonargparse leaves to its caller: switches with ``--no-`` forms, old optim
-names in recipes (records.upgrade_train_config), and its error reports turned into one line that names
-the flag or the recipe file."""
+names in recipes (captioning.records.upgrade_train_config), and its error reports turned into
+one line that names the flag or the recipe file. :func:`load_config` / :func:`build_config`
+give a TrainConfig from flags or a recipe dict (training.config itself parses nothing)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from captioning.cli import one_line
 from captioning.errors import UserError
-from captioning.files import parse_yaml, special_file_problem
+from captioning.files import special_file_problem
 from captioning.records import OLD_OPTIM_KEYS, upgrade_train_config
+from captioning.safe_yaml import parse_yaml
 from training.config import TrainConfig
 
 _MODE = "training-recipe"
@@ -47,8 +49,20 @@ def build_parser(prog: str = "python -m training.train"):
     return parser
 
 
+def load_config(argv: list[str] | None = None) -> TrainConfig:
+    """The config from ``--config FILE`` plus ``--section.key value`` flags."""
+    return parse(build_parser(), list(argv or []))[0]
+
+
+def build_config(recipe: dict | None = None, argv: list[str] | None = None) -> TrainConfig:
+    """defaults < ``recipe`` (a nested dict, as from YAML) < flags ``argv``."""
+    import json
+
+    return load_config((["--config", json.dumps(recipe)] if recipe else []) + list(argv or []))
+
+
 def _load_yaml(text: str, argv: list[str]):
-    """jsonargparse's loader of recipes and of flag values: captioning.files.parse_yaml (no
+    """jsonargparse's loader of recipes and of flag values: captioning.safe_yaml.parse_yaml (no
     alias bombs, no duplicate keys, no NaN), old optim keys renamed. Its errors name the flag
     whose value ``text`` is, else the recipe."""
     flag = next((a.split("=", 1)[0] if "=" in a else argv[i - 1] for i, a in enumerate(argv)

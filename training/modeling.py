@@ -98,7 +98,8 @@ def _load_quantized(cfg: TrainConfig) -> LoadedBase:
     from transformers import AutoConfig, BitsAndBytesConfig
 
     from captioning.families import family_for_config, get_family
-    from captioning.loading import ensure_hub_reachable, keep_4bit_cpu_kernel_to_shapes_it_packs
+    from captioning.kernels import keep_4bit_cpu_kernel_to_shapes_it_packs
+    from captioning.loading import ensure_hub_reachable
     from captioning.records import TrainConfigRecord
 
     m, q, d = cfg.model, cfg.quantization, cfg.data

@@ -17,6 +17,7 @@ from PIL import Image
 
 from captioning import images
 from captioning.errors import UserError
+from captioning.vocabulary import CAPTION_TRANSFORM_NAMES
 
 
 @dataclass
@@ -82,6 +83,7 @@ CAPTION_TRANSFORMS: dict[str, Callable[[str], str]] = {
     "none": lambda caption: caption,
     "linguistic_errors": linguistic_errors,
 }
+assert tuple(CAPTION_TRANSFORMS) == CAPTION_TRANSFORM_NAMES, "captioning.vocabulary names every transform"
 
 
 def caption_transform(name: str) -> Callable[[str], str]:

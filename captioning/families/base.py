@@ -47,7 +47,7 @@ class Family:
     feature_cache: ClassVar[bool] = False
     #: decoder-only: the logits at position t predict the label at t+1 (encoder-decoders: at t)
     shifts_labels: ClassVar[bool] = True
-    #: int8 (--quantize int8, captioning.loading.quantize_int8) kept this family's captions within
+    #: int8 (--quantize int8, captioning.kernels.quantize_int8) kept this family's captions within
     #: the quality gate (BENCHMARKS.md, "int8 serving"), so CPU serving defaults to it (--quantize auto)
     int8_on_cpu: ClassVar[bool] = False
     #: the model card's usage snippet: model_cards/usage/<usage_template>.py.j2

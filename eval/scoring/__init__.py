@@ -25,7 +25,7 @@ bit in tests/test_scoring.py). What differs is only how the work is done:
 SPICE is attempted only where it can run (Stanford CoreNLP 3.6.0 jars present and Java 8);
 otherwise ``metrics["SPICE"]`` is None and ``unavailable["SPICE"]`` says why.
 
-Modules: :mod:`.inputs` (files, validation, metric names), :mod:`.java` (Java, jars, SPICE),
+Modules: :mod:`.inputs` (files, validation, metric selection), :mod:`.java` (Java, jars, SPICE),
 :mod:`.ptb` (tokenizer), :mod:`.meteor` (METEOR processes), :mod:`.ngram` (BLEU, ROUGE-L,
 CIDEr-D, sacreBLEU), :mod:`.scorer` (:class:`Scorer`, :func:`score`, :func:`format_table`).
 """
@@ -34,14 +34,8 @@ from __future__ import annotations
 
 from captioning.errors import UserError
 from captioning.files import MAX_JSON_BYTES
-from eval.scoring.inputs import (
-    BLEU_NAMES,
-    EMPTY_STANDIN,
-    MAX_CAPTION_CHARS,
-    METRICS,
-    SACREBLEU_KEY,
-    load_json,
-)
+from captioning.vocabulary import BLEU_NAMES, COCO_METRICS
+from eval.scoring.inputs import EMPTY_STANDIN, MAX_CAPTION_CHARS, SACREBLEU_KEY, load_json
 from eval.scoring.java import JAVA_INSTALL_HINT, java, spice_unavailable_reason
 from eval.scoring.scorer import Scorer, format_table, score
 
@@ -51,4 +45,5 @@ __all__ = [
     "spice_unavailable_reason",
 ]
 
+METRICS = COCO_METRICS  # this package's name for them (declared in captioning.vocabulary)
 _java = java  # the name eval.provenance and tests/test_eval_run.py use

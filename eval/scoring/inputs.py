@@ -12,9 +12,8 @@ from typing import Any
 
 from captioning.errors import UserError
 from captioning.files import read_json_file
+from captioning.vocabulary import BLEU_NAMES, COCO_METRICS
 
-BLEU_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
-METRICS = BLEU_NAMES + ("METEOR", "ROUGE_L", "CIDEr", "SPICE")
 SACREBLEU_KEY = "sacreBLEU_corpus_0_100"
 
 #: what an empty predicted caption is scored as (with allow_empty): one token that matches no
@@ -60,9 +59,10 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
 
 
 def resolve_metrics(metrics: Iterable[str] | None) -> set:
-    """The metric names to compute: all of :data:`METRICS` for None; "Bleu" means all four."""
+    """The metric names to compute: all of :data:`~captioning.vocabulary.COCO_METRICS` for
+    None; "Bleu" means all four."""
     if metrics is None:
-        return set(METRICS)
+        return set(COCO_METRICS)
     if isinstance(metrics, str):
         metrics = [m for m in metrics.split(",") if m.strip()]
     want = set()
@@ -70,13 +70,14 @@ def resolve_metrics(metrics: Iterable[str] | None) -> set:
         m = m.strip()
         if m in ("Bleu", "BLEU"):
             want |= set(BLEU_NAMES)
-        elif m in METRICS:
+        elif m in COCO_METRICS:
             want.add(m)
         else:
-            raise UserError(f"unknown metric {m!r}: choose from {', '.join(METRICS)} "
+            raise UserError(f"unknown metric {m!r}: choose from {', '.join(COCO_METRICS)} "
                             "(or Bleu for all four)")
     if not want:
-        raise UserError(f"--metrics selects no metric: name one or more of {', '.join(METRICS)} (or Bleu for all four)")
+        raise UserError(f"--metrics selects no metric: name one or more of {', '.join(COCO_METRICS)} "
+                        "(or Bleu for all four)")
     return want
 
 
@@ -102,38 +103,30 @@ def check_caption(caption: Any, image_id: Any, kind: str, tokenize: bool) -> str
     return caption
 
 
-def prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: bool, allow_empty: bool = False):
-    """Validate the COCO dicts; return (image ids in scoring order, refs, preds, subset,
-    ids of empty predictions scored as :data:`EMPTY_STANDIN`)."""
-    if not isinstance(references, dict) or not isinstance(references.get("annotations"), list):
-        raise UserError('references must be COCO caption annotations: {"images": [...], '
-                        '"annotations": [{"image_id", "caption", "id"}, ...]}')
-    if not isinstance(predictions, list):
-        raise UserError('predictions must be a COCO results list: '
-                        '[{"image_id": ..., "caption": "..."}, ...]')
-    if not predictions:
-        raise UserError("predictions are empty: nothing to score")
-
-    # Scoring order = order of references["images"] (what COCOEvalCap uses via getImgIds());
-    # CIDEr's and ROUGE's means are float sums, so the order is part of "exactly the same".
+def _image_order(images: Any) -> tuple[list, set]:
+    """The ids of references["images"], first occurrence each, in file order."""
     order: list = []
     listed: set = set()
-    images = references.get("images")
-    if images is not None:
-        if not isinstance(images, list):
-            raise UserError('references["images"] must be a list of {"id": ...} objects')
-        for img in images:
-            if not isinstance(img, dict) or "id" not in img:
-                raise UserError(f'references["images"] has an entry without "id": {img!r:.80}')
-            try:
-                if img["id"] not in listed:
-                    listed.add(img["id"])
-                    order.append(img["id"])
-            except TypeError:
-                raise UserError(f"references image id {img['id']!r:.40} is not a number or "
-                                "string") from None
+    if not isinstance(images, list):
+        raise UserError('references["images"] must be a list of {"id": ...} objects')
+    for img in images:
+        if not isinstance(img, dict) or "id" not in img:
+            raise UserError(f'references["images"] has an entry without "id": {img!r:.80}')
+        try:
+            if img["id"] not in listed:
+                listed.add(img["id"])
+                order.append(img["id"])
+        except TypeError:
+            raise UserError(f"references image id {img['id']!r:.40} is not a number or "
+                            "string") from None
+    return order, listed
+
+
+def _reference_captions(annotations: list, listed: set | None, tokenize: bool) -> dict:
+    """{image id: [reference captions]}; ``listed``: the ids references["images"] declares
+    (None when it has no such list)."""
     refs: dict = {}
-    for ann in references["annotations"]:
+    for ann in annotations:
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise UserError(f'references annotation without "image_id" and "caption": '
                             f"{ann!r:.80}")
@@ -143,13 +136,15 @@ def prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: bo
         except TypeError:
             raise UserError(f"references image id {image_id!r:.40} is not a number or "
                             "string") from None
-        if images is not None and image_id not in listed:
+        if listed is not None and image_id not in listed:
             raise UserError(f'references annotation {ann.get("id")!r} has image_id '
                             f'{image_id!r} that is not in references["images"]')
         bucket.append(check_caption(ann["caption"], image_id, "reference", tokenize))
-    if images is None:
-        order = list(refs)
+    return refs
 
+
+def _predicted_captions(predictions: list, refs: dict, tokenize: bool, allow_empty: bool) -> tuple[dict, list]:
+    """({image id: caption}, ids of empty predictions); every prediction must have references."""
     preds: dict = {}
     no_refs: list = []
     empty: list = []
@@ -183,6 +178,29 @@ def prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: bo
         more = f" ({len(no_refs)} such predictions: {_few(no_refs)})" if len(no_refs) > 1 else ""
         raise UserError(f"prediction for image id {first!r} has no references{more}{hint}: "
                         "predictions and references must come from the same split")
+    return preds, empty
+
+
+def prepare(references: Any, predictions: Any, allow_missing: bool, tokenize: bool, allow_empty: bool = False):
+    """Validate the COCO dicts; return (image ids in scoring order, refs, preds, subset,
+    ids of empty predictions scored as :data:`EMPTY_STANDIN`)."""
+    if not isinstance(references, dict) or not isinstance(references.get("annotations"), list):
+        raise UserError('references must be COCO caption annotations: {"images": [...], '
+                        '"annotations": [{"image_id", "caption", "id"}, ...]}')
+    if not isinstance(predictions, list):
+        raise UserError('predictions must be a COCO results list: '
+                        '[{"image_id": ..., "caption": "..."}, ...]')
+    if not predictions:
+        raise UserError("predictions are empty: nothing to score")
+
+    # Scoring order = order of references["images"] (what COCOEvalCap uses via getImgIds());
+    # CIDEr's and ROUGE's means are float sums, so the order is part of "exactly the same".
+    images = references.get("images")
+    order, listed = _image_order(images) if images is not None else ([], None)
+    refs = _reference_captions(references["annotations"], listed, tokenize)
+    if images is None:
+        order = list(refs)
+    preds, empty = _predicted_captions(predictions, refs, tokenize, allow_empty)
 
     with_refs = [i for i in order if i in refs]
     missing = [i for i in with_refs if i not in preds]

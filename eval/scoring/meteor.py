@@ -37,7 +37,8 @@ class MeteorJVM:
         self.lock = threading.Lock()  # one request at a time: answers come back in order
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        # The jar reads stdin only once its paraphrase table is loaded (seconds of one core):
+        # The jar reads stdin only once its paraphrase table is loaded (the floor of a fresh
+        # run: BENCHMARKS.md, "Scoring: `eval.scoring.score` vs naive pycocoevalcap"):
         # a tiny request answered means "loaded", so work goes only to JVMs that can take it
         # now instead of queueing behind a load.
         threading.Thread(target=self._probe, daemon=True, name="meteor-probe").start()
@@ -162,7 +163,9 @@ class MeteorPool:
         if not items:
             return []
         # Small chunks let a JVM that finishes loading late still take a share, and bound
-        # the wait for the last chunk; each request costs well under a millisecond.
+        # the wait for the last chunk; a request's own overhead is small next to its work
+        # (METEOR's share of scoring: BENCHMARKS.md, "Scoring: `eval.scoring.score` vs naive
+        # pycocoevalcap").
         size = max(50, min(2000, len(items) // (8 * len(self.jvms)) + 1))
         todo: queue.SimpleQueue = queue.SimpleQueue()
         for start in range(0, len(items), size):

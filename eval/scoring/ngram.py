@@ -2,12 +2,12 @@
 
 Why these exist: pycocoevalcap's CIDEr-D does its arithmetic on numpy scalars and ROUGE-L
 fills an O(n*m) Python table per pair; together they were the largest CPU cost after METEOR
-(figures in BENCHMARKS.md). The versions below perform the SAME floating-point operations
-in the SAME order on Python floats (identical IEEE results), use a bit-parallel LCS (an
-integer, so exact), and call numpy exactly where the originals' rounding depends on it
-(np.log, np.mean). BLEU's n-gram counting is shared with CIDEr-D (integers: exact in any
-order) and its arithmetic stays pycocoevalcap's own. tests/test_scoring.py checks equality
-against the pycocoevalcap classes.
+(figures: BENCHMARKS.md, "Scoring: `eval.scoring.score` vs naive pycocoevalcap"). The
+versions below perform the SAME floating-point operations in the SAME order on Python
+floats (identical IEEE results), use a bit-parallel LCS (an integer, so exact), and call
+numpy exactly where the originals' rounding depends on it (np.log, np.mean). BLEU's n-gram
+counting is shared with CIDEr-D (integers: exact in any order) and its arithmetic stays
+pycocoevalcap's own. tests/test_scoring.py checks equality against the pycocoevalcap classes.
 """
 
 from __future__ import annotations

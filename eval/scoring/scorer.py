@@ -10,7 +10,8 @@ import weakref
 from collections.abc import Iterable
 
 from captioning.errors import UserError
-from eval.scoring.inputs import BLEU_NAMES, EMPTY_STANDIN, METRICS, SACREBLEU_KEY, prepare, resolve_metrics
+from captioning.vocabulary import BLEU_NAMES, COCO_METRICS
+from eval.scoring.inputs import EMPTY_STANDIN, SACREBLEU_KEY, prepare, resolve_metrics
 from eval.scoring.java import java, spice, spice_unavailable_reason
 from eval.scoring.meteor import MeteorPool
 from eval.scoring.ngram import BleuRefs, CiderRefs, bleu, cider_d, cook_refs, precook4, rouge_l, sacrebleu_score
@@ -175,7 +176,7 @@ class Scorer:
 
         per_image: dict = {k: {} for k in ids}
         out_metrics: dict = {}
-        for name in METRICS:
+        for name in COCO_METRICS:
             if name not in want:
                 continue
             if name in values:
@@ -231,7 +232,7 @@ def score(references: dict, predictions: list, *, tokenize: bool = True,
     ``references``: COCO caption annotations ``{"images": [{"id"}], "annotations":
     [{"image_id", "caption", "id"}]}``; ``predictions``: ``[{"image_id", "caption"}]``, one
     per image. ``tokenize=False`` skips the PTB tokenizer and scores the strings as given.
-    ``metrics`` limits the metrics (names from :data:`METRICS`, or "Bleu").
+    ``metrics`` limits the metrics (names from :data:`~captioning.vocabulary.COCO_METRICS`, or "Bleu").
     ``allow_missing=True`` scores only the images that have a prediction (CIDEr-D's idf then
     comes from that subset, so numbers are not comparable with full-set ones).
     ``allow_empty=True`` scores an empty predicted caption (a model that stopped at once) as

@@ -13,7 +13,7 @@ itself:
 - anything else is a bug: the line says ``internal error (Class)`` and the traceback goes
   to the server log, never to the page.
 
-A server path never reaches a visitor (:func:`captioning.records.scrub_paths`, down to the
+A server path never reaches a visitor (:func:`captioning.portability.scrub_paths`, down to the
 file's name): it says nothing they can act on, and where the server keeps its files is
 nobody's business.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import gradio as gr
 
 from captioning.cli import one_line, user_message
-from captioning.records import LOCAL, scrub_paths
+from captioning.portability import LOCAL, scrub_paths
 
 from .views import esc
 

@@ -3,31 +3,29 @@ methods, so tests call them directly), with the limits every input is held to.""
 
 from __future__ import annotations
 
-import csv
 import html
-import io
-import json
 import re
 import secrets
 import tempfile
-import threading
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from captioning.errors import UserError
-from captioning.files import write_atomic
+from captioning.generation import GenerationSettings, images_per_forward
 from captioning.images import load_image
 from captioning.records import precision_label
 
+from .batch_files import batch_items, write_exports
+from .decoding import DEFAULTS, MAX_BEAMS, MAX_NEW_TOKENS, MAX_VARIATIONS, decoding_note, seed_note
 from .failures import handled, public_error
-from .models import ModelInfo, base_pairs
-from .registry import ModelLoadError, ModelRegistry, generate, register, stable_ids
+from .lineup import base_pairs
+from .models import ModelInfo
+from .registry import GENERATE_BATCH, ModelLoadError, ModelRegistry, generate, register, stable_ids
 from .views import card_fields, card_line, compare_html, esc
 from .views import models_table as views_models_table
 
@@ -38,20 +36,9 @@ DOWNSCALE_PIXELS = 2048 * 2048
 #: uploads over this are refused: a public server needs a tighter bomb guard than a laptop
 #: (captioning.images.MAX_PIXELS); a 48 MP phone photo (8064 x 6048) still passes
 SPACE_MAX_PIXELS = 50_000_000
-MAX_NEW_TOKENS = 128
-MAX_BEAMS = 8
-MAX_VARIATIONS = 5
 MAX_COMPARE = 4
 MAX_PROMPT_CHARS = 500
-#: batch limits: images per request, bytes per zip member, uncompressed bytes per zip
-MAX_BATCH_IMAGES = 64
-MAX_MEMBER_BYTES = 32 * 2**20
-MAX_ZIP_BYTES = 256 * 2**20
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 BATCH_COLUMNS = ["file", "caption", "model", "error"]
-#: a batch export's columns: each row says which model and settings made it
-EXPORT_COLUMNS = ["file", "caption", "error", "model", "model_name", "max_new_tokens", "num_beams", "temperature",
-                  "top_p", "seed"]
 #: the About tab's table: (header, key of a /models row)
 MODELS_FIELDS = [("model", "model"), ("kind", "badge"), ("family", "family"), ("CIDEr", "CIDEr"),
                  ("BLEU-4", "BLEU-4"), ("split", "split"), ("images", "n_images"), ("set", "comparable_set"),
@@ -123,8 +110,6 @@ class CaptionSpace:
     def settings(max_new_tokens, num_beams, temperature, top_p, seed, num_captions: int = 1):
         """UI values -> GenerationSettings (temperature 0: greedy or beam search). Sampling
         with seed -1 draws a seed here, so the one used can be shown and reused."""
-        from captioning.generation import GenerationSettings
-
         try:
             max_new_tokens, num_beams, num_captions = int(max_new_tokens), int(num_beams), int(num_captions)
             temperature, top_p = float(temperature), float(top_p)
@@ -148,7 +133,8 @@ class CaptionSpace:
             seed = secrets.randbelow(2**31)
         try:
             return GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
-                                      temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
+                                      temperature=temperature if sample else DEFAULTS.temperature,
+                                      top_p=top_p if sample else DEFAULTS.top_p,
                                       num_captions=num_captions, seed=seed if sample else None)
         except UserError as e:
             raise public_error(e) from None
@@ -189,8 +175,9 @@ class CaptionSpace:
 
     # ------------------------------------------- handlers (each through failures.handled)
     @handled
-    def caption(self, image: str, model: str | None = None, prompt: str = "", max_new_tokens: int = 30,
-                num_beams: int = 1, temperature: float = 0.0, top_p: float = 1.0, variations: int = 1,
+    def caption(self, image: str, model: str | None = None, prompt: str = "",
+                max_new_tokens: int = DEFAULTS.max_new_tokens, num_beams: int = DEFAULTS.num_beams,
+                temperature: float = 0.0, top_p: float = DEFAULTS.top_p, variations: int = DEFAULTS.num_captions,
                 seed: int = -1) -> tuple[str, str]:
         """Caption one image with one model.
 
@@ -219,14 +206,17 @@ class CaptionSpace:
         if load_s:
             timing += f" · model load {load_s:.2f} s"
         decoding = decoding_note(settings.num_beams, temperature, settings.num_captions)
-        precision = precision_label(str(cap.dtype).replace("torch.", ""), getattr(cap, "quantize", None))
+        # the words metrics.json's record_precision prints: one image, so one per forward
+        precision = precision_label(str(cap.dtype).replace("torch.", ""), getattr(cap, "quantize", None),
+                                   images_per_forward(cap, 1))
         timing += f" · {cap.device.type}, {precision}"
         timing += f" · {decoding} · {seed_note(settings)}"
         return "\n".join(out[0]), timing
 
     @handled
-    def compare(self, image: str, models: list[str] | None = None, max_new_tokens: int = 30, num_beams: int = 1,
-                temperature: float = 0.0, top_p: float = 1.0, seed: int = -1) -> tuple[str, list[dict]]:
+    def compare(self, image: str, models: list[str] | None = None, max_new_tokens: int = DEFAULTS.max_new_tokens,
+                num_beams: int = DEFAULTS.num_beams, temperature: float = 0.0, top_p: float = DEFAULTS.top_p,
+                seed: int = -1) -> tuple[str, list[dict]]:
         """Caption one image with 2-4 models and the same settings, side by side.
 
         Args:
@@ -271,8 +261,9 @@ class CaptionSpace:
         return compare_html(results), results
 
     @handled
-    def batch(self, files: list[str], model: str | None = None, max_new_tokens: int = 30, num_beams: int = 1,
-              temperature: float = 0.0, top_p: float = 1.0, seed: int = -1,
+    def batch(self, files: list[str], model: str | None = None, max_new_tokens: int = DEFAULTS.max_new_tokens,
+              num_beams: int = DEFAULTS.num_beams, temperature: float = 0.0, top_p: float = DEFAULTS.top_p,
+              seed: int = -1,
               progress=gr.Progress()) -> tuple[list[list[str]], str, str, str]:  # noqa: B008 - how Gradio injects it
         """Caption several images (or .zip files of images) with one model.
 
@@ -297,7 +288,7 @@ class CaptionSpace:
         if not paths:
             raise gr.Error("Upload images (or a .zip of images) first.", print_exception=False)
         progress(0, desc="reading images")
-        items = self._batch_items(paths)
+        items = batch_items(paths)
         used = {"model": self.model_id(info), "model_name": info.label,
                 "max_new_tokens": settings.max_new_tokens, "num_beams": settings.num_beams,
                 "temperature": settings.temperature if settings.do_sample else 0.0,
@@ -315,14 +306,14 @@ class CaptionSpace:
             self.registry.get(info.key)
             done = 0
             progress((0, len(good)), desc="captioning", unit="images")
-            for first in range(0, len(good), 8):
-                chunk = good[first:first + 8]
+            for first in range(0, len(good), GENERATE_BATCH):
+                chunk = good[first:first + GENERATE_BATCH]
                 out = self._run(info.key, [img for _, img in chunk], None, settings)[0]
                 for (row, _), caps in zip(chunk, out, strict=True):
                     rows[row]["caption"] = caps[0]
                 done += len(chunk)
                 progress((done, len(good)), desc="captioning", unit="images")
-        csv_path, json_path = self._write_batch(rows)
+        csv_path, json_path = write_exports(self.out_dir, rows)
         n_err = sum(1 for r in rows if r["error"])
         summary = (f"{len(rows) - n_err} of {len(rows)} images captioned with **{esc(info.label)}** "
                    f"in {time.perf_counter() - start:.1f} s · {seed_note(settings)}")
@@ -330,32 +321,6 @@ class CaptionSpace:
             summary += f"; {n_err} could not be read (see the error column)"
         table = [[r["model_name"] if c == "model" else r[c] for c in BATCH_COLUMNS] for r in rows]
         return table, str(csv_path), str(json_path), summary
-
-    def _batch_items(self, paths: list) -> list[tuple[str, Any]]:
-        items: list[tuple[str, Any]] = []
-        for p in paths:
-            p = Path(str(p))
-            if p.suffix.lower() == ".zip":
-                items.extend(zip_members(p))
-            else:
-                items.append((p.name, p))
-            if len(items) > MAX_BATCH_IMAGES:
-                raise gr.Error(f"At most {MAX_BATCH_IMAGES} images per batch.", print_exception=False)
-        if not items:
-            raise gr.Error("No images found in the upload (png, jpg, webp, bmp, gif, tif).",
-                           print_exception=False)
-        return items
-
-    def _write_batch(self, rows: list[dict]) -> tuple[Path, Path]:
-        _prune(self.out_dir, max_age_s=3600)
-        stem = f"captions-{time.strftime('%Y%m%d-%H%M%S')}-{threading.get_ident() % 10000:04d}"
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        csv_path = write_atomic(self.out_dir / f"{stem}.csv", buf.getvalue())
-        json_path = write_atomic(self.out_dir / f"{stem}.json", json.dumps(rows, indent=2, ensure_ascii=False))
-        return csv_path, json_path
 
     @handled
     def check_upload(self, image):
@@ -412,29 +377,6 @@ class CaptionSpace:
         return [self.model_id(base), self.model_id(ft)]
 
 
-def decoding_note(num_beams, temperature, variations=1) -> str:
-    """How a caption request decodes, in words: the one rule tying beams, temperature and
-    variations together, shown beside the settings and with each result."""
-    try:
-        beams, temperature, n = int(num_beams), float(temperature), int(variations)
-    except (TypeError, ValueError, OverflowError):
-        return ""
-    if temperature > 0:
-        return (f"sampling {n} caption{'s' if n > 1 else ''} at temperature {temperature:g}"
-                + ("" if beams == 1 else " (needs beams = 1)"))
-    if n > 1:
-        used = max(beams, n)
-        return f"the {n} best of {used} beams" + (f" (beams raised to {n}, one per variation)" if n > beams else "")
-    return "greedy decoding" if beams == 1 else f"beam search with {beams} beams"
-
-
-def seed_note(settings) -> str:
-    """What the timing line says about the seed: the one used when sampling, so it can be reused."""
-    if settings.do_sample:
-        return f"seed {settings.seed}"
-    return "no seed needed (temperature 0)"
-
-
 #: the image reader's refusal of an image over a pixel limit (its own, or Pillow's): the
 #: image's size, and the limit it is over
 _OVER_LIMIT = re.compile(r"image is (?P<size>.+?), over (?:the|Pillow's own) limit of (?P<limit>\d[\d,]*)")
@@ -453,54 +395,3 @@ def plain_image_error(message: str, name: str) -> str:
         return message
     return f"{name}: not an image file we can read; upload a PNG, JPEG, WebP, GIF, BMP or TIFF image"
 
-
-def zip_members(path: Path) -> list[tuple[str, bytes]]:
-    """Image members of an uploaded zip, read into memory with size caps.
-
-    Nothing is extracted to disk (so member paths cannot escape anywhere) and each
-    read is capped by bytes actually read, not by the header's claim, so a zip bomb
-    stops at the limit.
-    """
-    out: list[tuple[str, bytes]] = []
-    total = 0
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for zi in zf.infolist():
-                name = zi.filename
-                parts = PurePosixPath(name.replace("\\", "/")).parts
-                if zi.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
-                    continue
-                if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                label = f"{path.name}/{'/'.join(p for p in parts if p not in ('..', '/'))}"
-                if len(out) >= MAX_BATCH_IMAGES:
-                    raise gr.Error(f"At most {MAX_BATCH_IMAGES} images per batch.", print_exception=False)
-                if zi.flag_bits & 0x1:
-                    raise gr.Error(f"{esc(label)}: encrypted zip members are not supported", print_exception=False)
-                if zi.file_size > MAX_MEMBER_BYTES:
-                    raise gr.Error(f"{esc(label)}: {zi.file_size:,} bytes uncompressed, over the "
-                                   f"{MAX_MEMBER_BYTES:,}-byte limit per image", print_exception=False)
-                with zf.open(zi) as fh:
-                    data = fh.read(MAX_MEMBER_BYTES + 1)
-                if len(data) > MAX_MEMBER_BYTES:
-                    raise gr.Error(f"{esc(label)}: over the {MAX_MEMBER_BYTES:,}-byte limit per image",
-                                   print_exception=False)
-                total += len(data)
-                if total > MAX_ZIP_BYTES:
-                    raise gr.Error(f"{esc(path.name)}: over {MAX_ZIP_BYTES:,} bytes uncompressed in all",
-                                   print_exception=False)
-                out.append((label, data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-        raise gr.Error(f"{esc(path.name)}: not a readable zip ({e.__class__.__name__})",
-                       print_exception=False) from None
-    return out
-
-
-def _prune(folder: Path, max_age_s: float) -> None:
-    now = time.time()
-    for p in folder.glob("captions-*"):
-        try:
-            if now - p.stat().st_mtime > max_age_s:
-                p.unlink()
-        except OSError:
-            pass

@@ -5,23 +5,21 @@ it was fine-tuned from), read without loading weights."""
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from captioning.cli import QUANTIZE_CHOICES
+from captioning.comparability import read_scores, scores_record
 from captioning.errors import UserError
-from captioning.files import read_json_file, read_yaml_file
-from captioning.fingerprints import weights_fingerprint
+from captioning.files import read_json_file
+from captioning.portability import LOCAL, scrub_paths
 from captioning.records import (
     FACTORY,
     KIND_FACTORY,
     KIND_RELEASE,
     KIND_TRAINING,
-    LOCAL,
     METRICS,
     RELEASE,
     TRAIN_CONFIG,
@@ -31,10 +29,10 @@ from captioning.records import (
     card_front_matter,
     kind_of,
     read_record,
-    read_scores,
-    scores_record,
-    scrub_paths,
+    record_precision,
 )
+from captioning.safe_yaml import read_yaml_file
+from captioning.vocabulary import QUANTIZE_CHOICES
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
 MODELS_YAML = SPACE_DIR / "models.yaml"
@@ -223,7 +221,7 @@ class ModelInfo:
     from_scratch: bool = False
     #: the caption transform its training applied to the captions (None: plain captions)
     trained_style: str | None = None
-    #: the served model this fine-tune names as its base (set by :func:`unique_labels`)
+    #: the served model this fine-tune names as its base (set by :func:`.lineup.unique_labels`)
     paired_base: ModelInfo | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -246,7 +244,7 @@ class ModelInfo:
                "split": ds.get("split"), "dataset": scrub_paths(ds.get("source") or ds.get("id") or ds.get("path")),
                "caption_transform": ds.get("caption_transform") or "none",
                "measured": "training" if kind_of(m) == KIND_TRAINING else "eval",
-               "precision": "int8" if m.get("quantize") else m.get("dtype")}
+               "precision": record_precision(m)}
         return out if any(out[k] is not None for k in ("CIDEr", "Bleu_4")) else {}
 
 
@@ -431,83 +429,3 @@ def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: d
         else:
             info.kind = KIND_UNTRAINED
 
-
-def unique_labels(infos: list[ModelInfo]) -> None:
-    """Make every display name tell its model apart, and link each fine-tune to the served
-    base it names (``paired_base``, from :func:`base_pairs`).
-
-    A name is kept as it is while no other model has it. Repeated names get, in turn, what
-    the records say each model is (``shapes-tiny-style (LoRA fine-tune of shapes-tiny)`` vs
-    ``shapes-tiny-style (LoRA adapter on shapes-tiny)``), then where it lives (the shortest
-    tail of the folder or the hub id that differs), then the model's key: never a bare
-    number, which says nothing about which is which.
-    """
-    for base, ft in base_pairs(infos):
-        ft.paired_base = base
-    names = {id(i): i.label for i in infos}
-    quals: dict[int, list[str]] = {id(i): [] for i in infos}
-
-    def shown(info: ModelInfo) -> str:
-        q = quals[id(info)]
-        return f"{names[id(info)]} ({', '.join(q)})" if q else names[id(info)]
-
-    for qualify in (_what_qualifier, _where_qualifier, lambda info, group: info.key):
-        counts = Counter(shown(i) for i in infos)
-        groups: dict[str, list[ModelInfo]] = {}
-        for info in infos:
-            if counts[shown(info)] > 1:
-                groups.setdefault(shown(info), []).append(info)
-        for group in groups.values():
-            extra = [qualify(i, group) for i in group]
-            if len(set(extra)) > 1:
-                for info, q in zip(group, extra, strict=True):
-                    quals[id(info)].append(q)
-    for info in infos:
-        info.label = shown(info)
-
-
-def _what_qualifier(info: ModelInfo, group: list[ModelInfo]) -> str:
-    if info.kind == KIND_BASE:
-        return "trained from random init" if info.from_scratch else "base"
-    return description(info)
-
-
-def _where_qualifier(info: ModelInfo, group: list[ModelInfo]) -> str:
-    """The shortest tail of this model's id (folder or hub id) that no other in ``group`` shares."""
-    def parts(i: ModelInfo) -> list[str]:
-        return [p for p in i.entry.key.replace("\\", "/").split("/") if p]
-
-    mine = parts(info)
-    for n in range(1, len(mine) + 1):
-        tail = "/".join(mine[-n:])
-        if all("/".join(parts(o)[-n:]) != tail for o in group if o is not info):
-            return tail
-    return info.key
-
-
-def _fingerprint(info: ModelInfo) -> str | None:
-    """The weights fingerprint of a served model: recorded in its release.json, else hashed
-    from a local folder, only when a release asks for its base this way."""
-    if info.fingerprint is None and info.entry.local:
-        try:
-            info.fingerprint = weights_fingerprint(Path(info.entry.id).expanduser())
-        except UserError as e:
-            info.notes.append(str(e))
-    return info.fingerprint
-
-
-def base_pairs(infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, ModelInfo]]:
-    """(base, fine-tune) pairs where a model names its base (by id, or by the weights
-    fingerprint a release records) and the base is served too."""
-    pairs = []
-    for ft in infos:
-        if not ft.base and not ft.base_fingerprint:
-            continue
-        for base in infos:
-            if base is ft:
-                continue
-            if (ft.base and same_model(ft.base, base.entry.id)) or (
-                    ft.base_fingerprint and ft.base_fingerprint == _fingerprint(base)):
-                pairs.append((base, ft))
-                break
-    return pairs

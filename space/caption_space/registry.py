@@ -27,6 +27,9 @@ except ImportError:
 DEFAULT_MAX_LOADED = 4
 #: a model that failed to load is retried after this long (the fix may be a re-upload)
 FAILED_RETRY_S = 60.0
+#: images per generate call: the Batch tab's chunks between progress updates, and the batch
+#: size captioning.generation is given (an int8 model still takes one image per forward)
+GENERATE_BATCH = 8
 
 
 def stable_ids(infos: Sequence[ModelInfo]) -> dict[str, ModelInfo]:
@@ -181,7 +184,7 @@ def generate(token: int, key: str, images: list, prompt: str | None, settings) -
     registry = _REGISTRIES[token]
     captioner, _ = registry.get(key)
     with registry.generation_lock:
-        return caption_images(captioner, images, prompt, settings, batch_size=8)
+        return caption_images(captioner, images, prompt, settings, batch_size=GENERATE_BATCH)
 
 
 if spaces is not None:

@@ -3,7 +3,7 @@
 is escaped.
 
 Card numbers stand side by side as comparable only when the records say so
-(captioning.records.why_not_comparable); otherwise the reason is shown next to them. Every
+(captioning.comparability.why_not_comparable); otherwise the reason is shown next to them. Every
 score is printed by :func:`fmt` on the one scale the records use; About says which, once.
 """
 
@@ -15,8 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from captioning.records import KIND_TRAINING, measured_words, references_words, scrub_paths, why_not_comparable
+from captioning.comparability import measured_words, references_words, why_not_comparable
+from captioning.portability import scrub_paths
+from captioning.records import KIND_TRAINING
 
+from .decoding import DEFAULTS
 from .models import KIND_BASE, KIND_FINE_TUNE, KIND_UNTRAINED, ModelInfo, badge, description
 
 ENV_SOURCE_URL = "CAPTION_SOURCE_URL"  # link to the toolkit's source, shown in About when set
@@ -250,7 +253,8 @@ def about_markdown(infos: Sequence[ModelInfo], api_model: str | None, compare_mo
               f'client = Client("{os.environ.get("SPACE_ID", "OWNER/SPACE")}")'
               '  # or the local URL, e.g. "http://127.0.0.1:7860/"',
               'captions, timing = client.predict(handle_file("photo.jpg"), api_name="/caption")',
-              f'captions, timing = client.predict(handle_file("photo.jpg"), model={api_model!r}, max_new_tokens=30,',
+              f'captions, timing = client.predict(handle_file("photo.jpg"), model={api_model!r}, '
+              f'max_new_tokens={DEFAULTS.max_new_tokens},',
               '                                  temperature=0.8, variations=3, seed=-1, api_name="/caption")',
               f'cards_html, results = client.predict(handle_file("photo.jpg"), models={compare_models!r},',
               '                                     api_name="/compare")',

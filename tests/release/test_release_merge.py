@@ -48,11 +48,13 @@ def test_refuses_non_empty_out_and_already_merged(adapters, merged, tmp_path):
         MergeOptions(adapter=adapters["blip"], out=tmp_path / "x", dtype="int8")
 
 
-def test_base_from_train_config_4bit_note_and_force(release_bases, tmp_path):
-    """adapter_config.json without a base: train_config.yaml names it. Training used 4-bit:
-    the merge still loads the base at full precision. --force replaces the old folder."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_base_from_train_config_quantized_note_and_force(release_bases, tmp_path, bits):
+    """adapter_config.json without a base: train_config.yaml names it. Training used 4-bit
+    (or 8-bit): the merge still loads the base at full precision, and says so. --force
+    replaces the old folder."""
     ad = make_adapter("blip", release_bases["blip"], tmp_path / "qlora", seed=3, logs="none",
-                      train_extra={"quantization": {"load_in_4bit": True}})
+                      train_extra={"quantization": {f"load_in_{bits}bit": True}})
     cfg = json.loads((ad / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = None
     (ad / "adapter_config.json").write_text(json.dumps(cfg))
@@ -63,7 +65,7 @@ def test_base_from_train_config_4bit_note_and_force(release_bases, tmp_path):
     res = merge_adapter(MergeOptions(adapter=ad, out=out, force=True, probes=PROBES, max_new_tokens=NEW_TOKENS),
                         log=lines.append)
     text = "\n".join(lines)
-    assert "from train_config.yaml" in text and "never into 4-bit" in text and "PASS" in text
+    assert "from train_config.yaml" in text and f"never into {bits}-bit" in text and "PASS" in text
     assert res.check["passed"] and not (out / "stale.bin").exists()
     from safetensors import safe_open
 

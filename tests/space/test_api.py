@@ -318,7 +318,7 @@ def test_a_refusal_reads_the_same_on_the_page_the_api_and_mcp(space_app, server,
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(space_part("handlers"), "write_atomic", full)
+    monkeypatch.setattr(space_part("batch_files"), "write_atomic", full)
     with pytest.raises(AppError) as api:
         client.predict([handle_file(str(image))], "tiny-blip", 5, api_name="/batch")
     # the file's name (each batch writes its own), not where the server keeps it

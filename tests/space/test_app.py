@@ -528,7 +528,7 @@ def test_an_unexpected_failure_is_an_internal_error_logged_with_its_traceback(sp
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "/srv/secret/captions.csv")
 
-    monkeypatch.setattr(handlers, "write_atomic", full)
+    monkeypatch.setattr(space_part("batch_files"), "write_atomic", full)
     monkeypatch.setattr(handlers, "generate", lambda *args: [["a caption"]])
     with pytest.raises(space_app.gr.Error) as err:
         app.batch([str(png())], "org/a", **_settings())
@@ -553,22 +553,22 @@ def test_zip_members_guarded(space_app, tmp_path, monkeypatch):
     z = _zip(tmp_path / "in.zip", {"a/one.png": _png_bytes(), "../../two.png": _png_bytes("red"),
                                    "__MACOSX/a/._one.png": b"junk", "a/.hidden.png": b"x", "readme.txt": b"t",
                                    "/abs/three.jpg": _png_bytes("green")})
-    handlers = space_part("handlers")
-    members = handlers.zip_members(z)
+    batch_files = space_part("batch_files")
+    members = batch_files.zip_members(z)
     assert [n for n, _ in members] == ["in.zip/a/one.png", "in.zip/two.png", "in.zip/abs/three.jpg"]
     assert not (tmp_path.parent / "two.png").exists()  # nothing is ever extracted
-    bomb = _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (handlers.MAX_MEMBER_BYTES + 1)})
+    bomb = _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (batch_files.MAX_MEMBER_BYTES + 1)})
     assert bomb.stat().st_size < 100_000
     with pytest.raises(space_app.gr.Error, match="big.png: .*over the"):
-        handlers.zip_members(bomb)
-    monkeypatch.setattr(handlers, "MAX_BATCH_IMAGES", 3)
+        batch_files.zip_members(bomb)
+    monkeypatch.setattr(batch_files, "MAX_BATCH_IMAGES", 3)
     many = _zip(tmp_path / "many.zip", {f"{i}.png": _png_bytes() for i in range(4)})
     with pytest.raises(space_app.gr.Error, match="At most 3 images"):
-        handlers.zip_members(many)
+        batch_files.zip_members(many)
     notzip = tmp_path / "fake.zip"
     notzip.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(space_app.gr.Error, match="fake.zip: not a readable zip"):
-        handlers.zip_members(notzip)
+        batch_files.zip_members(notzip)
 
 
 def test_batch_files_table_and_downloads(tiny_space, space_app, png, tmp_path):

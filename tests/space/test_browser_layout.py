@@ -154,7 +154,7 @@ def no_clipped_column(page, selector: str) -> list[dict]:
 # --------------------------------------------------------------------------- plain tests
 
 def test_decoding_note_says_how_beams_and_variations_combine():
-    note = space_part("handlers").decoding_note
+    note = space_part("decoding").decoding_note
     assert note(1, 0, 1) == "greedy decoding"
     assert note(3, 0, 1) == "beam search with 3 beams"
     assert note(1, 0, 3) == "the 3 best of 3 beams (beams raised to 3, one per variation)"

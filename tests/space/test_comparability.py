@@ -15,6 +15,7 @@ from captioning.records import KIND_EVAL, KIND_RELEASE, KIND_TRAINING, write_rec
 from tests.space.helpers import space_part
 
 models = space_part("models")
+lineup = space_part("lineup")
 views = space_part("views")
 
 HASH_TEST, HASH_VAL, HASH_STYLE = "a" * 64, "b" * 64, "c" * 64
@@ -51,7 +52,7 @@ def _train_config(folder: Path, *, base=None, lora=False, factory=None, transfor
 def _infos(*folders: Path, names: dict[Path, str] | None = None) -> list:
     names = names or {}
     infos = [models.read_model_info(models.ModelEntry(str(f), name=names.get(f))) for f in folders]
-    models.unique_labels(infos)
+    lineup.unique_labels(infos)
     return infos
 
 
@@ -204,10 +205,11 @@ def test_badges_for_base_fine_tune_and_untrained(demo, tmp_path):
 
 
 def test_records_say_why_in_words(tmp_path):
-    """captioning.records.why_not_comparable: every difference named, b's side first; the
+    """captioning.comparability.why_not_comparable: every difference named, b's side first; the
     compact not_comparable that eval/compare.py prints is unchanged."""
+    from captioning.comparability import read_scores, why_not_comparable
     from captioning.errors import UserError
-    from captioning.records import EvalRecord, not_comparable, read_scores, why_not_comparable
+    from captioning.records import EvalRecord, not_comparable
 
     plain = _eval(tmp_path / "plain")
     untokenized = tmp_path / "raw" / "metrics.json"
@@ -247,3 +249,21 @@ def test_a_folder_saved_by_the_factory_is_badged_untrained(tmp_path):
     random_info, plain_info = _infos(folder, plain)
     assert random_info.kind == models.KIND_UNTRAINED and models.badge(random_info) == "untrained"
     assert plain_info.kind == models.KIND_BASE  # no record: nothing says it is untrained
+
+
+def test_card_precision_is_the_records_label():
+    """A card's precision reads as the release card and ``reproduce`` print it
+    (captioning.records.record_precision): full precision by its dtype (float32 goes unsaid),
+    int8 with what ran at int8 and, when it batched, how many images per forward."""
+    from captioning.records import record_precision
+
+    fp32 = _info("Full", _scores_doc(0.5, 0.2, dtype="float32"))
+    bf16 = _info("Half", _scores_doc(0.5, 0.2, dtype="bfloat16"))
+    int8 = _info("Int8", _scores_doc(0.5, 0.2, dtype="float32", quantize="int8", images_per_forward=4))
+    assert [i.card_metrics()["precision"] for i in (fp32, bf16)] == ["float32", "bfloat16"]
+    assert int8.card_metrics()["precision"] == record_precision(int8.metrics) == \
+        "int8 weights and activations (float32 elsewhere), 4 images per forward"
+    assert views.metrics_line(fp32).endswith("(eval on test, 16 images, plain references)")
+    assert views.metrics_line(bf16).endswith("plain references, at bfloat16)")
+    assert views.metrics_line(int8).endswith(
+        "plain references, at int8 weights and activations (float32 elsewhere), 4 images per forward)")

@@ -35,7 +35,7 @@ def tiny_recipe(model_path: Path | None, shapes: Path, out: Path, **over) -> dic
 
 
 def config(recipe: dict):
-    from training.config import build_config
+    from training.flags import build_config
 
     return build_config(recipe)
 

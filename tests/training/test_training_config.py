@@ -11,8 +11,9 @@ import yaml
 from captioning.data import linguistic_errors
 from captioning.errors import UserError
 from captioning.records import upgrade_train_config as upgrade
-from training.config import OptimConfig, TrainConfig, build_config, load_config
+from training.config import OptimConfig, TrainConfig
 from training.data import CaptionTrainDataset
+from training.flags import build_config, load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
 BASE = {"model": {"name_or_path": "some/model"}, "data": {"source": "data/shapes"}}

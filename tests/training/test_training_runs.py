@@ -64,7 +64,7 @@ def test_short_run_beats_the_untrained_model(tmp_path, scorer, capsys):
 _SLOW_TRAIN = """
 import json, sys, time
 from transformers import TrainerCallback
-from training.config import build_config
+from training.flags import build_config
 from training.train import train
 
 class Slow(TrainerCallback):  # gives the test time to kill the run between checkpoints
@@ -176,8 +176,8 @@ def test_resume_refuses_what_cannot_apply_records_what_can_and_leaves_a_finished
 
 def test_resume_takes_settings_a_newer_toolkit_added_at_their_defaults():
     """A run saved before a setting existed resumes: the new key is not a change."""
-    from training.config import build_config
-    from training.train import resume_changes
+    from training.flags import build_config
+    from training.outputs import resume_changes
 
     cfg = build_config({"model": {"name_or_path": "m"}, "data": {"source": "s"}})
     saved = cfg.to_dict()
