@@ -2,7 +2,7 @@
 
     python bench/generation_speed.py [--models smolvlm,blip] [--images N] [--batch-size B] [--quick]
 
-Models: random weights at the real published architectures (captioning.factory, size
+Models: random weights at the real published architectures (synthetic.factory, size
 "real": SmolVLM-256M-Instruct = idefics3 with ONE 512 px crop, image splitting off, 64
 image tokens; BLIP base), fp32 on CPU, greedy with a fixed output length
 (min_new_tokens == max_new_tokens), so speed does not depend on the random weights.
@@ -482,7 +482,7 @@ def run(models: list[str], *, n_images: int, batch_size: int | None, new_tokens:
     """The whole benchmark; returns the report (and writes it to ``out``)."""
     import machine
 
-    from captioning.factory import build_random_model
+    from synthetic.factory import build_random_model
 
     started = time.time()
     report: dict[str, Any] = {

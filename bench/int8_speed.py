@@ -2,7 +2,7 @@
 
     python bench/int8_speed.py [--models smolvlm,blip] [--rounds 3] [--batch-size 8] [--threads 2]
 
-Models: random weights at the real published architectures (captioning.factory, size
+Models: random weights at the real published architectures (synthetic.factory, size
 "real"): SmolVLM-256M-Instruct with ONE 512 px tile (image splitting off: 64 image tokens)
 and BLIP base. Greedy, exactly 20 new tokens (min_new_tokens == max_new_tokens), so speed
 does not depend on the random weights. All through captioning.loading.load_captioner and
@@ -150,8 +150,8 @@ def memory(model_dir: Path, model: str, variant: str, threads: int) -> dict[str,
 
 
 def run_model(model: str, variants: list[str], rounds: int, batch: int, threads: int, tmp: Path) -> dict[str, Any]:
-    from captioning.factory import build_random_model
     from captioning.generation import caption_images
+    from synthetic.factory import build_random_model
 
     model_dir = build_random_model(MODELS[model], tmp / model, size="real")
     caps = {v: load(model_dir, model, v) for v in variants}

@@ -337,8 +337,8 @@ def run(*, rounds: int, tiles: list[int], new_tokens: int, threads: int, out: Pa
     try:
         mdir = (models_dir / "smolvlm-256m") if models_dir else tmp / "smolvlm-256m"
         if not (mdir / "config.json").is_file():
-            log("building the random real-size SmolVLM-256M (captioning.factory) ...")
-            _run([sys.executable, "-m", "captioning.factory", "--family", "idefics3", "--size", "real",
+            log("building the random real-size SmolVLM-256M (synthetic.factory) ...")
+            _run([sys.executable, "-m", "synthetic.factory", "--family", "idefics3", "--size", "real",
                   "--out", str(mdir)], log, cwd=REPO)
         gguf = convert(mdir, tmp, tiles, log)
         image_path = tmp / "img.png"

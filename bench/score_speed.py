@@ -168,7 +168,7 @@ def synthetic_coco(n_images: int, refs_per_image: int = 5, seed: int = 0) -> tup
 def shapes_coco(n_images: int) -> tuple[dict, list]:
     """The shapes test split's references; each image is predicted with its neighbour's first
     reference (the same template, other shapes and colours: a partly right caption)."""
-    from captioning.shapes import generate
+    from synthetic.shapes import generate
 
     with tempfile.TemporaryDirectory(prefix="score-speed-shapes-") as tmp:
         root = generate(tmp, seed=0, n_train=1, n_val=1, n_test=n_images)

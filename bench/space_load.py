@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.clients, args.requests = 4, 3
-    from captioning.factory import build_random_model
     from captioning.files import write_json
-    from captioning.shapes import generate
+    from synthetic.factory import build_random_model
+    from synthetic.shapes import generate
     from tests.space.helpers import PeakRSS, free_port, load_app_module
 
     with tempfile.TemporaryDirectory() as tmp:

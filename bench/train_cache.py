@@ -3,7 +3,7 @@
     python bench/train_cache.py [--rounds 3] [--steps 2] [--out bench/results/train_cache.json]
     python bench/train_cache.py --quick        # smoke run on the tiny model
 
-The model is the real-size random SmolVLM-256M architecture (captioning.factory size
+The model is the real-size random SmolVLM-256M architecture (synthetic.factory size
 "real"; speed does not depend on weight values), LoRA r 8 on the idefics3 family's default
 targets (language-model attention + MLP), batch 4, one 512 px crop per image (image
 splitting off: 64 image tokens). Both variants run the training code path: the training
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import TrainingArguments
 
     from captioning.data import load_captions
-    from captioning.factory import build_model
     from captioning.families import get_family
     from captioning.files import write_json
-    from captioning.shapes import generate
+    from synthetic.factory import build_model
+    from synthetic.shapes import generate
     from training import data as tdata
     from training.engine import CaptionTrainer, caption_loss
     from training.flags import build_config

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                        help="int8: int8 weights and activations in every Linear layer (CPU; about 2x faster)")
+                        help="int8: int8 weights and activations in every Linear layer (CPU; faster: "
+                             "BENCHMARKS.md, \"int8 serving on CPU\")")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow models that ship their own code (never on by default)")
     def run(args: argparse.Namespace) -> None:

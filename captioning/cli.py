@@ -1,7 +1,7 @@
 """The one place an entry point turns a user's mistake into a message.
 
-Every command (eval/run.py, training.train, release, captioning.caption, captioning.factory,
-captioning.shapes, space/app.py) runs its work through :func:`guarded`:
+Every command (eval/run.py, training.train, release, captioning.caption, synthetic.factory,
+synthetic.shapes, space/app.py) runs its work through :func:`guarded`:
 
 - a failure classified by kind (:func:`user_message`: a :class:`~captioning.errors.UserError`;
   the disk: no space, read-only, permission, a name too long, a symlink loop; damaged

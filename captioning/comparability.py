@@ -19,6 +19,7 @@ from captioning.records import (
     kind_of,
     record_path,
 )
+from captioning.vocabulary import style_of
 
 
 def read_scores(path: str | os.PathLike) -> EvalRecord | TrainingRecord:
@@ -50,7 +51,7 @@ def score_basis(record: EvalRecord | TrainingRecord) -> dict[str, Any]:
 def references_words(transform: str | None) -> str:
     """``plain references`` or ``style references (NAME)``: the captions a score was measured
     against, in words."""
-    return "plain references" if transform in (None, "", "none") else f"style references ({transform})"
+    return "plain references" if style_of(transform) is None else f"style references ({transform})"
 
 
 def measured_words(basis: Mapping[str, Any]) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import torch
 
 from captioning.errors import UserError
 from captioning.options import MAX_PROMPT_CHARS, option, positive_int
+from captioning.vocabulary import DEFAULT_MAX_NEW_TOKENS
 
 #: upper bounds of the decoding flags: a caption of 4096 tokens is already a long document, and
 #: beams and captions cost memory linearly; a larger value is a typo (one with ten zeros would
@@ -28,7 +30,8 @@ MAX_BEAMS = 64
 class GenerationSettings:
     """Decoding options. Greedy by default (deterministic)."""
 
-    max_new_tokens: int = option(30, help="longest caption, in tokens (default 30)", group="decoding",
+    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, help=f"longest caption, in tokens (default "
+                                                              f"{DEFAULT_MAX_NEW_TOKENS})", group="decoding",
                                  type=positive_int)
     min_new_tokens: int | None = option(None, help="shortest caption, in tokens", group="decoding")
     num_beams: int = option(1, help="beam search with this many beams (default 1: greedy)", group="decoding",
@@ -74,15 +77,19 @@ class GenerationSettings:
         if self.repetition_penalty <= 0:
             raise UserError("--repetition-penalty must be > 0")
 
+    #: flags that only mean something when sampling (transformers warns about them otherwise)
+    SAMPLING: ClassVar[tuple[str, ...]] = ("temperature", "top_p", "top_k")
+
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for ``model.generate``; sampling knobs only when sampling
-        (transformers warns about them otherwise)."""
-        kw = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": self.do_sample,
-              "num_return_sequences": self.num_captions, "repetition_penalty": self.repetition_penalty}
-        if self.min_new_tokens:
-            kw["min_new_tokens"] = self.min_new_tokens
+        """Keyword arguments for ``model.generate``: every flag field under its own name (they
+        are GenerationConfig's names), sampling knobs only when sampling, min_new_tokens only
+        when set; ``num_captions`` is ``num_return_sequences``."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)
+              if "help" in f.metadata and f.name not in self.SAMPLING and (f.name != "min_new_tokens" or
+                                                                              self.min_new_tokens)}
+        kw["num_return_sequences"] = self.num_captions
         if self.do_sample:
-            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+            kw.update({name: getattr(self, name) for name in self.SAMPLING})
         elif self.num_captions > self.num_beams:
             # N distinct deterministic captions are the N best beams
             kw["num_beams"] = self.num_captions
@@ -146,9 +153,8 @@ def images_per_forward(captioner, batch_size: int, int8_batches: bool = False) -
     Dynamic int8 layers scale each call's activations by the whole input tensor's range, so
     in a batch one image's caption would depend on its neighbours (and their padding): int8
     captions one image per forward, so its results never depend on the batch. ``int8_batches``
-    trades that for throughput: SmolVLM-256M 2.0x fp32 batched images/s instead of 1.6x, with
-    79-88% of the demo models' captions identical to one image per forward and the same CIDEr
-    within 0.6% (BENCHMARKS.md)."""
+    trades that for throughput, with most captions identical to one image per forward and
+    the same CIDEr within noise (BENCHMARKS.md, "int8 serving on CPU": "Batched int8")."""
     int8 = getattr(captioner, "quantize", None) == "int8"
     return 1 if int8 and not int8_batches else batch_size
 

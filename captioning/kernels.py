@@ -21,10 +21,10 @@ def quantize_int8(model):
     the CPU's quantised engine (fbgemm/oneDNN: VNNI where the CPU has it). The fp32 weights are
     dropped as each layer is replaced.
 
-    PyTorch's own dynamic quantisation, not torchao's: measured on a 2-core CPU, torchao's int8
+    PyTorch's own dynamic quantisation, not torchao's: torchao's int8
     (Int8DynamicActivationInt8WeightConfig through TorchAoConfig) runs each layer through
-    tensor-subclass dispatch in eager mode and captioned SmolVLM-256M 3x SLOWER than fp32,
-    while this was 2.5x faster (BENCHMARKS.md, "int8 serving"). torch.ao.quantization is
+    tensor-subclass dispatch in eager mode, which made captioning slower than fp32 where this
+    is faster (BENCHMARKS.md, "int8 serving on CPU"). torch.ao.quantization is
     deprecated in favour of torchao, so its warnings are silenced here; it still ships in
     torch 2.13.
     """
@@ -135,8 +135,8 @@ class PrepackedLinear(torch.nn.Module):
     ``_linear_pointwise``: the same ops torch.compile's CPU weight-prepacking pass emits).
 
     Why: for one token at a time (every decode step) ``nn.Linear`` goes through MKL's sgemm,
-    which on a 2-core CPU streamed the weights at about 11 GB/s on one thread; the prepacked
-    layer streams them at 17-25 GB/s on both (BENCHMARKS.md, "the fp32 text side"). Same
+    which streams the weights on one thread; the prepacked layer streams them on every core,
+    faster (BENCHMARKS.md, "int8 serving on CPU", its fp32 text side). Same
     arithmetic, another summation order: outputs agree to float32 rounding, and trained
     models give the same greedy captions (tests/test_prepack.py, bench/int8_quality.py).
 

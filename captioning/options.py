@@ -136,3 +136,29 @@ def click_options(cls: type, types: dict[str, Any] | None = None):
         return command
 
     return decorate
+
+
+def field_value(cls: type, name: str, value: Any) -> Any:
+    """``value`` as field ``name`` of dataclass ``cls`` takes it: text (from an environment
+    variable or a ``key=value`` list) converted to the field's int, float or bool, ``none``
+    to None where None is allowed; a value already typed is returned as it is. A UserError
+    names the field when the text does not convert."""
+    from captioning.errors import UserError
+
+    if not isinstance(value, str):
+        return value
+    base, optional = _plain_type(typing.get_type_hints(cls)[name])
+    text = value.strip()
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if base is bool:
+        if text.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return text.lower() in ("true", "1", "yes")
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    if base in (int, float):
+        try:
+            return base(text)
+        except ValueError:
+            kind = "a whole number" if base is int else "a number"
+            raise UserError(f"{name} must be {kind}, got {value!r}") from None
+    return text

@@ -47,7 +47,7 @@ KIND_FACTORY = "factory"
 #: beside the weights of a random model captioning.factory saved (family, size, seed): it says
 #: the weights are untrained; training outputs and releases do not carry it
 FACTORY = "factory.json"
-_KIND_NAMES = {KIND_FACTORY: "a random-model record (captioning.factory)",
+_KIND_NAMES = {KIND_FACTORY: "a random-model record (synthetic.factory)",
                KIND_TRAINING: "a training record (validation during training)",
                KIND_EVAL: "an eval record (eval/run.py generate or score)",
                KIND_MERGE_CHECK: "a merge check (release merge)",
@@ -315,29 +315,6 @@ def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-#: optim keys of train_config.yaml files written before the optim section took TrainingArguments'
-#: names; every reader of a saved config or recipe sees the current names (upgrade_train_config).
-OLD_OPTIM_KEYS = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-                  "grad_accum": "gradient_accumulation_steps", "optimizer": "optim", "scheduler": "lr_scheduler_type",
-                  "warmup_ratio": "warmup_steps", "label_smoothing": "label_smoothing_factor",
-                  "gradient_checkpointing": "activation_checkpointing"}
-
-
-def upgrade_train_config(doc: Any) -> Any:
-    """A recipe or saved config (a dict) with the optim keys of earlier versions renamed
-    (see OLD_OPTIM_KEYS); anything else is returned as it is."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("optim"), dict):
-        return doc
-    optim = dict(doc["optim"])
-    if not optim.get("warmup_ratio"):  # both were saved; TrainingArguments takes a ratio as warmup_steps < 1
-        optim.pop("warmup_ratio", None)
-    elif not optim.get("warmup_steps"):
-        optim.pop("warmup_steps", None)
-    if "max_steps" in optim and optim["max_steps"] is None:  # was null, TrainingArguments' "unset" is -1
-        optim["max_steps"] = -1
-    return {**doc, "optim": {OLD_OPTIM_KEYS.get(k, k): v for k, v in optim.items()}}
-
-
 @dataclass
 class TrainConfigRecord:
     """train_config.yaml: the fully resolved training config that travels with a model.
@@ -369,7 +346,7 @@ class TrainConfigRecord:
                 if nested or (isinstance(value, list) and not all(_scalar(v) for v in value)):
                     raise UserError(f"{path}: {section}.{key} is {_shown(value)}, not a setting; write it again with "
                                     "training/train.py")
-        return cls(path=path, doc=upgrade_train_config(doc))
+        return cls(path=path, doc=doc)
 
     @classmethod
     def find(cls, folder: str | os.PathLike | None) -> TrainConfigRecord | None:

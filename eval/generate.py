@@ -65,8 +65,8 @@ class GenerateConfig:
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, mps", group=MODEL)
     load_in_4bit: bool = option(False, help="4-bit NF4 weights (bitsandbytes)", group=MODEL)
     quantize: str = option("none", help="int8: int8 weights and int8 activations (scaled per call) in every "
-                                        "Linear layer (CPU only; about 2x faster); recorded, since it changes the "
-                                        "numbers",
+                                        "Linear layer (CPU only; faster: BENCHMARKS.md, \"int8 serving on CPU\"); "
+                                        "recorded, since it changes the numbers",
                            group=MODEL, choices=QUANTIZE_CHOICES)
     int8_batches: bool = option(False, help="with --quantize int8: --batch-size images per forward, as at full "
                                             "precision (more images/s, but a caption then depends on the images "

@@ -102,25 +102,25 @@ def folder_content_hash(folder: str | Path) -> str | None:
     return total.hexdigest()
 
 
-def hub_commit(repo_id: str, revision: str | None) -> str | None:
-    """The commit sha of a hub model: asked from the Hub when reachable, else read from the
-    local cache's snapshot folder (offline runs of cached models still record it)."""
-    from captioning.loading import looks_local, resolve_revision
+def hub_commit(repo_id: str, revision: str | None) -> tuple[str | None, str | None]:
+    """(the commit sha of a hub model, None) when found: asked from the Hub when reachable,
+    else read from the local cache's snapshot folder (offline runs of cached models still
+    record it); (None, why not) when the look-up failed, so the record says so instead of
+    looking like a model that has no revision."""
+    from captioning.loading import resolve_revision
 
-    if looks_local(repo_id):
-        return None
     sha = resolve_revision(repo_id, revision)
     if sha:
-        return sha
+        return sha, None
     try:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except Exception:
-        return None
+    except Exception as e:
+        return None, f"not asked of the Hub, and the cache could not be read ({type(e).__name__})"
     if isinstance(cached, str) and "/snapshots/" in cached.replace("\\", "/"):
-        return Path(cached).parent.name
-    return None
+        return Path(cached).parent.name, None
+    return None, "the Hub could not be asked (offline or unreachable) and the cache holds no snapshot of it"
 
 
 def describe_model(captioner: Any) -> dict[str, Any]:
@@ -133,15 +133,17 @@ def describe_model(captioner: Any) -> dict[str, Any]:
     source = str(captioner.source)
     local = looks_local(source) and Path(source).is_dir()
     adapter = captioner.adapter
+    resolved, unresolved = (None, None) if local or looks_local(source) else hub_commit(source, captioner.revision)
     return {
         "id": source,
         "path": str(Path(source).resolve()) if local else None,
         "revision": captioner.revision,
-        "resolved_revision": None if local else hub_commit(source, captioner.revision),
+        "resolved_revision": resolved,
         "content_hash": folder_content_hash(source) if local else None,
         "adapter": str(Path(adapter).resolve()) if adapter else None,
         "adapter_hash": folder_content_hash(adapter) if adapter else None,
         "weights_fingerprint": model_fingerprint(source, captioner.revision),
         "adapter_fingerprint": weights_fingerprint(adapter) if adapter else None,
         "family": captioner.family.name,
+        **({"resolved_revision_unknown": unresolved} if unresolved else {}),
     }

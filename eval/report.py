@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.files import write_atomic
+from captioning.vocabulary import style_of
 from eval.scene import LABELS
 
 THUMB_EDGE = 128
@@ -86,7 +87,7 @@ def _header_items(record: dict) -> list[tuple[str, Any]]:
         ("references hash", (dataset.get("hash") or "")[:16]),
         ("images", record.get("n_images")),
         ("caption transform of the references", dataset.get("caption_transform")
-         if dataset.get("caption_transform") not in (None, "none") else None),
+         if style_of(dataset.get("caption_transform")) else None),
         ("empty captions (each scored 0)", ", ".join(map(str, record.get("empty_captions") or [])) or None),
         ("images skipped (unreadable, not scored)", "; ".join(f"{s.get('file') or s.get('image_id')}: {s.get('reason')}"
                                                             for s in record.get("skipped_images") or []) or None),

@@ -236,7 +236,6 @@ def main(argv: Sequence[str] | None = None, *, scorer: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python eval/run.py` puts eval/ itself first on sys.path, where eval/*.py could shadow
-    # modules imported later; the `eval` package comes from the editable install (pip install -e .).
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    # `python eval/run.py` puts eval/ first on sys.path: no module there shares a name with one
+    # imported from elsewhere (tests/test_eval_run.py checks), and `eval` is the installed package
     sys.exit(main())

@@ -3,7 +3,7 @@
 CIDEr rewards captions that sound like the references; a caption can score well and still
 call a red circle a blue diamond. The shapes set knows each image's scene (its annotation's
 ``images[].shapes``: colour, shape, size, grid row and column of every object), and its
-captions come from one small grammar (:func:`captioning.shapes.describe`), so what a caption
+captions come from one small grammar (:func:`synthetic.shapes.describe`), so what a caption
 claims can be read back and checked:
 
 - **exact**: the caption names exactly the scene's objects (colour + shape, as a multiset)
@@ -16,7 +16,7 @@ claims can be read back and checked:
   above a blue square"), the fraction that hold in the scene (None when no caption states one).
 
 Written by hand because no library reads this grammar; the grammar itself lives in
-captioning.shapes, and a test checks that all five references of every image score 1.0.
+synthetic.shapes, and a test checks that all five references of every image score 1.0.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from captioning import shapes
+from synthetic import shapes
 
 # the article is optional so captions in the linguistic_errors style ("there iz orange circle
 # thwisss iz funny": articles dropped) read the same as the plain ones
@@ -157,7 +157,7 @@ def score_caption(caption: str, scene: Sequence[Mapping[str, Any]]) -> SceneScor
 
 
 def scenes_of(references: Mapping[str, Any]) -> dict[Any, list[dict]] | None:
-    """{image_id: its shapes} from COCO caption annotations written by captioning.shapes, or
+    """{image_id: its shapes} from COCO caption annotations written by synthetic.shapes, or
     None when the file carries no scenes (another dataset)."""
     images = references.get("images") if isinstance(references, Mapping) else None
     if not isinstance(images, list) or not images or not all(isinstance(im.get("shapes"), list) for im in images):

@@ -21,6 +21,7 @@ from typing import Any
 from captioning.errors import UserError
 from captioning.options import option
 from captioning.records import record_precision
+from captioning.vocabulary import DEFAULT_MAX_NEW_TOKENS, style_of
 
 # the card's inputs and images live beside this module; their names stay importable from here
 from release.card_images import DIGITS, LOSS_CURVE, fmt, loss_curve_png, make_badges, metric_items
@@ -49,7 +50,8 @@ class CardOptions:
 
 
 def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | None, *, image: str = "photo.jpg",
-                  max_new_tokens: int = 30, adapter_of: str | None = None, remote_code: bool = False) -> str:
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, adapter_of: str | None = None,
+                  remote_code: bool = False) -> str:
     """The Python code a card shows for transformers ``major`` (4 or 5).
 
     The same text is what tests/test_release_compat.py runs under both majors.
@@ -82,7 +84,7 @@ def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if m.get("factory"):
         f = m["factory"]
-        rows.append(("base model", f"random {v(f, 'size')} {v(f, 'family')} from captioning.factory "
+        rows.append(("base model", f"random {v(f, 'size')} {v(f, 'family')} from synthetic.factory "
                                    f"(seed {v(f, 'seed')})"))
     elif m.get("name_or_path"):
         rows.append(("base model", f"`{m['name_or_path']}`" + (f" @ {m['revision']}" if m.get("revision") else "")))
@@ -102,7 +104,7 @@ def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
     if d.get("source"):
         rows.append(("training data", f"`{d['source']}` [{v(d, 'train_split')}]"
                      + (f", at most {d['max_train_samples']} images" if d.get("max_train_samples") else "")))
-    if d.get("caption_transform") not in (None, "none"):
+    if style_of(d.get("caption_transform")):
         rows.append(("caption transform", f"`{d['caption_transform']}`: every target caption rewritten before "
                                           "training, so the model writes in that style"))
     if "references" in d:
@@ -115,7 +117,7 @@ def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("image size", f"longest edge {d.get('image_longest_edge') or 'default'}, splitting "
                                    f"{'default' if split is None else split}"))
     if o:
-        # TrainingArguments' names (records.upgrade_train_config renamed an older file's on reading)
+        # TrainingArguments' names, as training.config writes them
         steps = f"{o['max_steps']} steps" if (o.get("max_steps") or -1) > 0 else f"{v(o, 'num_train_epochs')} epochs"
         rows += [("schedule", f"{steps}, batch {v(o, 'per_device_train_batch_size')} x "
                               f"{v(o, 'gradient_accumulation_steps')} accumulation"),
@@ -179,7 +181,7 @@ def card_data(inputs: CardInputs):
         args = {"n_images": inputs.metrics.get("n_images")}
         if ds.get("hash"):
             args["content_hash"] = ds["hash"]
-        if ds.get("caption_transform") not in (None, "none"):
+        if style_of(ds.get("caption_transform")):
             args["caption_transform"] = ds["caption_transform"]  # references rewritten in the model's style
         for name, value in metric_items(inputs.metrics):
             results.append(EvalResult(

@@ -11,11 +11,12 @@ import io
 import re
 from typing import Any
 
+from captioning.vocabulary import COCO_METRICS
+
 BADGES_DIR = "badges"
 LOSS_CURVE = "loss_curve.png"
 #: metrics shown as badges, in this order, when recorded
 BADGE_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "SPICE")
-METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 DIGITS = 4  # every printed metric (table, badge, model-index) is rounded to this many decimals
 
 
@@ -28,7 +29,7 @@ def metric_items(metrics: dict[str, Any]) -> list[tuple[str, float]]:
     """(name, value) of every numeric metric in an eval record, in the card's order (None,
     i.e. not computed, is left out)."""
     vals = metrics.get("metrics", {})
-    names = [m for m in METRIC_ORDER if m in vals] + sorted(m for m in vals if m not in METRIC_ORDER)
+    names = [m for m in COCO_METRICS if m in vals] + sorted(m for m in vals if m not in COCO_METRICS)
     return [(m, float(vals[m])) for m in names if isinstance(vals[m], (int, float)) and not isinstance(vals[m], bool)]
 
 

@@ -132,6 +132,8 @@ def _count_params(folder: Path) -> int | None:
     return total
 
 
+# the lineage root of random weights; it keeps the factory's old module name (now synthetic.factory,
+# still runnable as captioning.factory) because release manifests already record it
 FACTORY = "captioning.factory"
 
 
@@ -178,7 +180,7 @@ def base_license(base: str | None, train_config: dict | None) -> tuple[str | Non
         if name in KNOWN_LICENSES:
             return KNOWN_LICENSES[name], f"the published licence of {name}"
     if chain[-1] == FACTORY:
-        return FACTORY_LICENSE, "random initial weights from captioning.factory, this toolkit's licence"
+        return FACTORY_LICENSE, "random initial weights from synthetic.factory, this toolkit's licence"
     return None, f"not found for {chain[-1]}: check its model card and pass --license"
 
 

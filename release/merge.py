@@ -187,7 +187,7 @@ def base_dtype(base: str, revision: str | None = None, trust_remote_code: bool =
 
 def probe_images(n: int, size: int = 64, seed: int = 0) -> list:
     """``n`` synthetic shapes scenes: deterministic probe inputs that need no dataset."""
-    from captioning import shapes
+    from synthetic import shapes
 
     rng = random.Random(f"release.merge.probes/{seed}")
     return [shapes.render(shapes.sample_scene(rng, size), size) for _ in range(n)]

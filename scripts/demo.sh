@@ -11,12 +11,12 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_
 step() { printf '\n== %s\n' "$*"; }
 
 step "1. shapes dataset -> $OUT/shapes (20000 training images; 200 held-out test images)"
-$PY -m captioning.shapes --out "$OUT/shapes" --train 20000 --val 100 --test 200
+$PY -m synthetic.shapes --out "$OUT/shapes" --train 20000 --val 100 --test 200
 # sed reads everything: head would exit early, SIGPIPE the writer, and pipefail end the demo
 IMAGES=$(printf '%s\n' "$OUT"/shapes/images/test/*.png | sed -n 1,4p)
 
 step "2. a random demo-size SmolVLM-architecture model: untrained captions are noise"
-$PY -m captioning.factory --family idefics3 --size demo --out "$OUT/models/demo-smolvlm"
+$PY -m synthetic.factory --family idefics3 --size demo --out "$OUT/models/demo-smolvlm"
 $PY -m captioning.caption --model "$OUT/models/demo-smolvlm" --max-new-tokens 12 $IMAGES
 
 step "3. base fine-tune on shapes (full fine-tune from random weights, about 5 minutes on 2 cores)"

@@ -23,12 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and not (Path(__file__).resolve().parent / "captioning" / "__init__.py").is_file():
-    # Run as a script from the repository, where the captioning package is one level up (a
-    # deployed Space ships it next to this file, where Python already looks, as it does for
-    # caption_space/). Importing this module leaves sys.path alone.
-    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
 import gradio as gr
 
 from caption_space.batch_files import IMAGE_SUFFIXES, MAX_BATCH_IMAGES

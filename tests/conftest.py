@@ -25,7 +25,7 @@ torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS") or max(1, min(2, 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """A small shapes set (train 64 / val 16 / test 16)."""
-    from captioning.shapes import generate
+    from synthetic.shapes import generate
 
     return generate(tmp_path_factory.mktemp("shapes"), seed=0, n_train=64, n_val=16, n_test=16)
 
@@ -33,7 +33,7 @@ def shapes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny random models of each factory family, saved in the Hugging Face layout."""
-    from captioning.factory import BUILDERS, build_random_model
+    from synthetic.factory import BUILDERS, build_random_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {fam: build_random_model(fam, root / fam) for fam in BUILDERS}
@@ -41,9 +41,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def arch_models(tmp_path_factory):
-    """Tiny random model folders of any architecture captioning.factory builds (``arch`` ->
+    """Tiny random model folders of any architecture synthetic.factory builds (``arch`` ->
     folder), built on first use. Tests load them; none writes into them."""
-    from captioning.factory import build_random_model
+    from synthetic.factory import build_random_model
 
     root = tmp_path_factory.mktemp("archs")
     cache: dict[str, Path] = {}

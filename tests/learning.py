@@ -30,7 +30,7 @@ QUIET = ["--output.progress", "false", "--output.tensorboard", "false"]
 
 
 def shapes_data(folder: Path, seed: int, n_train: int, n_val: int, n_test: int = 0) -> Path:
-    from captioning.shapes import generate
+    from synthetic.shapes import generate
 
     return generate(folder, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test)
 
@@ -145,9 +145,9 @@ def bridge_few_steps(work: Path, *, seed: int = 0, threads: int = 1, scorer=None
     """test_bridge's what-trains check: a tiny bridge with opened gates, 3 steps on one batch."""
     import torch
 
-    from captioning.factory import build_model
     from captioning.families import get_family
     from captioning.images import load_image
+    from synthetic.factory import build_model
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

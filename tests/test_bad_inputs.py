@@ -23,9 +23,9 @@ def _main(name: str):
     elif name == "release":
         from release.cli import main
     elif name == "shapes":
-        from captioning.shapes import main
+        from synthetic.shapes import main
     elif name == "factory":
-        from captioning.factory import main
+        from synthetic.factory import main
     elif name == "space":
         from tests.space.helpers import load_app_module
 

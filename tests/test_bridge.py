@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from captioning.errors import UserError
-from captioning.factory import build_model, build_random_model, count_parameters
 from captioning.families import get_family
 from captioning.families.base import IGNORE_INDEX
 from captioning.generation import GenerationSettings, caption_images
 from captioning.loading import load_captioner
+from synthetic.factory import build_model, build_random_model, count_parameters
 from tests.learning import bridge_steps, open_gates
 
 
@@ -362,7 +362,7 @@ def test_compose_from_pretrained_backbone_and_lm(tmp_path, shapes_images):
     from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
 
     from captioning.bridge.compose import main as compose_main
-    from captioning.factory import build_bpe_tokenizer
+    from synthetic.tokenizer import build_bpe_tokenizer
 
     torch.manual_seed(3)
     vision = Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -542,7 +542,7 @@ def test_offline_cache_check_reads_the_libraries_cache_locations(tmp_path):
 def test_scenes_come_from_annotations_that_record_them(tmp_path):
     """The shapes set's images[].shapes travel with each example (eval.scene reads them);
     annotations without them give no scenes rather than partial ones."""
-    from captioning import shapes
+    from synthetic import shapes
 
     root = shapes.generate(tmp_path / "shapes", n_train=0, n_val=0, n_test=4)
     ds = load_captions(str(root), "test", max_samples=3)

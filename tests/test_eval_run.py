@@ -225,3 +225,35 @@ def test_generate_flags_are_the_config_fields():
         for f in dataclasses.fields(cls):
             if "help" in f.metadata:
                 assert helps[f.name] == f.metadata["help"], f.name
+
+
+def test_eval_run_as_a_script_shadows_no_module():
+    """`python eval/run.py` puts eval/ first on sys.path (the script does not edit it): no
+    module or package there may share a name with one importable from anywhere else."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "eval"
+    names = {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()
+                                                      or p.is_dir() and any(p.glob("*.py"))}
+    assert {"run", "scoring", "generate"} <= names
+    clashing = [n for n in sorted(names - {"__init__"})
+                if n in sys.stdlib_module_names or importlib.util.find_spec(n) is not None]
+    assert not clashing, f"eval/ modules that would shadow importable ones: {clashing}"
+
+
+def test_a_failed_revision_look_up_is_recorded_as_such(monkeypatch):
+    """A hub model whose commit could not be found is recorded with why, not as a model that
+    has no revision (None alone)."""
+    import huggingface_hub
+
+    from captioning import loading
+    from eval import provenance
+
+    monkeypatch.setattr(loading, "resolve_revision", lambda repo, rev: None)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    sha, why = provenance.hub_commit("org/model", None)
+    assert sha is None and "cache holds no snapshot" in why
+    monkeypatch.setattr(loading, "resolve_revision", lambda repo, rev: "abc123")
+    assert provenance.hub_commit("org/model", None) == ("abc123", None)

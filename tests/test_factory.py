@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from captioning.factory import build_model, count_parameters, main
 from captioning.families import get_family
+from synthetic.factory import build_model, count_parameters, main
 
 # Published parameter counts (model cards): SmolVLM-256M-Instruct 256.48M; BLIP base
 # 224M unique (247M counting the tied output matrix twice, as the Hub page counts it).
@@ -52,7 +52,7 @@ def test_demo_models_see_the_full_64px_image(fam):
     becomes one image token per cell of the shapes grid (3x3), the layout it learns from."""
     from PIL import Image
 
-    from captioning.shapes import GRID
+    from synthetic.shapes import GRID
 
     model, processor = build_model(fam, "demo")
     pixels = processor.image_processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"]

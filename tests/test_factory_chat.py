@@ -1,4 +1,4 @@
-"""The tiny random builders of captioning/factory_chat.py: each builds, saves, reloads through the
+"""The tiny random builders of synthetic/factory_chat.py: each builds, saves, reloads through the
 Auto classes, trains one step's worth (finite loss) and generates."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 
 from captioning.errors import UserError
-from captioning.factory_chat import BUILDERS
+from synthetic.factory_chat import BUILDERS
 
 CHAT = ("gemma3", "llava", "idefics2")
 CAPTION = "a red square"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from captioning.errors import UserError
-from captioning.factory_video import BUILDERS
 from captioning.processors import load_processor
+from synthetic.factory_video import BUILDERS
 
 CONV = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Give a concise caption."}]}]
 ANSWER = {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}

@@ -934,12 +934,8 @@ def expect_for_leaf(target: Target, path: tuple, family: str, doc: Any, mutated:
     if target.types_unchecked and family != "huge_string":
         return "clean"
     if target.typed:
-        from captioning.records import upgrade_train_config
-
-        upgraded = upgrade_train_config(mutated)
-        # upgrade_train_config renames old keys and turns a null max_steps into -1: judge the result
         try:
-            value = mu.get_at(upgraded, path)
+            value = mu.get_at(mutated, path)
         except (KeyError, IndexError, TypeError):
             return "clean"
         if _accepts(_hint_at(path), value):
@@ -1095,7 +1091,7 @@ ALLOWED = {
     ("caption", "caption", "max_pixels"): 1,
     # eval/run.py reproduce checks --tolerance >= 0 inside reproduce() ("0 demands equality")
     ("eval", "reproduce", "tolerance"): 0,
-    # a seed numpy and torch both take (what captioning.shapes and the training sections declare)
+    # a seed numpy and torch both take (what synthetic.shapes and the training sections declare)
     ("factory", "factory", "seed"): (0, 2**32 - 1),
     # the Space: a TCP port (unless its flag's type declares it), models kept, requests at once, waiting
     ("space", "space", "port"): (1, 65535),
@@ -1115,7 +1111,7 @@ def _oracle(flag: Flag, text: str, world_recipe: dict | None = None) -> bool | N
     """Whether the declaration allows ``text``: the flag's own conversion (positive_int, a port
     type, a click range), then :data:`ALLOWED`, then the config dataclass's own checks
     (GenerationSettings, GenerateConfig, the training sections, the Space's Limits,
-    captioning.shapes' argument check); None when nothing declares it."""
+    synthetic.shapes' argument check); None when nothing declares it."""
     import argparse
 
     import click
@@ -1146,7 +1142,7 @@ def _oracle(flag: Flag, text: str, world_recipe: dict | None = None) -> bool | N
                 GenerateConfig(model="m", dataset="d", split="test", out="o", **{flag.dest: value})
                 return True
         if flag.entry == "shapes":
-            from captioning.shapes import _check_args
+            from synthetic.shapes import _check_args
 
             args = {"seed": 0, "counts": {"train": 1, "val": 1, "test": 1}, "size": 64}
             if flag.dest in args:

@@ -51,7 +51,7 @@ def test_mixed_prompts_are_batched_by_length_in_order(captioners):
 def test_flop_formula_matches_published_counts():
     from caption_flops import caption_flops
 
-    from captioning.factory import build_model
+    from synthetic.factory import build_model
 
     with torch.device("meta"):  # configs only: no memory, a second
         smol, _ = build_model("idefics3", "real")

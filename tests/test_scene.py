@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from captioning import shapes
 from captioning.data import caption_transform
 from eval.scene import read_claims, scene_accuracy, scenes_of, score_caption
+from synthetic import shapes
 
 
 @pytest.fixture(scope="module")

@@ -240,16 +240,20 @@ def test_evaluate_module_equals_score(scorer, reference_runs, tokenized_result):
     assert out[scoring.SACREBLEU_KEY] == tokenized_result["extras"][scoring.SACREBLEU_KEY]
 
 
-def test_evaluate_module_finds_the_checkout_it_came_from():
-    """evaluate runs a cached copy of the module; it finds the toolkit by its layout."""
+def test_evaluate_module_needs_the_installed_toolkit_and_says_so(monkeypatch):
+    """evaluate runs a cached copy of the module: it imports the installed toolkit (no
+    sys.path edits), and without it says how to install it."""
     import importlib.util
+    import sys
 
     path = REPO / "eval" / "coco_caption" / "coco_caption.py"
     spec = importlib.util.spec_from_file_location("coco_caption_module", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module._is_repo(REPO)
-    assert not module._is_repo(REPO / "eval")
+    assert module._scoring() is scoring
+    monkeypatch.setitem(sys.modules, "eval", None)  # as if the toolkit were not installed
+    with pytest.raises(ImportError, match="pip install -e"):
+        module._scoring()
 
 
 @needs_java

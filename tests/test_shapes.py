@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captioning import shapes
+from synthetic import shapes
 
 SPLITS = ("train", "val", "test")
 NP_RE = re.compile(rf"\ban? (?:(small|large) )?({'|'.join(shapes.COLORS)}) ({'|'.join(shapes.SHAPES)})\b")

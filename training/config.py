@@ -23,7 +23,7 @@ from typing import Any
 from captioning.errors import UserError
 from captioning.images import MAX_PIXELS
 from captioning.options import MAX_PROMPT_CHARS
-from captioning.vocabulary import CAPTION_TRANSFORM_NAMES, DTYPE_CHOICES, VALIDATION_METRICS
+from captioning.vocabulary import CAPTION_TRANSFORM_NAMES, DEFAULT_MAX_NEW_TOKENS, DTYPE_CHOICES, VALIDATION_METRICS
 
 
 def _typed(section: str):
@@ -77,7 +77,7 @@ class FactoryConfig:
     """seed of the random weights"""
 
     def __post_init__(self):
-        from captioning.factory import BUILDERS, SIZES
+        from synthetic.factory import BUILDERS, SIZES
 
         if self.family not in BUILDERS:
             raise UserError(f"model.factory.family {self.family!r}: choose one of {', '.join(sorted(BUILDERS))}")
@@ -328,7 +328,7 @@ class EvalConfig:
     """also validate the untrained model (a baseline in the history)"""
     batch_size: int = 8
     """batch size for validation loss and captioning"""
-    max_new_tokens: int = 30
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """caption length limit during validation"""
     num_beams: int = 1
     """beams during validation captioning"""

@@ -1,8 +1,7 @@
 """The command line of training: jsonargparse builds every ``--section.key`` flag from the
 config dataclasses (their field docstrings are the help) and reads ``--config`` recipes;
-here only what jsonargparse leaves to its caller: switches with ``--no-`` forms, old optim
-names in recipes (captioning.records.upgrade_train_config), and its error reports turned into
-one line that names the flag or the recipe file. :func:`load_config` / :func:`build_config`
+here only what jsonargparse leaves to its caller: switches with ``--no-`` forms, and its error
+reports turned into one line that names the flag or the recipe file. :func:`load_config` / :func:`build_config`
 give a TrainConfig from flags or a recipe dict (training.config itself parses nothing)."""
 
 from __future__ import annotations
@@ -15,12 +14,18 @@ from pathlib import Path
 from captioning.cli import one_line
 from captioning.errors import UserError
 from captioning.files import special_file_problem
-from captioning.records import OLD_OPTIM_KEYS, upgrade_train_config
 from captioning.safe_yaml import parse_yaml
 from training.config import TrainConfig
 
 _MODE = "training-recipe"
 
+
+#: what other training scripts call some optim keys: named in "did you mean" (the keys are
+#: TrainingArguments' own names)
+OTHER_NAMES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+               "grad_accum": "gradient_accumulation_steps", "optimizer": "optim", "scheduler": "lr_scheduler_type",
+               "warmup_ratio": "warmup_steps", "label_smoothing": "label_smoothing_factor",
+               "gradient_checkpointing": "activation_checkpointing"}
 
 def build_parser(prog: str = "python -m training.train"):
     """The jsonargparse parser of every config key (``--section.key``) and ``--config``."""
@@ -84,7 +89,7 @@ def _load_yaml(text: str, argv: list[str]):
             if key not in ("name", "config") and value is not None and not isinstance(value, dict):
                 raise UserError(f"--config {_recipe(argv)}: {key} must be a mapping of keys ({key}: {{...}}), got "
                                 f"{type(value).__name__} {str(value)[:40]!r}")
-    return upgrade_train_config(doc)
+    return doc
 
 
 def parse(parser, argv: list[str]):
@@ -153,7 +158,7 @@ def _usage_error(err: Exception, argv: list[str], parser) -> UserError:
         key = ".".join(g for g in unknown.groups() if g).split("=")[0]
         section, _, name = key.rpartition(".")
         keys = [o[2:] for a in parser._actions for o in a.option_strings if o[2:].rpartition(".")[0] == section]
-        hint = f"{section}.{OLD_OPTIM_KEYS[name]}" if section == "optim" and name in OLD_OPTIM_KEYS else None
+        hint = f"{section}.{OTHER_NAMES[name]}" if section == "optim" and name in OTHER_NAMES else None
         hint = hint or next(iter(difflib.get_close_matches(key, keys, n=1, cutoff=0.6)), None)
         hint = f" (did you mean {'--' if flag else ''}{hint}?)" if hint else ""
         if flag:

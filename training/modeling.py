@@ -2,7 +2,7 @@
 decide which parameters train (LoRA, full fine-tuning, frozen tower, connector), and
 pick the compute precision for the device.
 
-Loading goes through captioning.loading / captioning.factory; quantised loading adds
+Loading goes through captioning.loading / synthetic.factory; quantised loading adds
 the bitsandbytes config the inference loader does not need (8-bit, skip modules).
 """
 
@@ -64,8 +64,8 @@ def load_base(cfg: TrainConfig) -> LoadedBase:
     """The base model (fp32, or quantised per cfg.quantization) and its configured processor."""
     m, d = cfg.model, cfg.data
     if m.factory is not None:
-        from captioning.factory import build_model
         from captioning.families import get_family
+        from synthetic.factory import build_model
 
         model, processor = build_model(m.factory.family, m.factory.size, seed=m.factory.seed)
         family = get_family(m.family if m.family != "auto" else m.factory.family)

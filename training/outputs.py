@@ -19,7 +19,6 @@ from captioning.records import (
     TRAIN_CONFIG,
     TrainConfigRecord,
     TrainingRecord,
-    upgrade_train_config,
     write_record,
 )
 from training.config import TrainConfig
@@ -121,7 +120,6 @@ RESUME_SAFE = ("name", "optim.max_steps", "optim.num_train_epochs", "optim.num_t
 def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """``key: old -> new`` for the settings ``cfg`` changes against the run being resumed;
     a UserError naming the first setting that cannot take effect on resume."""
-    saved = upgrade_train_config(saved)
     found = changes(saved, cfg.to_dict())
     # a key the saved config lacks is a setting a newer toolkit added: it runs at its default
     found = [(k, a, b) for k, a, b in found if _has_key(saved, k)]

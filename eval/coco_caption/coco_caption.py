@@ -11,10 +11,6 @@ toolkit is found through the original path evaluate records next to the copy (or
 current directory / an importable `eval` package).
 """
 
-import json
-import os
-import sys
-from pathlib import Path
 
 import datasets
 import evaluate
@@ -49,47 +45,14 @@ author={Lin, Tsung-Yi and others}, booktitle={ECCV}, year={2014}}
 Server}, author={Chen, Xinlei and others}, journal={arXiv:1504.00325}, year={2015}}"""
 
 
-def _is_repo(path: Path) -> bool:
-    return (path / "eval" / "scoring" / "__init__.py").is_file() and (path / "captioning").is_dir()
-
-
-def _repo_candidates():
-    # evaluate runs a copy of this file from its cache and writes <name>.json beside it with
-    # the path it was loaded from; that is the checkout the user pointed at.
-    here = Path(__file__).resolve()
-    meta = here.with_suffix(".json")
-    if meta.is_file():
-        try:
-            original = json.loads(meta.read_text(encoding="utf-8")).get("original file path")
-        except (OSError, ValueError):
-            original = None
-        if original:
-            yield from Path(original).resolve().parents
-    yield from here.parents  # imported in place, not through evaluate
-    cwd = Path.cwd().resolve()
-    yield cwd
-    yield from cwd.parents
-    if os.environ.get("CAPTIONING_REPO"):
-        yield Path(os.environ["CAPTIONING_REPO"])
-
-
 def _scoring():
-    """The toolkit's eval.scoring module, putting its checkout on sys.path if needed."""
+    """The toolkit's eval.scoring module (the toolkit installed with ``pip install -e``)."""
     try:
         from eval import scoring
-
-        return scoring
-    except ImportError:
-        pass
-    for candidate in _repo_candidates():
-        if _is_repo(candidate):
-            sys.path.insert(0, str(candidate))
-            sys.modules.pop("eval", None)  # a failed import above may have cached nothing useful
-            from eval import scoring
-
-            return scoring
-    raise ImportError("coco_caption needs the captioning toolkit's eval/scoring/: run from the "
-                      "repository root or set CAPTIONING_REPO to it")
+    except ImportError as e:
+        raise ImportError("coco_caption needs the captioning toolkit: install its checkout with "
+                          "`pip install -e PATH/TO/CHECKOUT`") from e
+    return scoring
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

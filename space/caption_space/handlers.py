@@ -3,6 +3,7 @@ methods, so tests call them directly), with the limits every input is held to.""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import secrets
@@ -152,6 +153,8 @@ class CaptionSpace:
         """(captions, captioner, load seconds, generation seconds); a model that cannot
         load raises ModelLoadError, bad settings for this model gr.Error."""
         captioner, load_s = self.registry.get(key)
+        # the settings the page has no control for, as this model's entry sets them (models.yaml)
+        settings = dataclasses.replace(settings, **dict(self.registry.info(key).entry.decoding))
         start = time.perf_counter()
         try:
             out = generate(self.token, key, images, prompt, settings)

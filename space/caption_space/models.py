@@ -32,7 +32,7 @@ from captioning.records import (
     record_precision,
 )
 from captioning.safe_yaml import read_yaml_file
-from captioning.vocabulary import QUANTIZE_CHOICES
+from captioning.vocabulary import QUANTIZE_CHOICES, style_of
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
 MODELS_YAML = SPACE_DIR / "models.yaml"
@@ -52,6 +52,9 @@ class ModelEntry:
     trust_remote_code: bool = False
     #: none or int8 for this model; None: the Space's default (--quantize)
     quantize: str | None = None
+    #: decoding settings the page has no control for (top_k=20;repetition_penalty=1.2): any
+    #: captioning.generation.GenerationSettings flag but those the page sets, as (name, value)
+    decoding: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         if not self.id or not self.id.strip():
@@ -84,10 +87,40 @@ def _bool_option(value: Any, where: str) -> bool:
     raise UserError(f"{where}: trust_remote_code must be true or false, got {value!r}")
 
 
+#: GenerationSettings fields the page's own controls set (a model entry cannot)
+PAGE_SETTINGS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
+
+
+def entry_settings() -> tuple[str, ...]:
+    """The decoding settings a model entry may set: every flag of
+    captioning.generation.GenerationSettings but those the page sets, so a setting added
+    there can be set per model here with no change to the Space."""
+    from dataclasses import fields
+
+    from captioning.generation import GenerationSettings
+
+    return tuple(f.name for f in fields(GenerationSettings) if "help" in f.metadata and f.name not in PAGE_SETTINGS)
+
+
+def _decoding(data: dict, where: str) -> tuple[tuple[str, Any], ...]:
+    """An entry's decoding settings, typed and checked by GenerationSettings itself."""
+    from captioning.generation import GenerationSettings
+    from captioning.options import field_value
+
+    chosen = {k: v for k, v in data.items() if k in entry_settings()}
+    try:
+        typed = {k: field_value(GenerationSettings, k, v) for k, v in chosen.items()}
+        GenerationSettings(**typed)
+    except UserError as e:
+        raise UserError(f"{where}: {str(e).lstrip('-')}") from None
+    return tuple(sorted(typed.items()))
+
+
 def _entry_from_mapping(data: dict, where: str) -> ModelEntry:
-    unknown = sorted(set(data) - set(_ENTRY_KEYS))
+    allowed = _ENTRY_KEYS + entry_settings()
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_ENTRY_KEYS)}")
+        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     if not data.get("id"):
         raise UserError(f"{where}: needs an id (a hub id or a model folder)")
     quantize = str(data["quantize"]).strip().lower() if data.get("quantize") else None
@@ -95,7 +128,8 @@ def _entry_from_mapping(data: dict, where: str) -> ModelEntry:
         raise UserError(f"{where}: quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {data['quantize']!r}")
     return ModelEntry(id=str(data["id"]).strip(), name=data.get("name") or None,
                       revision=str(data["revision"]) if data.get("revision") else None,
-                      trust_remote_code=_bool_option(data.get("trust_remote_code", False), where), quantize=quantize)
+                      trust_remote_code=_bool_option(data.get("trust_remote_code", False), where), quantize=quantize,
+                      decoding=_decoding(data, where))
 
 
 def parse_models(spec: str, *, where: str = "--models") -> list[ModelEntry]:
@@ -410,7 +444,7 @@ def _what_it_is(info: ModelInfo, card: dict, train_cfg: dict | None, manifest: d
     lora = cfg.section("lora")
     if method is None and "enabled" in lora:
         method = "full" if not lora["enabled"] else ("QLoRA" if cfg.section("quantization").get("enabled") else "LoRA")
-    info.trained_style = cfg.caption_transform if cfg.caption_transform not in (None, "", "none") else None
+    info.trained_style = style_of(cfg.caption_transform)
     relation = card.get("base_model_relation") or (manifest.get("base") or {}).get("relation")
     info.adapter = manifest.get("release") == "adapter" or (bool(info.base) and relation == "adapter") or (
         info.entry.local and (Path(info.entry.id).expanduser() / "adapter_config.json").is_file())

@@ -23,7 +23,7 @@ TOKEN = "hf_TESTsecretTOKEN0123456789abcdef"
 def _tiny_bases(root: Path) -> dict[str, Path]:
     import torch
 
-    from captioning.factory import build_model, build_random_model
+    from synthetic.factory import build_model, build_random_model
 
     smol = build_random_model("idefics3", root / "idefics3", seed=0)
     # SmolVLM's rotary base is 100000; transformers 5 writes it only inside rope_parameters,
@@ -76,8 +76,9 @@ def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str
            "lora": {"enabled": True, "r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": None},
            "quantization": {"load_in_4bit": False, "load_in_8bit": False},
            "data": {"source": "data/shapes", "train_split": "train", "val_split": "val", "prompt": fam.default_prompt},
-           "optim": {"epochs": 1.0, "max_steps": 10, "batch_size": 4, "grad_accum": 1, "lr": 1e-4,
-                     "scheduler": "cosine", "optimizer": "adamw_torch", "precision": "auto", "seed": seed},
+           "optim": {"num_train_epochs": 1.0, "max_steps": 10, "per_device_train_batch_size": 4,
+                     "gradient_accumulation_steps": 1, "learning_rate": 1e-4, "lr_scheduler_type": "cosine",
+                     "optim": "adamw_torch", "precision": "auto", "seed": seed},
            "eval": {"metric_for_best": "CIDEr"}}
     for section, values in (train_extra or {}).items():
         cfg.setdefault(section, {}).update(values)

@@ -67,7 +67,6 @@ def test_card_with_metrics(merged, adapters, tmp_path, no_network):
     assert "AutoModelForVision2Seq.from_pretrained(model_id" in text
     assert "## Intended use" in text and "## Limitations" in text and "## Licence" in text
     assert "| method | LoRA r=4, alpha=8.0, dropout=0.0 |" in text
-    # the fixture's train_config.yaml has the optim names of earlier versions: read as today's
     assert "| schedule | 10 steps, batch 4 x 1 accumulation |" in text
     assert "| optimizer | adamw_torch, lr 0.0001, cosine schedule, weight decay not recorded |" in text
     assert "### Merge check" in text and "identical greedy captions 2/2" in text

@@ -91,11 +91,11 @@ def test_make_portable_is_idempotent_and_keeps_transformers_5_reading(release_ba
 def test_released_bridge_loads_in_transformers_4_and_5_with_remote_code(side_tf4, probe_pngs, tmp_path):
     """The bridge ships its own code (auto_map): a release of it reads under both majors
     with trust_remote_code=True and gives the captions the captioning core gives."""
-    from captioning.factory import build_random_model
     from captioning.generation import GenerationSettings, caption
     from captioning.images import load_image
     from captioning.loading import load_captioner
     from release.push import PushOptions, push
+    from synthetic.factory import build_random_model
 
     model = build_random_model("bridge", tmp_path / "bridge-model", seed=3)
     folder = tmp_path / "bridge-release"

@@ -105,9 +105,9 @@ def test_failing_check_stops_and_writes_nothing(adapters, tmp_path, monkeypatch)
 def test_merging_into_another_base_is_refused_unless_acknowledged(adapters, release_bases, tmp_path):
     """Another model of the same architecture loads and merges without a complaint from
     peft, and base+adapter vs merged agree: only the recorded base fingerprint catches it."""
-    from captioning.factory import build_random_model
     from captioning.fingerprints import weights_fingerprint
     from release.card import collect_inputs, render_card
+    from synthetic.factory import build_random_model
 
     other = build_random_model("blip", tmp_path / "other-base", seed=7)
     with pytest.raises(UserError, match=r"--base .*other-base \(weights [0-9a-f]{12}\) is not the base .* was "

@@ -37,9 +37,9 @@ def space_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
     The fine-tune is a real release folder, written by ``release push --to-dir`` (card,
     portable checkpoint, eval record); the others are factory models with a metrics.json.
     """
-    from captioning.factory import build_random_model
     from captioning.fingerprints import weights_fingerprint
     from release.push import PushOptions, push
+    from synthetic.factory import build_random_model
 
     root = tmp_path_factory.mktemp("space-models")
     base = root / "tiny-smolvlm"

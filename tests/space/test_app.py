@@ -134,6 +134,29 @@ def test_parse_models(space_app):
         space_app.parse_models("org/a;trust_remote_code=maybe")
 
 
+def test_a_model_entry_sets_the_decoding_the_page_has_no_control_for(space_app, space_models, shapes_dir,
+                                                                      monkeypatch):
+    """Every GenerationSettings flag the page does not set is a model entry option, typed and
+    checked by GenerationSettings itself: a decoding setting added to the core reaches the
+    Space with no change here."""
+    from tests.space.helpers import space_part
+
+    entries = space_app.parse_models("org/a;top_k=7;repetition_penalty=1.3;min_new_tokens=2, org/b")
+    assert dict(entries[0].decoding) == {"top_k": 7, "repetition_penalty": 1.3, "min_new_tokens": 2}
+    assert entries[1].decoding == ()
+    for bad, says in (("org/a;top_k=-1", "top-k must be >= 0"), ("org/a;temperature=0.5", "unknown option"),
+                      ("org/a;top_k=many", "top_k must be a whole number")):
+        with pytest.raises(space_app.UserError, match=says):
+            space_app.parse_models(bad)
+    handlers, seen = space_part("handlers"), []
+    real = handlers.generate
+    monkeypatch.setattr(handlers, "generate", lambda *a: seen.append(a[-1]) or real(*a))
+    demo = space_app.build_demo([f"{space_models['blip']};top_k=3;repetition_penalty=1.5"], examples_dir=None)
+    png = sorted((shapes_dir / "images" / "test").glob("*.png"))[0]
+    demo.caption_space.caption(str(png), None, "", 4)
+    assert (seen[0].top_k, seen[0].repetition_penalty, seen[0].max_new_tokens) == (3, 1.5, 4)
+
+
 def test_models_sources_in_order(space_app, tmp_path):
     cfg = tmp_path / "models.yaml"
     cfg.write_text(yaml.safe_dump({"models": ["org/from-yaml", {"id": "org/x", "trust_remote_code": True,

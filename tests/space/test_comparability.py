@@ -239,8 +239,8 @@ def test_about_names_the_four_endpoints_by_model_id_and_the_mcp_server(demo):
 
 
 def test_a_folder_saved_by_the_factory_is_badged_untrained(tmp_path):
-    """captioning.factory's record (factory.json) is what says the weights are random."""
-    from captioning.factory import build_random_model
+    """synthetic.factory's record (factory.json) is what says the weights are random."""
+    from synthetic.factory import build_random_model
 
     folder = build_random_model("blip", tmp_path / "tiny-blip")
     assert (folder / "factory.json").is_file()

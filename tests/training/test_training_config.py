@@ -10,7 +10,6 @@ import yaml
 
 from captioning.data import linguistic_errors
 from captioning.errors import UserError
-from captioning.records import upgrade_train_config as upgrade
 from training.config import OptimConfig, TrainConfig
 from training.data import CaptionTrainDataset
 from training.flags import build_config, load_config
@@ -135,21 +134,15 @@ def test_optim_fields_are_training_arguments_fields():
     assert (args.learning_rate, args.gradient_accumulation_steps, args.warmup_steps) == (2e-4, 4, 0.03)
 
 
-def test_recipes_and_saved_configs_with_the_old_optim_names_still_load(tmp_path):
-    old = {"epochs": 2, "max_steps": None, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "optimizer": "adamw_torch",
-           "scheduler": "linear", "warmup_steps": 0, "warmup_ratio": 0.05, "label_smoothing": 0.1,
-           "gradient_checkpointing": True}
-    new = {"num_train_epochs": 2, "max_steps": -1, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-           "learning_rate": 3e-3, "optim": "adamw_torch", "lr_scheduler_type": "linear", "warmup_steps": 0.05,
-           "label_smoothing_factor": 0.1, "activation_checkpointing": True}
-    assert upgrade({**BASE, "optim": old}) == {**BASE, "optim": new}
-    recipe = tmp_path / "old.yaml"
-    recipe.write_text(yaml.safe_dump({**BASE, "optim": old}))
-    expected = build_config({**BASE, "optim": new, "name": "old"}).to_dict()
-    assert load_config(["--config", str(recipe)]).to_dict() == expected
-    # a flag with an old name points at the new one
-    with pytest.raises(UserError, match=r"unknown option --optim\.lr \(did you mean --optim\.learning_rate\?\)"):
-        load_config(["--config", str(recipe), "--optim.lr", "1"])
+def test_the_names_other_scripts_use_are_pointed_at_ours(tmp_path):
+    """No release ever shipped other optim names, so none is read as another; a recipe or a
+    flag that uses one (lr, epochs, ...) is refused naming TrainingArguments' own."""
+    recipe = tmp_path / "other.yaml"
+    recipe.write_text(yaml.safe_dump({**BASE, "optim": {"lr": 3e-3}}))
+    with pytest.raises(UserError, match=r"optim\.lr.*did you mean.*optim\.learning_rate"):
+        load_config(["--config", str(recipe)])
+    with pytest.raises(UserError, match=r"unknown option --optim\.epochs \(did you mean --optim\.num_train_epochs\?\)"):
+        load_config(["--optim.epochs", "1"])
 
 
 @pytest.mark.parametrize("args, match", [

@@ -127,8 +127,8 @@ def test_train_connector_is_refused_for_blip(tiny_models, shapes_dir, tmp_path):
 @pytest.mark.parametrize("arch", ["idefics3", "smolvlm"])  # SmolVLM and SmolVLM2: the families with the cache
 def test_feature_cache_gives_the_same_loss(arch, tiny_models, shapes_dir, tmp_path):
     from captioning.data import linguistic_errors, load_captions
-    from captioning.factory import build_random_model
     from captioning.loading import load_captioner
+    from synthetic.factory import build_random_model
     from training import data as tdata
     from training.engine import caption_loss
 

@@ -186,10 +186,3 @@ def test_resume_takes_settings_a_newer_toolkit_added_at_their_defaults():
     saved["optim"]["learning_rate"] = 1.0
     with pytest.raises(Exception, match="optim.learning_rate 1.0 -> 0.0001: cannot take effect"):
         resume_changes(saved, cfg)
-    # a config saved before the optim keys took TrainingArguments' names resumes as it was
-    old = {**cfg.to_dict(), "optim": {"epochs": 1.0, "max_steps": None, "batch_size": 8, "grad_accum": 1, "lr": 1e-4,
-                                      "weight_decay": 0.0, "optimizer": "adamw_torch", "scheduler": "cosine",
-                                      "warmup_steps": 0, "warmup_ratio": 0.0, "max_grad_norm": 1.0,
-                                      "label_smoothing": 0.0, "precision": "auto", "gradient_checkpointing": False,
-                                      "seed": 0, "num_threads": None}}
-    assert resume_changes(old, cfg) == []

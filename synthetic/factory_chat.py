@@ -1,6 +1,6 @@
 """Tiny random builders for five more image-captioning architectures, offline.
 
-    from captioning.factory_chat import BUILDERS
+    from synthetic.factory_chat import BUILDERS
     model, processor = BUILDERS["gemma3"]("tiny", folder)
 
 Each builder mirrors one published checkpoint in everything the toolkit's code sees
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from captioning.errors import UserError
-from captioning.factory import build_bpe_tokenizer
+from synthetic.tokenizer import build_bpe_tokenizer
 
 # google/gemma-3-4b-it chat_template (tokenizer_config.json / chat_template.json), verbatim:
 # <bos><start_of_turn>user\n<start_of_image>text<end_of_turn>\n<start_of_turn>model\n

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from captioning.errors import UserError
-from captioning.factory import build_bpe_tokenizer
 from captioning.processors import image_only
+from synthetic.tokenizer import build_bpe_tokenizer
 
 # Qwen/Qwen2-VL-2B-Instruct chat_template.json, verbatim (found in several public copies); Qwen/Qwen2.5-VL-3B-
 # Instruct's chat_template.json is the same template, as far as could be checked offline (default system prompt
