@@ -12,9 +12,6 @@ import random
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: the captioning and synthetic packages are two levels up
-    sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-
 from PIL import Image, ImageDraw
 
 from synthetic import shapes
