@@ -203,6 +203,12 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
         raise UserError(f"--model {model_dir}: no config.json or adapter_config.json; pass a model folder")
     tc_record = TrainConfigRecord.read(train_config) if train_config else TrainConfigRecord.find(model_dir)
     tc = tc_record.doc if tc_record else None
+    if tc_record is not None:
+        from training.recorded import recorded_problem  # the types training.config declares
+
+        problem = recorded_problem(tc)
+        if problem:
+            raise UserError(f"{tc_record.path}: {problem}; the file is damaged: write it again with training/train.py")
     found = EvalRecord.find(model_dir)  # a release folder's; a training output's metrics.json is not one
     mt = EvalRecord.read(metrics, what="--metrics").doc if metrics else (found.doc if found else None)
     merge_check = read_record(model_dir, KIND_MERGE_CHECK) if (model_dir / MERGE_CHECK).is_file() else None

@@ -496,9 +496,6 @@ _SHORTER = "cut at a line end, the file is a valid shorter one"
 #: transformers and peft cannot read these with a BOM: refused in one line (captioning.files.check_model_folder)
 _LIBRARY_BOM = "transformers and peft read this file and cannot read a BOM"
 #: known gap (closing note of issue 28): the card shows train_config.yaml's values as recorded; their
-#: types are declared by training.config, which release does not import; train_config-as_recipe
-#: (the training parser) refuses every wrong type
-_CARD_AS_RECORDED = "the card shows train_config.yaml's settings as recorded (types: train_config-as_recipe)"
 #: peft reads adapter_config.json's options itself (an option object it does not use is ignored)
 _PEFT_OPTIONS = "peft's own options, read by peft"
 #: push publishes the files the folder holds; the merge check loaded the model with them
@@ -533,7 +530,7 @@ TARGETS = [
     Target("release_json", "push", "json", b_push_model("release", "release.json"), optional=True),
     # ---- train_config.yaml (the resolved config that travels with a model)
     Target("train_config", "card", "yaml", b_card_model("adapter", "train_config.yaml"), optional=True, leaves=6,
-           numbers=2, typed="record", types_unchecked=_CARD_AS_RECORDED, **P),
+           numbers=2, typed="record", **P),
     Target("train_config", "as_recipe", "yaml", b_config_again, leaves=5, numbers=2, typed="parser"),
     Target("train_config", "merge", "yaml", b_merge("train_config.yaml"), optional=True),
     Target("train_config", "generate", "yaml", b_generate_model("adapter", "train_config.yaml"), optional=True),

@@ -486,3 +486,21 @@ def test_an_unreadable_image_found_mid_training_says_how_to_go_on(tmp_path, tiny
     message = _one_error(capsys)
     assert "not an image file" in message and "--data.skip_bad_images true" in message
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("section, key, value, says", [
+    ("optim", "learning_rate", "fast", "optim.learning_rate is str 'fast', not float"),
+    ("lora", "r", [4], "lora.r is list [4], not int"),
+    ("model", "freeze_vision", "yes", "model.freeze_vision is str 'yes', not bool"),
+])
+def test_the_card_reads_train_config_through_its_declared_types(adapter, tmp_path, capsys, section, key, value, says):
+    """The card used to show a damaged train_config.yaml's values as recorded; it reads them
+    against the types training.config declares (training.recorded) and refuses in one line."""
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter, folder)
+    cfg = yaml.safe_load((folder / "train_config.yaml").read_text())
+    cfg.setdefault(section, {})[key] = value
+    (folder / "train_config.yaml").write_text(yaml.safe_dump(cfg))
+    assert _main("release")(["card", "--model", str(folder), "--out", str(tmp_path / "card" / "README.md")]) == 2
+    assert says in _one_error(capsys)
+    assert not (tmp_path / "card").exists()
