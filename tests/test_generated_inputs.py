@@ -897,29 +897,12 @@ def _hint_at(path: tuple) -> Any:
 
 
 def _accepts(hint: Any, value: Any) -> bool:
-    """Whether ``value`` (a parsed YAML value) is of declared type ``hint``. A YAML number where
-    text is declared counts as text (``name: 2024``)."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(h, value) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return mu.is_number(value)
-    if hint is str:
-        return isinstance(value, str) or mu.is_number(value)
-    if origin is list:
-        return isinstance(value, list) and all(_accepts(typing.get_args(hint)[0], v) for v in value)
-    if dataclasses.is_dataclass(hint):
-        hints = typing.get_type_hints(hint)
-        return isinstance(value, dict) and all(k in hints and _accepts(hints[k], v) for k, v in value.items())
-    return True
+    """Whether ``value`` (a parsed YAML value) is of declared type ``hint``: the rule the
+    toolkit's readers of a record apply (training.recorded.fits); the parser targets hold the
+    training parser (jsonargparse) to it too."""
+    from training.recorded import fits
+
+    return fits(hint, value)
 
 
 def expect_for_leaf(target: Target, path: tuple, family: str, doc: Any, mutated: Any) -> str:

@@ -18,14 +18,14 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fits(hint: Any, value: Any) -> bool:
+def fits(hint: Any, value: Any) -> bool:
     """Whether ``value`` (parsed YAML) is of declared type ``hint``; a number where text is
     declared counts as text (``name: 2024``)."""
     if hint is Any:
         return True
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(h, value) for h in typing.get_args(hint))
+        return any(fits(h, value) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -37,10 +37,10 @@ def _fits(hint: Any, value: Any) -> bool:
     if hint is str:
         return isinstance(value, str) or _number(value)
     if origin is list:
-        return isinstance(value, list) and all(_fits(typing.get_args(hint)[0], v) for v in value)
+        return isinstance(value, list) and all(fits(typing.get_args(hint)[0], v) for v in value)
     if dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
-        return isinstance(value, dict) and all(k in hints and _fits(hints[k], v) for k, v in value.items())
+        return isinstance(value, dict) and all(k in hints and fits(hints[k], v) for k, v in value.items())
     return True
 
 
@@ -58,7 +58,7 @@ def recorded_problem(doc: dict[str, Any]) -> str | None:
             continue
         keys = typing.get_type_hints(hint)
         for key, value in values.items():
-            if key in keys and not _fits(keys[key], value):
+            if key in keys and not fits(keys[key], value):
                 shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
                 return f"{section}.{key} is {type(value).__name__} {shown}, not {_name(keys[key])}"
     return None
