@@ -3,7 +3,12 @@
 * ``compute_loss``: cached image features enter the model as ``mm_encoder_outputs``;
 * ``evaluation_loop``: after the val loss, caption the fixed val subset and add CIDEr /
   BLEU-4 / ... and perplexity to the metrics, so best-checkpoint selection, early
-  stopping, logging and TensorBoard all see them.
+  stopping, logging and TensorBoard all see them. A validation never ends the run: an empty
+  caption scores as matching nothing (``empty_captions``: how many), and a failure of
+  captioning or scoring is one log line (``caption_error``), the caption metrics of that
+  step missing;
+* ``_determine_best_metric``: a validation without the metric the best checkpoint is chosen
+  by is not the best.
 
 Everything else (accumulation, mixed precision, schedules, clipping, checkpoints and
 rotation, resume, logging, multi-process) is the stock Trainer.
@@ -75,15 +80,43 @@ class CaptionTrainer(Trainer):
         if loss is not None:
             metrics[f"{metric_key_prefix}_perplexity"] = perplexity(loss)
         if self.caption_evaluator is not None and metric_key_prefix == "eval":
-            step = self.state.global_step
-            scores = self.caption_evaluator.evaluate(self.model, step)
-            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
-            if self.is_world_process_zero():
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if v is not None)
-                self.log_fn(f"[validation @ step {step}] loss {loss:.4f}, {shown}")
-                for line in self.caption_evaluator.samples(step):
-                    self.log_fn(f"    {printable(line)}")
+            self._caption_metrics(metrics, loss, metric_key_prefix)
         return output
+
+    def _caption_metrics(self, metrics: dict[str, Any], loss: float | None, prefix: str) -> None:
+        """Caption the val subset, add its scores (or why there are none) to ``metrics``, log it."""
+        step = self.state.global_step
+        ev = self.caption_evaluator
+        v = ev.evaluate(self.model, step)
+        metrics.update({f"{prefix}_{k}": s for k, s in v.scores.items()})
+        if v.error is None:
+            metrics[f"{prefix}_empty_captions"] = len(v.empty)
+        else:
+            metrics[f"{prefix}_caption_error"] = v.error
+        if not self.is_world_process_zero():
+            return
+        head = f"[validation @ step {step}] loss {loss:.4f}" if loss is not None else f"[validation @ step {step}]"
+        if v.error is not None:
+            self.log_fn(printable(f"{head}; no caption metrics at this step, captioning or scoring failed: "
+                                  f"{v.error} (the run goes on)"))
+            return
+        shown = "".join(f", {k} {s:.3f}" for k, s in v.scores.items() if s is not None)
+        if v.empty:
+            names = ev.names(v.empty)
+            listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            shown += (f"; {len(v.empty)} of {len(ev.ids)} captions empty (the model stopped at once; each "
+                      f"scores as matching nothing): {listed}")
+        self.log_fn(printable(head + shown))
+        for line in ev.samples(step):
+            self.log_fn(f"    {printable(line)}")
+
+    def _determine_best_metric(self, metrics: dict[str, Any], trial) -> bool:
+        """The Trainer's choice, except that a validation whose caption metrics are missing
+        (captioning or scoring failed) is never the best: the stock Trainer raises there."""
+        name = self.args.metric_for_best_model
+        if name is not None and metrics.get(name if name.startswith("eval_") else f"eval_{name}") is None:
+            return False
+        return super()._determine_best_metric(metrics=metrics, trial=trial)
 
 
 class EpochSync(TrainerCallback):

@@ -3,17 +3,22 @@ image + prompt alone, scored with eval.scoring (one warm Scorer per run).
 
 The generation path is captioning.generation.caption_images, the same one eval/ and the
 Space use, so a validation number is what `eval/run.py generate` would report for the same
-images (CIDEr-D takes idf from the scored set: numbers depend on the subset size).
+images (CIDEr-D takes idf from the scored set: numbers depend on the subset size). Scoring follows
+the same rule too: an empty caption (the model stopped at once) scores as matching nothing and is
+listed. A validation never ends the run: a failure of captioning or scoring comes back as
+:attr:`Validation.error`, the same on every process.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from captioning.cli import cut, one_line
 from captioning.generation import GenerationSettings, caption_images
 from captioning.loading import Captioner
 
@@ -22,6 +27,26 @@ def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+@dataclass
+class Validation:
+    """The captioning part of one validation: ``scores`` ({metric: value}) and ``empty`` (ids of
+    the images whose caption was empty, each scored as matching nothing), or ``error`` (one line:
+    captioning or scoring failed, ``scores`` is empty)."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    empty: list = field(default_factory=list)
+    error: str | None = None
+
+
+class ValidationFailed(Exception):
+    """Captioning failed on some process; the message is one line (every process raises it)."""
+
+
+def failure(err: BaseException) -> str:
+    """``err`` as one line: its type and the start of its message."""
+    return f"{type(err).__name__}: {cut(one_line(err), 300)}"
 
 
 class CaptionEvaluator:
@@ -73,9 +98,28 @@ class CaptionEvaluator:
                          device=device, dtype=compute_dtype(model), prompt=self.prompt)
 
     def generate(self, model) -> list[dict]:
-        """COCO results ``[{"image_id", "caption"}]`` for the whole subset (every process)."""
+        """COCO results ``[{"image_id", "caption"}]`` for the whole subset (every process);
+        :class:`ValidationFailed` on every process when captioning failed on any."""
         rank, world = _dist()
         idx = list(range(rank, len(self.examples), world))
+        mine: list = []
+        error = None
+        try:
+            mine = self._caption(model, idx)
+        except Exception as err:  # shared below, so that no process waits on another
+            error = failure(err)
+        if world > 1:
+            parts: list = [None] * world
+            torch.distributed.all_gather_object(parts, (mine, error))
+            error = next((e for _, e in parts if e), None)
+            mine = [p for part, _ in parts for p in part]
+        if error is not None:
+            raise ValidationFailed(error)
+        mine.sort()
+        return [{"image_id": self.ids[i], "caption": c} for i, c in mine]
+
+    def _caption(self, model, idx: list[int]) -> list[tuple[int, str]]:
+        """(position, caption) of the examples at ``idx``, the model in eval mode meanwhile."""
         was_training = model.training
         model.eval()
         try:
@@ -83,27 +127,38 @@ class CaptionEvaluator:
             caps = caption_images(self.captioner(model), images, None, self.settings, batch_size=self.batch_size)
         finally:
             model.train(was_training)
-        mine = [(i, c[0]) for i, c in zip(idx, caps)]
-        if world > 1:
-            parts: list = [None] * world
-            torch.distributed.all_gather_object(parts, mine)
-            mine = [p for part in parts for p in part]
-        mine.sort()
-        return [{"image_id": self.ids[i], "caption": c} for i, c in mine]
+        return [(i, c[0]) for i, c in zip(idx, caps)]
 
-    def evaluate(self, model, step: int = 0) -> dict[str, float]:
-        """Generate, score on process 0, share the numbers: ``{metric: value}``."""
-        preds = self.generate(model)
+    def evaluate(self, model, step: int = 0) -> Validation:
+        """Generate, score on process 0, share the outcome: the same :class:`Validation` on
+        every process. Never raises for a failure of captioning or scoring (see ``error``)."""
+        try:
+            preds = self.generate(model)
+        except ValidationFailed as err:
+            return Validation(error=str(err))
         self.predictions[step] = preds
         rank, world = _dist()
         out: list = [None]
         if rank == 0:
-            result = self.scorer.score(self.references, preds, metrics=self.metrics)
-            self.result = result
-            out = [{m: result["metrics"][m] for m in self.metrics}]
+            out = [self._score(preds)]
         if world > 1:
             torch.distributed.broadcast_object_list(out, src=0)
         return out[0]
+
+    def _score(self, preds: list[dict]) -> Validation:
+        """Score ``preds`` the way `eval/run.py generate` does: an empty caption matches nothing."""
+        try:
+            result = self.scorer.score(self.references, preds, metrics=self.metrics, allow_empty=True)
+            self.result = result
+            return Validation(scores={m: result["metrics"][m] for m in self.metrics},
+                              empty=list(result.get("empty_captions") or []))
+        except Exception as err:  # a validation never ends the run
+            return Validation(error=failure(err))
+
+    def names(self, ids: Sequence) -> list[str]:
+        """The file names (or ids) of the images with ``ids``."""
+        by_id = {i: f or i for i, f in zip(self.ids, self.file_names)}
+        return [str(by_id.get(i, i)) for i in ids]
 
     def samples(self, step: int, n: int = 3) -> list[str]:
         """A few "file: caption" lines of the validation at ``step`` (for the log)."""

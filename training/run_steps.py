@@ -404,9 +404,10 @@ def _training_record(run: Run, m: TrainedModel, data: RunData, trainer: CaptionT
     cfg, e, base_ref = run.cfg, run.cfg.eval, m.loaded.base_ref
     metrics_keys = list(e.metrics) + ["loss", "perplexity"]
     val_metrics = {k: final.metrics.get(k) for k in metrics_keys if k in final.metrics} if final.metrics else {}
+    failed = (final.metrics or {}).get("caption_error")  # the kept validation could not caption or score
     return {
         "metrics": val_metrics,
-        "unavailable": {},
+        "unavailable": {m: f"validation at step {final.step} failed: {failed}" for m in e.metrics} if failed else {},
         "n_images": data.n_generated,
         "dataset": data.gen_refs.describe() if data.gen_refs is not None else None,
         "loss_dataset": data.loss_set.describe() if data.loss_set is not None else None,

@@ -196,8 +196,8 @@ def test_validation_generates_from_image_and_prompt_only(tiny_models, shapes_dir
     fam.generation_inputs = spy
 
     class FakeScorer:
-        def score(self, refs, preds, metrics=None):
-            return {"metrics": {m: 0.0 for m in metrics}}
+        def score(self, refs, preds, metrics=None, **kwargs):
+            return {"metrics": {m: 0.0 for m in metrics}, "empty_captions": []}
 
     def run(refs):
         ev = CaptionEvaluator(ds, refs, family=fam, processor=cap.processor, prompt=cap.prompt,
