@@ -27,8 +27,6 @@ Writes bench/results/int8_quality.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import sys
 import tempfile
@@ -45,19 +43,6 @@ VARIANTS = {"fp32-plain": "none", "fp32": "none", "int8": "int8"}  # variant -> 
 PROBE = "int8-batched"  # with --batched-int8: int8 with --batch-size images per forward (--int8-batches)
 
 
-@contextlib.contextmanager
-def unpacked():
-    """eval generate loading plain nn.Linear layers (its load_captioner call, without prepack)."""
-    import captioning.loading as loading
-
-    real = loading.load_captioner
-    loading.load_captioner = functools.partial(real, prepack=False)
-    try:
-        yield
-    finally:
-        loading.load_captioner = real
-
-
 def evaluate(model: str, transform: str, variant: str, args, out: Path, scorer) -> dict[str, Any]:
     from captioning.generation import GenerationSettings
     from eval.generate import GenerateConfig, run_generate
@@ -67,9 +52,9 @@ def evaluate(model: str, transform: str, variant: str, args, out: Path, scorer) 
                          int8_batches=variant == PROBE, max_images=args.max_images,
                          trust_remote_code=args.trust_remote_code,
                          batch_size=args.batch_size, caption_transform=transform, metrics=["CIDEr"], report=False,
-                         overwrite=True, generation=GenerationSettings(max_new_tokens=args.max_new_tokens))
-    with unpacked() if variant == "fp32-plain" else contextlib.nullcontext():
-        record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
+                         overwrite=True, generation=GenerationSettings(max_new_tokens=args.max_new_tokens),
+                         prepack=variant != "fp32-plain")  # plain nn.Linear layers: the baseline
+    record = run_generate(cfg, scorer=scorer, log=lambda *_: None).record
     preds = json.loads((out / "predictions.json").read_text())
     return {"record": record, "captions": {str(p["image_id"]): p["caption"] for p in preds}}
 

@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                         help="int8: int8 weights and activations in every Linear layer (CPU; faster: "
                              "BENCHMARKS.md, \"int8 serving on CPU\")")
+    parser.add_argument("--no-prepack", dest="prepack", action="store_false",
+                        help="plain fp32 Linear layers instead of ones prepacked for oneDNN (CPU; prepacked is faster, "
+                             "same captions: BENCHMARKS.md)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow models that ship their own code (never on by default)")
+
     def run(args: argparse.Namespace) -> None:
         from captioning.generation import caption_images
         from captioning.images import load_image
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         images = [load_image(p, max_pixels=args.max_pixels) for p in args.images]
         cap = load_captioner(args.model, revision=args.revision, adapter=args.adapter, dtype=args.dtype,
                              device=args.device, trust_remote_code=args.trust_remote_code, quantize=args.quantize,
-                             prepack=True)
+                             prepack=args.prepack)
         results = caption_images(cap, images, args.prompt, settings, batch_size=args.batch_size)
         for path, caps in zip(args.images, results):
             for c in caps:

@@ -6,20 +6,137 @@
   product, for both of the above.
 - :func:`keep_4bit_cpu_kernel_to_shapes_it_packs`: bitsandbytes 4-bit on AVX512-BF16 CPUs.
 
+Every layer they put in place keeps what other code reads from an ``nn.Linear``:
+``in_features``, ``out_features``, ``bias`` and ``weight`` (a :class:`LayerWeight`: the layer's
+shape, dtype and device, free to read, and its values unpacked when an operation uses them), so
+model code that reads, say, ``self.patch_embedding.weight.dtype`` (SigLIP2's patch embedding)
+runs unchanged.
+
 Their speed and accuracy are measured in BENCHMARKS.md ("int8 serving", "CPU captioning
 speed"); captioning.loading applies them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+from torch.utils._pytree import tree_map
+
+
+class LayerWeight(torch.Tensor):
+    """The weight (or bias) of a layer that stores it packed (oneDNN's blocked layout, int8),
+    as code written for ``nn.Linear`` reads it: a tensor with the weight's shape, dtype and
+    device, which cost nothing to read (model code reads them on every call to cast its input,
+    as SigLIP2's patch embedding does), holding no copy of the values; any operation on it
+    (``F.linear``, ``.T``, ``torch.equal``, ...) runs on the values ``read()`` unpacks for it,
+    so it computes what the layer does. Read-only: an in-place write (``copy_``, ``.data.mul_``)
+    raises instead of changing a copy the layer never reads.
+
+    Why not the plain weight: keeping it would keep the memory the packed layer saves, and a
+    stand-in with the right dtype but no values (or values of zero) would make code that reads
+    the values wrong instead of slow."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def __new__(cls, read: Callable[[], torch.Tensor], shape, dtype: torch.dtype, device: torch.device):
+        # made outside inference mode, like a Parameter: usable in and out of it
+        with torch.inference_mode(False):
+            return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device, requires_grad=False)
+
+    def __init__(self, read: Callable[[], torch.Tensor], shape, dtype: torch.dtype, device: torch.device):
+        self._read = read
+
+    def read(self) -> torch.Tensor:
+        """The values, as a plain tensor (a new one at each call)."""
+        with torch.inference_mode(False):
+            return self._read()
+
+    def rows(self, start: int, end: int) -> LayerWeight:
+        """Rows ``start:end`` (a sibling's part of a shared product), read the same way."""
+        return LayerWeight(lambda: self._read()[start:end], (end - start, *self.shape[1:]), self.dtype, self.device)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, arg in enumerate(func._schema.arguments):  # copy_, mul_, out=...: written, not only read
+            written = args[i] if i < len(args) else kwargs.get(arg.name)
+            if arg.alias_info is not None and arg.alias_info.is_write and isinstance(written, LayerWeight):
+                raise RuntimeError(f"{func.__name__}: this weight belongs to a layer packed for CPU inference and "
+                                   "is read-only; load the model with prepack=False (--no-prepack) and without "
+                                   "quantize to change its weights")
+        if func in (torch.ops.aten.detach.default, torch.ops.aten.alias.default):  # .detach(), .data
+            t = args[0]
+            return LayerWeight(t._read, t.shape, t.dtype, t.device)
+        with torch.inference_mode(False):
+            plain = tree_map(lambda t: t._read() if isinstance(t, LayerWeight) else t, (args, kwargs))
+            return func(*plain[0], **plain[1])
+
+    def tolist(self):  # the two reads torch refuses to dispatch for a tensor subclass
+        return self.read().tolist()
+
+    def numpy(self, *, force: bool = False):
+        return self.read().numpy(force=force)
+
+    def __repr__(self) -> str:
+        return f"LayerWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+
+def rows(t: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+    """Rows ``start:end`` of a layer's weight or bias (None stays None): a view of a plain
+    tensor, a :class:`LayerWeight` of a packed one."""
+    if isinstance(t, LayerWeight):
+        return t.rows(start, end)
+    return None if t is None else t[start:end]
+
+
+class Int8Linear(DynamicInt8Linear):
+    """PyTorch's dynamic int8 Linear (what :func:`quantize_int8` puts in place) with ``weight``
+    and ``bias`` read as from an ``nn.Linear`` (:class:`LayerWeight`s, where PyTorch's are
+    methods returning int8 tensors): ``weight`` is the dequantised int8 weight, in the float
+    dtype the layer takes and returns (the original weight's dtype), so code that casts its
+    input to ``layer.weight.dtype`` feeds the layer what it expects."""
+
+    def __init__(self, in_features, out_features, bias_=True, dtype=torch.qint8):
+        super().__init__(in_features, out_features, bias_, dtype=dtype)
+        self.compute_dtype = torch.float32
+        self.has_bias = bias_
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        layer = super().from_float(mod, use_precomputed_fake_quant=use_precomputed_fake_quant)
+        layer.compute_dtype = mod.weight.dtype
+        return layer
+
+    def set_weight_bias(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        super().set_weight_bias(w, b)
+        self.has_bias = b is not None
+
+    @property
+    def weight(self) -> LayerWeight:  # type: ignore[override]
+        return LayerWeight(lambda: self._weight_bias()[0].dequantize().to(self.compute_dtype),
+                           (self.out_features, self.in_features), self.compute_dtype, torch.device("cpu"))
+
+    @property
+    def bias(self) -> LayerWeight | None:  # type: ignore[override]
+        if not self.has_bias:
+            return None
+        return LayerWeight(lambda: self._weight_bias()[1].to(self.compute_dtype), (self.out_features,),
+                           self.compute_dtype, torch.device("cpu"))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, dtype={self._packed_params.dtype}, "
+                f"qscheme={self._weight_bias()[0].qscheme()}")
 
 
 def quantize_int8(model):
     """``model`` with every Linear layer replaced by PyTorch's dynamically quantised one: int8
     weights (per output channel), activations quantised to int8 per call, int8 GEMMs through
     the CPU's quantised engine (fbgemm/oneDNN: VNNI where the CPU has it). The fp32 weights are
-    dropped as each layer is replaced.
+    dropped as each layer is replaced. The layers are :class:`Int8Linear`: PyTorch's, keeping
+    ``nn.Linear``'s ``weight`` and ``bias``.
 
     PyTorch's own dynamic quantisation, not torchao's: torchao's int8
     (Int8DynamicActivationInt8WeightConfig through TorchAoConfig) runs each layer through
@@ -36,7 +153,7 @@ def quantize_int8(model):
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                                 inplace=True)
+                                 mapping={torch.nn.Linear: Int8Linear}, inplace=True)
     return model
 
 
@@ -96,6 +213,15 @@ class SiblingLinear(torch.nn.Module):
         self.in_features = product.linear.in_features
         self.out_features = product.ends[index + 1] - product.ends[index]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """This sibling's rows of the shared weight (read-only where that is packed)."""
+        return rows(self.product.linear.weight, self.product.ends[self.index], self.product.ends[self.index + 1])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return rows(self.product.linear.bias, self.product.ends[self.index], self.product.ends[self.index + 1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.product.columns(self.index, x)
 
@@ -142,7 +268,9 @@ class PrepackedLinear(torch.nn.Module):
 
     Only this wrapper is ours (no module in torch or transformers swaps it in for eager
     inference). No parameters: the packed weight is an opaque oneDNN tensor, so the layer
-    refuses training and saving instead of silently doing neither.
+    refuses training and saving instead of silently doing neither. ``weight`` reads as an
+    ``nn.Linear``'s (a read-only :class:`LayerWeight`: fp32, its shape and device, the original
+    values unpacked where used).
     """
 
     def __init__(self, linear: torch.nn.Linear):
@@ -150,6 +278,10 @@ class PrepackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), PACK_HINT)
         self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    @property
+    def weight(self) -> LayerWeight:
+        return LayerWeight(self.packed.to_dense, self.packed.shape, self.packed.dtype, self.packed.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

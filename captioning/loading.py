@@ -153,7 +153,10 @@ def load_captioner(model: str | Path, *, revision: str | None = None, adapter: s
     ``prepack=True`` (inference only; acts for fp32 on CPU): every Linear layer's weight is
     laid out once for oneDNN's matmul (captioning.kernels.prepack_linear): faster captions
     with the same greedy tokens, but a model that can no longer be trained or saved. Every
-    captioning entry point (captioning.caption, eval generate, the Space) passes it.
+    captioning entry point (captioning.caption, eval generate, the Space) passes it unless
+    given ``--no-prepack``. Prepacked and int8 layers still read as ``nn.Linear`` (``weight``,
+    ``bias``, ``in_features``, ``out_features``: captioning.kernels), so model code that reads
+    them runs either way.
     """
     quantize = check_quantize(quantize)
     if quantize == "int8" and load_in_4bit:

@@ -71,6 +71,9 @@ class GenerateConfig:
     int8_batches: bool = option(False, help="with --quantize int8: --batch-size images per forward, as at full "
                                             "precision (more images/s, but a caption then depends on the images "
                                             "batched with it); recorded", group=MODEL)
+    prepack: bool = option(True, help="plain fp32 Linear layers instead of ones prepacked for oneDNN (CPU; "
+                                      "prepacked is faster, same captions: BENCHMARKS.md); not recorded, as it does "
+                                      "not change the captions", group=MODEL)
     trust_remote_code: bool = option(False, help="allow models that ship their own code (never on by default)",
                                      group=MODEL)
     family: str | None = option(None, help="model family (default: train_config.yaml, else from config.json)",
@@ -370,7 +373,7 @@ def _load_model(cfg: GenerateConfig, procs: Processes):
     return load_captioner(cfg.model, revision=cfg.revision, adapter=cfg.adapter, dtype=cfg.dtype, device=device,
                           load_in_4bit=cfg.load_in_4bit, trust_remote_code=cfg.trust_remote_code,
                           family=cfg.family, prompt=cfg.prompt, image_longest_edge=cfg.image_longest_edge,
-                          image_splitting=cfg.image_splitting, quantize=cfg.quantize, prepack=True)
+                          image_splitting=cfg.image_splitting, quantize=cfg.quantize, prepack=cfg.prepack)
 
 
 def _prepare_out(cfg: GenerateConfig, captioner, dataset, model_block: dict, settings: dict, procs: Processes,

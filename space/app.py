@@ -277,7 +277,7 @@ def about_tab(app: CaptionSpace) -> gr.Dataframe:
 def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_MAX_LOADED, device: str = "auto",
                dtype: str = "auto", quantize: str = "auto", limits: Limits | None = None, concurrency_limit: int = 2,
                max_queue: int = 64, examples_dir: str | Path | None = EXAMPLES_DIR,
-               loader: Callable[..., Any] | None = None) -> gr.Blocks:
+               loader: Callable[..., Any] | None = None, prepack: bool = True) -> gr.Blocks:
     """The Space as a gr.Blocks (queued, not launched). ``models``: entries, or strings
     in the ``--models`` syntax (``ID[;key=value...]``).
 
@@ -292,7 +292,7 @@ def build_demo(models: Sequence[str | ModelEntry], *, max_loaded: int = DEFAULT_
     infos = [read_model_info(e) for e in entries]
     unique_labels(infos)
     registry = ModelRegistry(infos, max_loaded=max_loaded, device=device, dtype=dtype, loader=loader,
-                             quantize=quantize)
+                             quantize=quantize, prepack=prepack)
     app = CaptionSpace(infos, registry, limits or Limits())
     examples = example_images(examples_dir)
 
@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="default for models that set none (a models entry's quantize=... wins): auto = int8 "
                              "on CPU for the families whose int8 captions passed the quality gate (BENCHMARKS.md), "
                              "none = full precision")
+    parser.add_argument("--no-prepack", dest="prepack", action="store_false",
+                        help="plain fp32 Linear layers instead of ones prepacked for oneDNN (CPU; prepacked is faster, "
+                             "same captions: BENCHMARKS.md)")
     parser.add_argument("--concurrency", type=positive_int, default=2, help="requests worked on at once")
     parser.add_argument("--max-queue", type=positive_int, default=64,
                         help="requests waiting before new ones are refused")
@@ -412,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         built.append(build_demo(
             configured_models(args.models), max_loaded=args.max_loaded, device=args.device, dtype=args.dtype,
             quantize=args.quantize, limits=Limits(max_pixels=args.max_pixels), concurrency_limit=args.concurrency,
-            max_queue=args.max_queue))
+            max_queue=args.max_queue, prepack=args.prepack))
 
     rc = guarded(build, debug=debug)
     if rc:

@@ -2,7 +2,9 @@
 every entry point serves with them, they compute the same function as nn.Linear, a trained
 model's greedy captions are unchanged, and a prepacked model refuses training and saving
 instead of silently doing neither. Sibling layers that read one input (q/k/v, gate/up) share one
-product (captioning.kernels.fuse_siblings), prepacked or int8, without changing the function."""
+product (captioning.kernels.fuse_siblings), prepacked or int8, without changing the function.
+Prepacked, shared and int8 layers still read as nn.Linear to the model code around them, and
+--no-prepack turns prepacking off at every entry point."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from captioning.kernels import PrepackedLinear, SiblingLinear, fuse_siblings, prepack_linear
+from captioning.kernels import PrepackedLinear, SiblingLinear, fuse_siblings, prepack_linear, quantize_int8
 from captioning.loading import load_captioner
 from tests.layers import linears, not_served_by
 
@@ -189,3 +191,136 @@ def test_every_captioning_entry_point_serves_prepacked(tiny_models, shapes_dir, 
                       "--metrics", "CIDEr", "--no-report"]) == 0
     space_cap = ModelRegistry([], device="cpu", quantize="none")._load(ModelEntry(id=model))
     assert seen == [True, True, True] and _packed(space_cap.model) > 0
+
+
+#: the two ways a model's Linear layers are served, each after sharing sibling products
+SERVED = {"prepacked": lambda m: prepack_linear(fuse_siblings(m)), "int8": lambda m: quantize_int8(fuse_siblings(m))}
+
+
+class _ReadsItsLinears(torch.nn.Module):
+    """Model code that reads its layers as nn.Linear: it casts its input to the patch embedding's
+    ``weight.dtype`` and ``device``, as SigLIP2's (LFM2-VL's vision tower) does on every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embedding = torch.nn.Linear(12, 8)
+        self.q_proj, self.k_proj, self.v_proj = (torch.nn.Linear(8, w, bias=False) for w in (8, 4, 4))
+
+    def forward(self, x):
+        weight = self.patch_embedding.weight
+        assert weight.shape == (self.patch_embedding.out_features, self.patch_embedding.in_features)
+        x = self.patch_embedding(x.to(dtype=weight.dtype, device=weight.device))
+        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1)
+
+
+@pytest.mark.parametrize("serve", SERVED)
+def test_served_layers_read_as_nn_linear(serve):
+    """weight (shape, dtype, device, and the values the layer computes with), bias, in_features
+    and out_features, of a layer on its own and of siblings sharing a product; the weight is
+    read-only instead of silently ignoring a write."""
+    torch.manual_seed(0)
+    plain = _ReadsItsLinears().eval()
+    served = SERVED[serve](copy.deepcopy(plain)).eval()
+    assert linears(served) == 0 and isinstance(served.q_proj, SiblingLinear)
+    x = torch.randn(2, 5, 12, dtype=torch.float64)  # cast to the weight's dtype by the model
+    with torch.inference_mode():
+        want = plain(x)
+        torch.testing.assert_close(served(x), want, rtol=0.05, atol=0.05 * float(want.abs().amax()))
+    for name, layer in plain.named_children():
+        got = getattr(served, name)
+        assert (got.in_features, got.out_features) == (layer.in_features, layer.out_features)
+        w = got.weight
+        assert (w.shape, w.dtype, w.device) == (layer.weight.shape, torch.float32, layer.weight.device)
+        # the weight the layer computes with: the original (prepacked), rounded to int8's steps (int8)
+        step = 0 if serve == "prepacked" else float(layer.weight.detach().abs().amax()) / 100
+        torch.testing.assert_close(w.clone(), layer.weight.detach(), rtol=0, atol=step)
+        assert (got.bias is None) == (layer.bias is None)
+        if layer.bias is not None:
+            torch.testing.assert_close(got.bias.clone(), layer.bias.detach(), rtol=0, atol=1e-6)
+        with torch.inference_mode():
+            h = torch.randn(3, layer.in_features)
+            direct = torch.nn.functional.linear(h, w, got.bias)
+            torch.testing.assert_close(direct, layer(h), rtol=0.05, atol=step * 12 + 1e-5)
+        with pytest.raises(RuntimeError, match="read-only"):
+            w.data.mul_(2)
+
+
+def _tiny_lfm2_vl():
+    """A tiny random LFM2-VL (a SigLIP2 vision tower, whose patch embedding is a Linear layer
+    read for its weight's dtype), and inputs for its image features: two images of 4x4 and 4x2
+    patches."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Lfm2VlConfig"):
+        pytest.skip(f"transformers {transformers.__version__} has no LFM2-VL")
+    vision = dict(model_type="siglip2_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_channels=3, patch_size=4, num_patches=16)
+    text = dict(model_type="lfm2", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, layer_types=["conv", "full_attention"])
+    config = transformers.Lfm2VlConfig(vision_config=vision, text_config=text, downsample_factor=2,
+                                       projector_hidden_size=16)
+    torch.manual_seed(0)
+    model = transformers.Lfm2VlForConditionalGeneration(config).eval()
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0], mask[1, :8] = True, True
+    inputs = {"pixel_values": torch.randn(2, 16, 3 * 4 * 4), "spatial_shapes": torch.tensor([[4, 4], [4, 2]]),
+              "pixel_attention_mask": mask}
+    return model, inputs
+
+
+@pytest.mark.parametrize("serve", SERVED)
+def test_a_siglip2_vision_tower_runs_served(serve):
+    """LFM2-VL's vision tower reads ``patch_embedding.weight.dtype`` on every call: served
+    prepacked or int8, it runs and gives the image features of the plain model."""
+    plain, inputs = _tiny_lfm2_vl()
+    assert type(plain.model.vision_tower.embeddings.patch_embedding) is torch.nn.Linear
+    served = SERVED[serve](copy.deepcopy(plain)).eval()
+    assert linears(served) == 0
+    with torch.inference_mode():
+        want = plain.get_image_features(**inputs).pooler_output
+        got = served.get_image_features(**inputs).pooler_output
+    tol = 1e-5 if serve == "prepacked" else 0.1
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol * float(a.abs().amax()))
+
+
+def test_no_prepack_reaches_load_captioner_from_every_entry_point(tiny_models, shapes_dir, tmp_path, monkeypatch):
+    """--no-prepack on captioning.caption, eval generate and the Space (python space/app.py):
+    load_captioner is asked for plain layers and serves them."""
+    import huggingface_hub
+
+    import captioning.loading as loading
+    from tests.space.helpers import free_port, load_app_module
+
+    seen: list[tuple[bool, int]] = []
+    real = loading.load_captioner
+
+    def spy(*a, **kw):
+        cap = real(*a, **kw)
+        seen.append((kw.get("prepack", False), _packed(cap.model)))
+        return cap
+
+    monkeypatch.setattr(loading, "load_captioner", spy)
+    from captioning.caption import main as caption_main
+    from eval.run import main as eval_main
+
+    png = sorted((shapes_dir / "images" / "test").glob("*.png"))[0]
+    model = str(tiny_models["idefics3"])
+    assert caption_main([str(png), "--model", model, "--max-new-tokens", "3", "--no-prepack"]) == 0
+    assert eval_main(["generate", "--model", model, "--dataset", str(shapes_dir), "--split", "test",
+                      "--out", str(tmp_path / "eval"), "--max-images", "2", "--max-new-tokens", "3",
+                      "--metrics", "CIDEr", "--no-report", "--no-prepack"]) == 0
+
+    space_app = load_app_module()
+    for name, value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+        monkeypatch.setenv(name, value)  # main sets them: put back after the test
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+
+    def launch(demo, **kwargs):  # instead of serving: the first visitor's load, then Ctrl-C
+        registry = demo.caption_space.registry
+        registry.get(next(iter(registry.infos)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(space_app.gr.Blocks, "launch", launch)
+    argv = ["--models", model, "--port", str(free_port()), "--quantize", "none"]
+    assert space_app.main([*argv, "--no-prepack"]) == 0
+    assert seen == [(False, 0)] * 3

@@ -47,6 +47,36 @@ def test_int8_quantises_every_linear_layer_and_stays_close(arch, tiny_models, sh
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.98
 
 
+def test_int8_layers_read_as_the_linear_layers_they_replace(tiny_models):
+    """Model code reads a Linear layer's ``weight.dtype`` to cast its input (SigLIP2's patch
+    embedding): an int8 layer's ``weight`` reads as the float weight it computes with (PyTorch's
+    own ``weight`` is a method returning int8), ``bias`` as a tensor or None, shared siblings too;
+    it is PyTorch's dynamic int8 Linear otherwise."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    from captioning.loading import load_captioner
+
+    fp32 = load_captioner(tiny_models["idefics3"], dtype="fp32", device="cpu")
+    int8 = load_captioner(tiny_models["idefics3"], dtype="fp32", device="cpu", quantize="int8")
+    layers = dict(int8.model.named_modules())
+    checked = 0
+    for path, linear in fp32.model.named_modules():
+        if type(linear) is torch.nn.Linear:
+            layer, want = layers[path], linear.weight.detach()
+            assert (layer.in_features, layer.out_features) == (linear.in_features, linear.out_features)
+            weight = layer.weight
+            assert (weight.shape, weight.dtype, weight.device) == (want.shape, want.dtype, want.device)
+            step = float(want.abs().amax()) / 100  # int8's rounding of the weight, per output channel
+            torch.testing.assert_close(weight.clone(), want, rtol=0, atol=step)
+            assert (layer.bias is None) == (linear.bias is None)
+            if linear.bias is not None:
+                assert layer.bias.dtype == want.dtype and layer.bias.shape == linear.bias.shape
+            checked += 1
+    assert checked == linears(fp32.model) > 0
+    first = next(m for m in int8.model.modules() if isinstance(m, DynamicInt8Linear))
+    assert "dtype=torch.qint8, qscheme=torch.per_channel_affine" in repr(first)
+
+
 def test_int8_with_an_adapter_merges_first(tiny_models, shapes_dir, tmp_path, shapes_images):
     from captioning.loading import load_captioner
     from tests.training.helpers import config, tiny_recipe

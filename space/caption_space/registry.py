@@ -63,7 +63,7 @@ class ModelRegistry:
 
     def __init__(self, infos: Sequence[ModelInfo], *, max_loaded: int = DEFAULT_MAX_LOADED,
                  device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None,
-                 quantize: str = "auto"):
+                 quantize: str = "auto", prepack: bool = True):
         if max_loaded < 1:
             raise UserError("--max-loaded must be at least 1")
         self.infos = {i.key: i for i in infos}
@@ -72,6 +72,8 @@ class ModelRegistry:
         #: the default for entries that set none: "auto" (int8 on CPU where the family passed the
         #: int8 quality gate, Family.int8_on_cpu), "none" or "int8"
         self.quantize = quantize
+        #: fp32 Linear layers prepacked for oneDNN on CPU (captioning.loading's prepack); --no-prepack: plain
+        self.prepack = prepack
         self._loader = loader
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._failed: dict[str, tuple[str, float]] = {}
@@ -142,7 +144,7 @@ class ModelRegistry:
 
         return load_captioner(entry.id, revision=entry.revision, trust_remote_code=entry.trust_remote_code,
                               device=self.device, dtype=self.dtype, quantize=entry.quantize or self.quantize,
-                              prepack=True)
+                              prepack=self.prepack)
 
     @staticmethod
     def _learn(info: ModelInfo, captioner) -> None:
