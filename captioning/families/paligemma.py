@@ -32,7 +32,7 @@ class PaliGemmaFamily(Family):
 
     def token_fill(self, key):
         # collate's right padding continues the suffix (1, causal); those positions are masked anyway
-        return 1 if key == "token_type_ids" else 0
+        return 1 if key == "token_type_ids" else super().token_fill(key)
 
     def generation_inputs(self, processor, images, prompts):
         inputs = super().generation_inputs(processor, images, prompts)
