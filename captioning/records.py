@@ -161,7 +161,8 @@ def checked_record(path: Path, doc: Any, kind: str) -> dict[str, Any]:
     if kind == KIND_RELEASE:
         base = doc.get("base")
         texts = {k: doc.get(k) for k in ("license", "license_source", "loss_source")}
-        texts["base.id"] = base.get("id") if isinstance(base, dict) else None
+        for key in ("id", "fingerprint"):
+            texts[f"base.{key}"] = base.get(key) if isinstance(base, dict) else None
         for key, value in texts.items():  # what the card shows: text, or not recorded
             if value is not None and not isinstance(value, str):
                 raise UserError(f"{path}: {key} is {_shown(value)}, not text; write it again with release push")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.errors import UserError
+from captioning.lora_targets import coverage_text
 from captioning.options import option
 from captioning.records import record_precision
 from captioning.vocabulary import DEFAULT_MAX_NEW_TOKENS, style_of
@@ -69,10 +70,10 @@ def usage_snippet(family: str | None, major: int, model_id: str, prompt: str | N
         adapter_of=adapter_of, major=major, remote=", trust_remote_code=True" if remote_code else "").strip() + "\n"
 
 
-def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
+def _training_rows(tc: dict[str, Any], coverage: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """The card's training table: every setting that shapes what the model says, read from
     train_config.yaml (the fully resolved config: a key it lacks shows as "not recorded",
-    never as a default guessed here)."""
+    never as a default guessed here), and the LoRA ``coverage`` the training record holds."""
     def sec(name: str) -> dict:
         v = tc.get(name)
         return v if isinstance(v, dict) else {}
@@ -91,10 +92,12 @@ def _training_rows(tc: dict[str, Any]) -> list[tuple[str, str]]:
     if m.get("family"):
         rows.append(("family", str(m["family"])))
     if lo.get("enabled"):
-        tgt = lo.get("target_modules") or "the family's language-model attention + MLP projections"
+        tgt = lo.get("target_modules") or "every linear layer of the language model"
         extras = (", DoRA" if lo.get("use_dora") else "") + (", rsLoRA" if lo.get("use_rslora") else "")
         rows.append(("method", f"LoRA r={v(lo, 'r')}, alpha={v(lo, 'alpha')}, dropout={v(lo, 'dropout')}{extras}"))
         rows.append(("LoRA targets", f"`{tgt}`" if isinstance(tgt, str) else ", ".join(map(str, tgt))))
+        rows.append(("LoRA coverage",
+                     coverage_text(coverage, m.get("family"), code=True) if coverage else "not recorded"))
     elif lo:
         rows.append(("method", "full fine-tuning"))
     if "freeze_vision" in m:
@@ -275,7 +278,7 @@ def render_card(inputs: CardInputs, template: str = DEFAULT_TEMPLATE) -> tuple[s
         base_revision=inputs.base_revision, license=inputs.license, license_source=inputs.license_source,
         base_local=inputs.base_local, base_fingerprint=(inputs.base_fingerprint or "")[:12],
         badges=badges, evaluation=evaluation,
-        training=_training_rows(inputs.train_config) if inputs.train_config else None,
+        training=_training_rows(inputs.train_config, inputs.lora_coverage) if inputs.train_config else None,
         loss_curve=LOSS_CURVE if inputs.loss else None, loss_source=inputs.loss_source,
         loss_last={k: v[-1] for k, v in (inputs.loss or {}).items() if v},
         merge=inputs.merge_check, usage_tf5=usage[5], usage_tf4=usage[4], prompt=prompt,

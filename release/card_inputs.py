@@ -16,6 +16,7 @@ from typing import Any
 
 from captioning.errors import UserError
 from captioning.files import check_model_folder, read_json_file
+from captioning.lora_targets import checked_coverage
 from captioning.records import (
     KIND_MERGE_CHECK,
     KIND_RELEASE,
@@ -23,6 +24,7 @@ from captioning.records import (
     RELEASE,
     EvalRecord,
     TrainConfigRecord,
+    TrainingRecord,
     adapter_base,
     card_front_matter,
     model_config,
@@ -71,6 +73,9 @@ class CardInputs:
     base_fingerprint: str | None = None
     #: the base is a local folder with no Hub id: named "a local model" and its fingerprint
     base_local: bool = False
+    #: the language-model linear layers the LoRA adapter reached (captioning.lora_targets.coverage),
+    #: from the training record or release.json; None when not recorded
+    lora_coverage: dict[str, Any] | None = None
 
 
 def looks_like_hub_id(name: str | None) -> bool:
@@ -135,6 +140,13 @@ def _count_params(folder: Path) -> int | None:
 # the lineage root of random weights; it keeps the factory's old module name (now synthetic.factory,
 # still runnable as captioning.factory) because release manifests already record it
 FACTORY = "captioning.factory"
+
+
+def lora_coverage(folder: str | Path) -> dict[str, Any] | None:
+    """The LoRA coverage the training record in ``folder`` (a training output's metrics.json)
+    holds; None without one, or from a run that did not record it."""
+    record = TrainingRecord.find(folder)
+    return checked_coverage(record.doc.get("lora_coverage"), str(record.path)) if record else None
 
 
 def base_lineage(base: str | None, train_config: dict | None, max_hops: int = 8) -> list[str]:
@@ -238,6 +250,7 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
 
     lic, lic_src = (license, "--license") if license else base_license(base, tc)
     loss, loss_src = read_loss_history(logs) if logs else read_loss_history(model_dir)
+    coverage = lora_coverage(logs or model_dir)
     lineage = base_lineage(base, tc)
     base_fp = (merge_check or {}).get("base_fingerprint")
     base_local = False
@@ -251,8 +264,11 @@ def collect_inputs(model_dir: str | Path, *, repo_id: str | None = None, metrics
         if loss is None and manifest.get("loss"):
             loss = {k: [tuple(p) for p in v] for k, v in manifest["loss"].items()}
             loss_src = manifest.get("loss_source")
+        if coverage is None:
+            coverage = checked_coverage(manifest.get("lora_coverage"), str(model_dir / RELEASE))
     return CardInputs(repo_id=repo_id or str(model_dir), family=family, is_adapter=is_adapter, base_model=base,
                       base_revision=revision, license=lic, license_source=lic_src, metrics=mt, train_config=tc,
                       merge_check=merge_check, loss=loss, loss_source=loss_src, n_params=_count_params(model_dir),
                       dtype=dtype, language=language or ["en"], lineage=lineage,
-                      remote_code=remote_code, base_fingerprint=base_fp, base_local=base_local)
+                      remote_code=remote_code, base_fingerprint=base_fp, base_local=base_local,
+                      lora_coverage=coverage)

@@ -297,7 +297,7 @@ def make_release_portable(dest: Path, opts: PushOptions, inputs: card_mod.CardIn
                  "local": inputs.base_local,
                  "relation": "adapter" if opts.adapter is not None and not opts.merge else "finetune"},
         "license": inputs.license, "license_source": inputs.license_source, "lineage": inputs.lineage,
-        "loss": loss, "loss_source": inputs.loss_source})
+        "loss": loss, "loss_source": inputs.loss_source, "lora_coverage": inputs.lora_coverage})
     return inputs
 
 

@@ -214,9 +214,9 @@ def test_lora_on_the_language_model_keeps_the_bridge_in_the_loop(cap, shapes_ima
     from peft import LoraConfig, get_peft_model
 
     model = copy.deepcopy(cap.model)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=cap.family.lora_target_regex,
+    targets = cap.family.language_linear_names(model)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=cap.family.lora_targets(model),
                                                   modules_to_save=["bridge"]))
-    targets = cap.family.module_names(model, cap.family.lora_target_regex)
     assert targets and all(t.startswith("language_model.") for t in targets)
     inputs = _batch(cap, shapes_images[:1], [cap.prompt])
     with torch.inference_mode():
@@ -240,7 +240,7 @@ def test_lora_plus_bridge_merges_into_one_model(cap, shapes_images, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     model = get_peft_model(copy.deepcopy(cap.model), LoraConfig(
-        r=4, init_lora_weights=False, target_modules=cap.family.lora_target_regex, modules_to_save=["bridge"]))
+        r=4, init_lora_weights=False, target_modules=cap.family.lora_targets(cap.model), modules_to_save=["bridge"]))
     with torch.no_grad():
         for blk in model.base_model.model.bridge.modules_to_save["default"].blocks:
             blk.attn_gate.mul_(-1)  # the trained copy differs from the original bridge

@@ -162,7 +162,7 @@ def test_collate_pads_text_and_masks_padding(captioners, fam, shapes_images):
 @pytest.mark.parametrize("fam", FACTORY_FAMILIES)
 def test_lora_targets_are_language_model_only(captioners, fam):
     cap = captioners[fam]
-    targets = cap.family.module_names(cap.model, cap.family.lora_target_regex)
+    targets = cap.family.module_names(cap.model, cap.family.lora_targets(cap.model))
     assert targets, "default LoRA targets match nothing"
     vision = re.compile(cap.family.vision_pattern)
     assert not any(vision.search(t) for t in targets)

@@ -122,8 +122,8 @@ class LoraSection:
     dropout: float = 0.05
     """dropout on the LoRA input"""
     target_modules: str | list[str] | None = None
-    """modules to adapt: a regex over module paths or a list of names (null: the family's language-model
-    attention + MLP projections)"""
+    """modules to adapt: a regex over module paths or a list of names (null: every linear layer of the
+    language model, whatever its names; the log and metrics.json say how many of them the targets reach)"""
     modules_to_save: list[str] | None = None
     """modules trained in full and saved with the adapter, e.g. [lm_head] when the new captions use tokens
     the base never produced"""

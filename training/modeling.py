@@ -186,6 +186,35 @@ def _matches(model, targets) -> list[str]:
     return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
 
 
+def lora_targets(model, family, cfg: TrainConfig) -> tuple[str | list[str], str]:
+    """(the LoRA targets for ``model``, who chose them: ``lora.target_modules``, ``family`` or
+    ``derived``: every language-model linear layer, :meth:`Family.lora_targets`). A UserError
+    when they match no module."""
+    if cfg.lora.target_modules:
+        targets, source = cfg.lora.target_modules, "lora.target_modules"
+    else:
+        source = "family" if family.lora_target_regex is not None else "derived"
+        if source == "derived" and not family.language_linear_names(model):
+            raise UserError(f"no linear layer found in this model's language model (the {family.name} family "
+                            "leaves out the vision tower, the connector and the output head): set lora.target_modules")
+        targets = family.lora_targets(model)
+    if not _matches(model, targets):
+        raise UserError(f"lora.target_modules {targets!r} matches no module of this model (names look like "
+                        f"{next(n for n, _ in model.named_modules() if n.endswith('proj') or '.' in n)})")
+    return targets, source
+
+
+def lora_coverage(model, family, cfg: TrainConfig) -> dict[str, Any]:
+    """What the LoRA targets :func:`setup_trainable` will wrap reach of the language model's
+    linear layers (captioning.lora_targets.coverage); read on the model before it is wrapped.
+    The modules are matched as peft matches them (:func:`_matches`)."""
+    from captioning.lora_targets import coverage
+
+    targets, source = lora_targets(model, family, cfg)
+    module_names = [n for n, _ in model.named_modules() if n]
+    return coverage(family.language_linear_names(model), _matches(model, targets), module_names, source=source)
+
+
 def setup_trainable(model, family, cfg: TrainConfig):
     """Freeze what must not train and wrap LoRA where asked. Returns the model to train
     (a PeftModel for LoRA/QLoRA)."""
@@ -215,12 +244,8 @@ def setup_trainable(model, family, cfg: TrainConfig):
 
     from peft import LoraConfig, get_peft_model
 
-    targets = cfg.lora.target_modules or family.lora_target_regex
-    hit = _matches(model, targets)
-    if not hit:
-        raise UserError(f"lora.target_modules {targets!r} matches no module of this model (names look like "
-                        f"{next(n for n, _ in model.named_modules() if n.endswith('proj') or '.' in n)})")
-    if isinstance(targets, str) and cfg.lora.target_modules is None:
+    targets, _ = lora_targets(model, family, cfg)
+    if cfg.lora.target_modules is None:
         cfg.lora.target_modules = targets  # the resolved config records what was adapted
     extra = list(cfg.lora.modules_to_save or [])
     for name in extra:

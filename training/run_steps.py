@@ -27,6 +27,7 @@ from captioning.files import check_writable, write_atomic, write_json
 from captioning.fingerprints import model_fingerprint
 from captioning.generation import GenerationSettings
 from captioning.images import ImageError
+from captioning.lora_targets import coverage_text
 from captioning.records import TRAIN_CONFIG, TrainConfigRecord, TrainingRecord
 from eval.provenance import library_versions, utc_now
 from training import data as tdata
@@ -36,6 +37,7 @@ from training.evaluation import CaptionEvaluator
 from training.modeling import (
     LoadedBase,
     load_base,
+    lora_coverage,
     parameter_report,
     resolve_precision,
     setup_trainable,
@@ -86,6 +88,8 @@ class TrainedModel:
     counts: dict[str, int]  # trainable and total parameters
     method: str  # lora, qlora or full
     precision: str  # resolved for the device
+    #: the language-model linear layers LoRA reaches (captioning.lora_targets.coverage); None: full
+    lora_coverage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -165,6 +169,9 @@ def load_model(run: Run) -> TrainedModel:
     if cfg.data.prompt is None:
         cfg.data.prompt = loaded.prompt
     cfg.optim.precision = precision
+    _resumed_targets(run)
+    # read before wrapping (and before the default targets are written into cfg)
+    coverage = lora_coverage(loaded.model, family, cfg) if cfg.lora.enabled else None
     model = setup_trainable(loaded.model, family, cfg)
     if cfg.lora.enabled and loaded.base_ref:
         model.peft_config["default"].base_model_name_or_path = loaded.base_ref
@@ -174,7 +181,24 @@ def load_model(run: Run) -> TrainedModel:
     run.say("resolved config:\n" + cfg.to_yaml().rstrip())
     run.say(f"{method} fine-tuning of {loaded.base_ref or 'a random ' + family.name + ' model'}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters train ({precision})")
-    return TrainedModel(loaded=loaded, model=model, counts=counts, method=method, precision=precision)
+    if coverage is not None:
+        run.say(coverage_text(coverage, family.name))
+    return TrainedModel(loaded=loaded, model=model, counts=counts, method=method, precision=precision,
+                        lora_coverage=coverage)
+
+
+def _resumed_targets(run: Run) -> None:
+    """A resumed run left to the default LoRA targets adapts what its checkpoint holds: the
+    targets its config recorded (a run from before the default was derived from the model
+    recorded its family's regex), not the default derived again."""
+    lora = run.cfg.lora
+    if not (run.resume and lora.enabled and lora.target_modules is None):
+        return
+    saved = TrainConfigRecord.find(run.ckpt_dir)
+    recorded = saved.section("lora").get("target_modules") if saved else None
+    if isinstance(recorded, str) or (isinstance(recorded, list) and recorded
+                                     and all(isinstance(t, str) for t in recorded)):
+        lora.target_modules = recorded
 
 
 def resume_history(run: Run) -> list[dict[str, Any]]:
@@ -419,6 +443,7 @@ def _training_record(run: Run, m: TrainedModel, data: RunData, trainer: CaptionT
                   "factory": cfg.to_dict()["model"]["factory"], **m.counts},
         "generation": {"max_new_tokens": e.max_new_tokens, "num_beams": e.num_beams},
         "prompt": cfg.data.prompt,
+        "lora_coverage": m.lora_coverage,
         "train": {**final.summary, "global_step": trainer.state.global_step, "epoch": trainer.state.epoch},
         "best": {"metric": e.metric_for_best, "step": final.step,
                  "value": final.metrics.get(e.metric_for_best) if final.metrics else None,

@@ -52,12 +52,11 @@ class Family:
     int8_on_cpu: ClassVar[bool] = False
     #: the model card's usage snippet: model_cards/usage/<usage_template>.py.j2
     usage_template: ClassVar[str] = "chat"
-    #: default LoRA targets: the language model's attention and MLP projections only.
-    #: A bare name list (q_proj, ...) would also wrap the vision tower's layers.
-    lora_target_regex: ClassVar[str] = (
-        r".*(language_model|text_model)\.(.*\.)?layers\.\d+\."
-        r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-    )
+    #: default LoRA targets: None, every linear layer of the language model, found in the loaded
+    #: model whatever its names (:meth:`lora_targets`, captioning.lora_targets). A family whose
+    #: adapter needs something else sets a regex over module paths (for ``re.fullmatch``) here
+    #: and says why; none does now.
+    lora_target_regex: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ loading
     def model_class(self):
@@ -230,18 +229,26 @@ class Family:
         prompt_inputs = self.processor_inputs(processor, [self.build_prompt(processor, prompt)], [image])
         return self.join(prompt_inputs, self.answer_ids(processor, prompt, caption))
 
-    def token_fill(self, key: str) -> int:
-        """The value a per-token side tensor (``token_type_ids``, ``mm_token_type_ids``, ...)
-        takes over the caption and over padding: 0, plain text, in every processor here."""
-        return 0
+    def token_fill(self, key: str) -> int | None:
+        """The value a per-token side tensor (:func:`per_token_keys`) takes over the caption
+        and over padding, or None (the default): over the caption it continues the prompt's
+        last position, as ``generate`` extends ``token_type_ids`` and Mllama's
+        ``cross_attention_mask`` for each new token (the caption attends to the images the
+        last prompt token attends to; type ids stay the text value the prompt ends on), and
+        padding is 0. A family that needs a fixed value returns it (PaliGemma)."""
+        return None
 
     def join(self, prompt_inputs: dict, answer: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encoded prompt (one example) + supervised answer ids: input ids, labels, mask, and
-        every per-token side tensor the processor returned extended over the answer."""
+        every per-token side tensor the processor returned, of any rank, extended over the
+        answer along dimension 1 (:meth:`token_fill`)."""
         head = prompt_inputs["input_ids"]
         out = {k: v for k, v in prompt_inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
         for key in per_token_keys(prompt_inputs):
-            out[key] = torch.cat([out[key], out[key].new_full(answer.shape, self.token_fill(key))], dim=1)
+            side, fill = out[key], self.token_fill(key)
+            shape = (side.shape[0], answer.shape[1], *side.shape[2:])
+            tail = side[:, -1:].expand(shape) if fill is None else side.new_full(shape, fill)
+            out[key] = torch.cat([side, tail], dim=1)
         ids = torch.cat([head, answer.to(head.dtype)], dim=1)
         out.update(input_ids=ids, attention_mask=torch.ones_like(ids),
                    labels=torch.cat([torch.full_like(head, IGNORE_INDEX), answer.to(head.dtype)], dim=1))
@@ -256,23 +263,14 @@ class Family:
         return {"input_ids": self.pad_token_id(processor), "labels": IGNORE_INDEX, "attention_mask": 0}
 
     def collate(self, processor, examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Batch encoded examples: text and per-token side tensors right padded (labels
-        -100, mask 0, side tensors :meth:`token_fill`); image tensors concatenated,
-        zero-padded where crop counts differ."""
+        """Batch encoded examples: text and per-token side tensors (any rank) right padded
+        along the sequence (labels -100, mask 0, side tensors :meth:`token_fill` or 0); image
+        tensors concatenated, zero-padded where crop counts differ."""
         pad_values = self.pad_values(processor)
         for key in per_token_keys(examples[0]):
-            pad_values.setdefault(key, self.token_fill(key))
-        batch: dict[str, torch.Tensor] = {}
-        for key in examples[0]:
-            tensors = [ex[key] for ex in examples]
-            if key in pad_values:
-                width = max(t.shape[1] for t in tensors)
-                batch[key] = torch.cat([
-                    torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad_values[key]) for t in tensors
-                ])
-            else:
-                batch[key] = _cat_padded(tensors)
-        return batch
+            fill = self.token_fill(key)
+            pad_values.setdefault(key, 0 if fill is None else fill)
+        return {key: _cat_padded([ex[key] for ex in examples], pad_values.get(key, 0)) for key in examples[0]}
 
     # ------------------------------------------------------ cached image features
     def image_features(self, model, pixel_inputs: dict) -> list[torch.Tensor]:
@@ -284,6 +282,24 @@ class Family:
         raise NotImplementedError(f"the {self.name} family cannot take precomputed image features")
 
     # ----------------------------------------------------------- module groups
+    def language_linear_names(self, model) -> list[str]:
+        """Full paths of every linear layer of the language model: not the vision tower, the
+        connector (:attr:`vision_pattern`, :attr:`connector_pattern`) or the output head."""
+        from captioning.lora_targets import language_linear_names
+
+        return language_linear_names(model, self.vision_pattern, self.connector_pattern)
+
+    def lora_targets(self, model) -> str | list[str]:
+        """The default LoRA targets for ``model``: :attr:`lora_target_regex` where the family
+        sets one, else exactly :meth:`language_linear_names`, as a regex over layer paths
+        (peft's ``target_modules``; a list of the full names where no regex matches only them)."""
+        if self.lora_target_regex is not None:
+            return self.lora_target_regex
+        from captioning.lora_targets import exact_regex
+
+        names = self.language_linear_names(model)
+        return exact_regex(names, (n for n, _ in model.named_modules())) or names
+
     def module_names(self, model, pattern: str | None) -> list[str]:
         if not pattern:
             return []
@@ -317,26 +333,30 @@ def is_special(tok, token_id: int) -> bool:
 
 
 def per_token_keys(encoded: dict) -> list[str]:
-    """Keys of side tensors with one value per input token (``token_type_ids``,
-    ``mm_token_type_ids``, ...): 2-D and the shape of ``input_ids``."""
+    """Keys of side tensors with values per input token: any rank, dimensions 0 and 1 those
+    of ``input_ids`` (``token_type_ids``, ``mm_token_type_ids``: [batch, sequence]; Mllama's
+    ``cross_attention_mask``: [batch, sequence, images, tiles])."""
     ids = encoded.get("input_ids")
+    if ids is None:
+        return []
     return [k for k, v in encoded.items()
             if k not in ("input_ids", "attention_mask", "labels") and isinstance(v, torch.Tensor)
-            and ids is not None and v.dim() == 2 and v.shape == ids.shape]
+            and v.dim() >= 2 and v.shape[:2] == ids.shape]
 
 
-def _cat_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate on dim 0, zero-padding the other dims to the largest size.
+def _cat_padded(tensors: Sequence[torch.Tensor], value: int = 0) -> torch.Tensor:
+    """Concatenate on dim 0, padding the other dims to the largest size with ``value``.
 
-    Idefics3 uses all-zero crops as padding (it drops them), so zeros are the
-    right fill for image tensors whose crop counts differ between examples.
+    Token tensors are padded along the sequence (dim 1), and a per-token side tensor of rank 3
+    or more also along its trailing dims. Idefics3 uses all-zero crops as padding (it drops
+    them), so zeros are the right fill for image tensors whose crop counts differ.
     """
     if all(t.shape[1:] == tensors[0].shape[1:] for t in tensors):
         return torch.cat(list(tensors))
     shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
     out = []
     for t in tensors:
-        padded = t.new_zeros((t.shape[0], *shape))
+        padded = t.new_full((t.shape[0], *shape), value)
         padded[(slice(None), *[slice(0, s) for s in t.shape[1:]])] = t
         out.append(padded)
     return torch.cat(out)

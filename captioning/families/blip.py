@@ -22,13 +22,11 @@ class BlipFamily(Family):
     model_types = ("blip",)
     default_prompt = None
     vision_pattern = r"(^|\.)vision_model(\.|$)"
-    connector_pattern = None  # the cross-attention lives inside the text decoder layers
-    lora_target_regex = (
-        r".*text_decoder\.bert\.encoder\.layer\.\d+\."
-        r"(attention\.self\.(query|key|value)|attention\.output\.dense|"
-        r"crossattention\.self\.(query|key|value)|crossattention\.output\.dense|"
-        r"intermediate\.dense|output\.dense)"
-    )
+    # No connector: the image-text cross-attention lives inside the text decoder's layers, so
+    # the default LoRA targets (every language-model linear layer) include it, as they should:
+    # they are where the caption reads the image. The prediction head
+    # (text_decoder.cls: its transform and the decoder) is the output head, not targeted.
+    connector_pattern = None
     usage_template = "blip"
     int8_on_cpu = True  # int8 kept the demo-size BLIP's shapes captions within the gate (BENCHMARKS.md)
     #: left padding would shift BLIP's absolute positions: batch only equal-length prompts

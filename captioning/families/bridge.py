@@ -23,12 +23,6 @@ class BridgeFamily(Family):
     default_prompt = DEFAULT_PROMPT
     vision_pattern = r"(^|\.)vision_model(\.|$)"
     connector_pattern = r"(^|\.)bridge(\.|$)"
-    # The LM keeps its own module names under language_model (the bridge hooks onto its
-    # layers instead of wrapping them), so the usual projections are the LoRA targets.
-    lora_target_regex = (
-        r".*language_model\.(.*\.)?layers\.\d+\."
-        r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-    )
     pads_left = True
 
     image_options = ("image_longest_edge",)

@@ -19,11 +19,6 @@ class Florence2Family(Family):
     connector_pattern = r"(^|\.)(multi_modal_projector|image_projection|image_pos_embed|visual_temporal_embed)(\.|$)"
     usage_template = "seq2seq"
     shifts_labels = False
-    # BART's attention and feed-forward layers, encoder and decoder (DaViT's are not matched)
-    lora_target_regex = (
-        r".*language_model\.(.*\.)?(encoder|decoder)\.layers\.\d+\."
-        r"((self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
-    )
 
     def build_prompt(self, processor, prompt):
         return prompt or self.default_prompt

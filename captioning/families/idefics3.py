@@ -17,11 +17,6 @@ class Idefics3Family(Family):
     image_options = ("image_longest_edge", "image_splitting")
     feature_cache = True
     int8_on_cpu = True  # int8 kept the shapes demo models' captions within the gate (BENCHMARKS.md)
-    # Module paths, not bare names: SigLIP's q/k/v are also called q_proj/k_proj/v_proj.
-    lora_target_regex = (
-        r".*text_model\.layers\.\d+\."
-        r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-    )
 
     def configure_processor(self, processor, *, image_longest_edge=None, image_splitting=None):
         """``image_splitting`` off: one crop at the vision encoder's size (64 image

@@ -49,7 +49,7 @@ def _tiny_bases(root: Path) -> dict[str, Path]:
 
 def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str = "tensorboard",
                  train_extra: dict | None = None) -> Path:
-    """A LoRA adapter (peft, the family's target regex) whose B weights are random, so it
+    """A LoRA adapter (peft, the family's default targets) whose B weights are random, so it
     changes the base's outputs, saved like a training output folder."""
     import torch
     import yaml
@@ -61,9 +61,10 @@ def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str
 
     fam = get_family(family)
     model = fam.model_class().from_pretrained(base)
+    n_linear = len(fam.language_linear_names(model))  # all targeted, as training's default does
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                  target_modules=fam.lora_target_regex))
+                                                  target_modules=fam.lora_targets(model)))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -86,7 +87,9 @@ def make_adapter(family: str, base: Path, out: Path, *, seed: int = 0, logs: str
     # the training record training/train.py leaves beside an adapter: what it was trained on
     write_record(out / "metrics.json", KIND_TRAINING, {
         "metrics": {}, "train": {"global_step": 10}, "history": [],
-        "model": {"id": str(base), "family": family, "base_fingerprint": weights_fingerprint(base)}})
+        "model": {"id": str(base), "family": family, "base_fingerprint": weights_fingerprint(base)},
+        "lora_coverage": {"targeted": n_linear, "language_linear": n_linear, "left_out": [], "outside": [],
+                          "source": "derived"}})
     losses = [(s, 3.0 / (1 + 0.3 * s)) for s in range(1, 11)]
     if logs == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter

@@ -137,6 +137,40 @@ def test_loss_from_trainer_state_and_licence_from_base_readme(merged, adapters, 
     assert "license: bsd-3-clause" in text
 
 
+def test_card_says_the_lora_coverage(merged, adapters, tmp_path, no_network):
+    """The training table's LoRA coverage row: from the training record beside the adapter
+    (or --logs), from release.json in a release folder, "not recorded" without either; a
+    damaged record is refused in one line."""
+    import shutil
+
+    from captioning.errors import UserError
+    from captioning.records import KIND_RELEASE, RELEASE, write_record
+
+    def row(inputs) -> str:
+        return next(ln for ln in render_card(inputs)[0].splitlines() if ln.startswith("| LoRA coverage |"))
+
+    assert row(collect_inputs(adapters["idefics3"], repo_id="ns/a")) == (
+        "| LoRA coverage | LoRA on 14 of 14 language-model linear layers |")
+    assert row(collect_inputs(merged["idefics3"], repo_id="ns/m")) == "| LoRA coverage | not recorded |"
+    narrow = {"targeted": 4, "language_linear": 14, "left_out": ["model.text_model.layers.*.mlp.up_proj"],
+              "outside": [], "source": "lora.target_modules"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    record = json.loads((adapters["idefics3"] / "metrics.json").read_text())
+    (logs / "metrics.json").write_text(json.dumps(dict(record, lora_coverage=narrow)))
+    said = ("| LoRA coverage | LoRA on 4 of 14 language-model linear layers (lora.target_modules leaves out: "
+            "`model.text_model.layers.*.mlp.up_proj`) |")
+    assert row(collect_inputs(merged["idefics3"], repo_id="ns/m", logs=logs)) == said
+    release = tmp_path / "release"
+    shutil.copytree(merged["idefics3"], release)
+    write_record(release / RELEASE, KIND_RELEASE, {"repo_id": "ns/m", "release": "merged", "base": {"id": "ns/base"},
+                                                   "lora_coverage": narrow})
+    assert row(collect_inputs(release, repo_id="ns/m")) == said
+    (logs / "metrics.json").write_text(json.dumps(dict(record, lora_coverage={"targeted": "all"})))
+    with pytest.raises(UserError, match="lora_coverage is not a coverage record"):
+        collect_inputs(merged["idefics3"], repo_id="ns/m", logs=logs)
+
+
 def test_unknown_template_is_a_user_error(merged):
     from captioning.errors import UserError
 

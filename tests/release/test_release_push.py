@@ -354,6 +354,8 @@ def test_a_release_holds_no_local_path_and_pushed_again_renders_the_same_card(ad
     assert "loss_curve.png" in card.text and "training loss curve (no TensorBoard" not in card.text
     manifest = json.loads((first / "release.json").read_text())
     assert manifest["kind"] == "release" and manifest["base"]["local"] and manifest["loss"]["train"]
+    assert manifest["lora_coverage"]["targeted"] == 14  # from the adapter's training record, for the card
+    assert "| LoRA coverage | LoRA on 14 of 14 language-model linear layers |" in card.text
     again = tmp_path / "again"
     r, text = run("push", "--repo-id", "ns/tiny-style", "--model", first, "--to-dir", again)
     assert r.exit_code == 0, text

@@ -44,7 +44,7 @@ def test_lora_smolvlm_changes_only_the_adapter_and_writes_the_contract(tiny_mode
     assert adapter["base_model_name_or_path"] == str(tiny_models["idefics3"].resolve())
     cfg = yaml.safe_load((out / "train_config.yaml").read_text())
     assert cfg["model"]["family"] == "idefics3" and cfg["data"]["prompt"] == "Give a concise caption."
-    assert cfg["lora"]["target_modules"].startswith(".*text_model")
+    assert cfg["lora"]["target_modules"].startswith(r"model\.text_model\.layers\.\d+\.")  # the derived targets
     assert set(cfg) >= {"model", "lora", "quantization", "data", "optim", "eval", "output"}
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -53,6 +53,7 @@ def test_lora_smolvlm_changes_only_the_adapter_and_writes_the_contract(tiny_mode
     for key in ("unavailable", "model", "generation", "prompt", "versions", "created", "seconds", "train", "best"):
         assert key in metrics, key
     assert metrics["model"]["method"] == "lora" and metrics["train"]["global_step"] == 2
+    assert metrics["lora_coverage"]["targeted"] == metrics["lora_coverage"]["language_linear"] == 14
 
     cap = load_captioner(out, device="cpu")
     assert cap.adapter == str(out) and cap.family.name == "idefics3"
