@@ -32,12 +32,14 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from captioning.cli import ArgumentParser, run_command
 from captioning.errors import UserError
 from captioning.files import output_lock, partial_folder, replace_folder
+from captioning.options import add_options, option, option_values
 from captioning.records import FACTORY, KIND_FACTORY, write_record
 from synthetic import factory_chat, factory_video
 from synthetic.tokenizer import build_bpe_tokenizer, build_wordpiece_tokenizer
@@ -257,43 +259,53 @@ def count_parameters(model, family=None) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class FactoryOptions:
+    """What ``python -m synthetic.factory`` builds; its flags are these fields (captioning.options)."""
+
+    family: str = option(help="architecture: %(choices)s (all but idefics3, blip and bridge: tiny only)",
+                         choices=sorted(builders()), metavar="ARCH")
+    size: str = option("tiny", help="tiny (tests), demo (the shapes demo) or real (the published shapes)",
+                       choices=SIZES)
+    out: str | None = option(None, help="folder to save into (required unless --params-only)")
+    seed: int = option(0, help="seeds the random weights (0 to 2**32 - 1)")
+    params_only: bool = option(False, help="build in memory and print parameter counts")
+    force: bool = option(False, help="replace an --out folder that holds files this command did not write")
+
+    def __post_init__(self):
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be from 0 to 2**32 - 1 (got {self.seed})")
+        if not self.params_only and not self.out:
+            raise UserError("--out is required (or pass --params-only)")
+        out = Path(self.out).expanduser() if self.out else None
+        if (out is not None and not self.params_only and not self.force and out.is_dir() and any(out.iterdir())
+                and not (out / FACTORY).is_file()):  # a trained model or adapter would be replaced whole
+            raise UserError(f"--out {out} is not empty and holds no {FACTORY} (captioning.factory did not write it): "
+                            "pass --force to replace it, or choose a new folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m synthetic.factory", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", required=True, choices=sorted(builders()), metavar="ARCH",
-                        help="architecture: %(choices)s (all but idefics3, blip and bridge: tiny only)")
-    parser.add_argument("--size", default="tiny", choices=SIZES)
-    parser.add_argument("--out", help="folder to save into (required unless --params-only)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--params-only", action="store_true", help="build in memory and print parameter counts")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an --out folder that holds files this command did not write")
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, FactoryOptions)
+
     def run(args: argparse.Namespace) -> None:
         import torch
 
         from captioning.families import family_for_config
 
-        if not 0 <= args.seed < 2**32:
-            raise UserError(f"--seed must be from 0 to 2**32 - 1 (got {args.seed})")
-
-        out = Path(args.out).expanduser() if args.out else None
-        if (out is not None and not args.params_only and not args.force and out.is_dir() and any(out.iterdir())
-                and not (out / FACTORY).is_file()):  # a trained model or adapter would be replaced whole
-            raise UserError(f"--out {out} is not empty and holds no {FACTORY} (captioning.factory did not write it): "
-                            "pass --force to replace it, or choose a new folder")
-        if args.params_only:  # meta tensors: real-size counts in a second, no memory
+        o = FactoryOptions(**option_values(FactoryOptions, args))
+        if o.params_only:  # meta tensors: real-size counts in a second, no memory
             with torch.device("meta"):
-                model, processor = build_model(args.family, args.size, seed=args.seed)
+                model, processor = build_model(o.family, o.size, seed=o.seed)
         else:
-            model, processor = build_model(args.family, args.size, seed=args.seed)
+            model, processor = build_model(o.family, o.size, seed=o.seed)
         counts = count_parameters(model, family_for_config(model.config))
         print(" ".join(f"{k}={v / 1e6:.2f}M" for k, v in counts.items()))
-        if not args.params_only:
-            if not args.out:
-                raise UserError("--out is required (or pass --params-only)")
-            with output_lock(args.out, "--out") as out:
-                save_random_model(model, processor, out, arch=args.family, size=args.size, seed=args.seed)
-            print(f"saved {args.size} {args.family} to {out}")
+        if not o.params_only:
+            with output_lock(o.out, "--out") as out:
+                save_random_model(model, processor, out, arch=o.family, size=o.size, seed=o.seed)
+            print(f"saved {o.size} {o.family} to {out}")
 
     return run_command(parser, argv, run)
 

@@ -28,6 +28,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,6 +36,7 @@ from PIL import Image, ImageDraw
 from captioning.cli import ArgumentParser, run_command
 from captioning.errors import UserError
 from captioning.files import output_lock, read_json_file, write_atomic
+from captioning.options import add_options, option, option_values
 
 # Bump whenever any output byte could change for the same settings: it is part of
 # the "already generated?" check, so old outputs get regenerated instead of reused.
@@ -349,22 +351,37 @@ def _generate(out_dir, seed: int, counts: dict[str, int], size: int) -> tuple[pa
     return out, skipped
 
 
+@dataclass
+class ShapesOptions:
+    """What ``python -m synthetic.shapes`` writes; its flags are these fields (captioning.options)."""
+
+    out: str = option(help="output directory")
+    seed: int = option(0, help="random seed (>= 0)")
+    train: int = option(1000, help="number of train images")
+    val: int = option(100, help="number of val images")
+    test: int = option(100, help="number of test images")
+    size: int = option(64, help=f"image side in pixels ({MIN_SIZE} to {MAX_SIZE})")
+
+    def __post_init__(self):
+        _check_args(self.seed, self.counts, self.size)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 on success, 2 on a user mistake (one line on stderr)."""
     parser = ArgumentParser(prog="python -m synthetic.shapes",
                             description="Write the synthetic shapes captioning dataset (COCO format).")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
-    parser.add_argument("--train", type=int, default=1000, help="number of train images")
-    parser.add_argument("--val", type=int, default=100, help="number of val images")
-    parser.add_argument("--test", type=int, default=100, help="number of test images")
-    parser.add_argument("--size", type=int, default=64, help=f"image side in pixels ({MIN_SIZE} to {MAX_SIZE})")
+    add_options(parser, ShapesOptions)
+
     def run(args: argparse.Namespace) -> None:
         start = time.perf_counter()
-        out, skipped = _generate(args.out, args.seed,
-                                 {"train": args.train, "val": args.val, "test": args.test}, args.size)
-        print(f"wrote {args.train} train, {args.val} val, {args.test} test images "
-              f"({args.size} px, seed {args.seed}, 5 captions each) to {out} "
+        o = ShapesOptions(**option_values(ShapesOptions, args))
+        out, skipped = _generate(o.out, o.seed, o.counts, o.size)
+        print(f"wrote {o.train} train, {o.val} val, {o.test} test images "
+              f"({o.size} px, seed {o.seed}, 5 captions each) to {out} "
               f"in {time.perf_counter() - start:.1f}s"
               + (f" (already up to date: {', '.join(skipped)})" if skipped else ""))
 
