@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from captioning.errors import UserError
 from captioning.options import MAX_PROMPT_CHARS, option, positive_int
 from captioning.vocabulary import DEFAULT_MAX_NEW_TOKENS
+
+if TYPE_CHECKING:  # torch loads when captions are made, not when the settings are read
+    import torch
 
 #: upper bounds of the decoding flags: a caption of 4096 tokens is already a long document, and
 #: beams and captions cost memory linearly; a larger value is a typo (one with ten zeros would
@@ -113,6 +114,8 @@ def caption_images(captioner, images: Sequence, prompts: str | Sequence[str | No
     number of images done after each batch. ``int8_batches``: an int8 model takes
     ``batch_size`` images per forward too (see :func:`images_per_forward`).
     """
+    import torch
+
     settings = settings or GenerationSettings()
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -186,6 +189,8 @@ def caption(captioner, image, prompt: str | None = None, settings: GenerationSet
 
 
 def _to_device(inputs, device: torch.device, dtype: torch.dtype):
+    import torch
+
     out = {}
     for k, v in inputs.items():
         if isinstance(v, torch.Tensor):
